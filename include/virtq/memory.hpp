@@ -1,0 +1,169 @@
+// SPDX-License-Identifier: MIT
+// virtq/memory.hpp -- guest memory: a table of regions and checked translation.
+//
+// 2.7.5 / 2.8: descriptors carry guest-physical addresses. A device must translate each
+// (address, length) before touching it, and a hostile driver may name any 64-bit value, so
+// translation checks overflow first, then that the whole range lies inside one region.
+//
+// Ring fields shared by both sides are not accessed here: spec.hpp's atomic accessors
+// (load_acquire/store_release) do that, so a driver and a device on two threads are race-free.
+#pragma once
+
+#include <algorithm>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <new>
+#include <utility>
+#include <limits>
+#include <span>
+#include <vector>
+
+#include "virtq/error.hpp"
+
+namespace virtq {
+
+/// Anything that turns (guest address, length) into a host pointer with the checks below.
+template <class M>
+concept memory_map = requires(const M& m, std::uint64_t addr, std::uint64_t len) {
+  { m.translate(addr, len) } -> std::same_as<result<std::byte*>>;
+};
+
+/// The overflow rule both maps share: [addr, addr+len) must not wrap past 2^64. A range that
+/// ends exactly at 2^64 does not wrap.
+constexpr bool range_wraps(std::uint64_t addr, std::uint64_t len) noexcept {
+  return len != 0 && len - 1 > std::numeric_limits<std::uint64_t>::max() - addr;
+}
+
+/// One contiguous piece of guest memory mapped into this process.
+struct memory_region {
+  std::uint64_t guest_addr;
+  std::uint64_t size;
+  std::byte* host;
+};
+
+/// A table of non-overlapping regions (what a VMM gets from SET_MEM_TABLE, say).
+class guest_memory {
+ public:
+  guest_memory() = default;
+
+  /// Adds a region. Throws virtq::error(invalid_argument) for an empty region, a null host
+  /// pointer, a region that wraps 2^64, or one that overlaps an existing region.
+  void add_region(std::uint64_t guest_addr, std::uint64_t size, void* host) {
+    if (size == 0 || host == nullptr || range_wraps(guest_addr, size)) {
+      detail::throw_error(errc::invalid_argument, "guest_memory::add_region: bad region");
+    }
+    const auto pos = std::lower_bound(
+        regions_.begin(), regions_.end(), guest_addr,
+        [](const memory_region& r, std::uint64_t a) { return r.guest_addr < a; });
+    const std::uint64_t last = guest_addr + (size - 1);
+    if (pos != regions_.end() && pos->guest_addr <= last) {
+      detail::throw_error(errc::invalid_argument, "guest_memory::add_region: overlap");
+    }
+    if (pos != regions_.begin()) {
+      const auto& prev = *(pos - 1);
+      if (prev.guest_addr + (prev.size - 1) >= guest_addr) {
+        detail::throw_error(errc::invalid_argument, "guest_memory::add_region: overlap");
+      }
+    }
+    regions_.insert(pos, memory_region{guest_addr, size, static_cast<std::byte*>(host)});
+  }
+
+  /// Identity region: the guest address of each byte is its host address (in-process use).
+  void add_identity_region(void* host, std::uint64_t size) {
+    add_region(reinterpret_cast<std::uintptr_t>(host), size, host);
+  }
+
+  /// Host pointer for [addr, addr+len), or address_overflow / address_out_of_range /
+  /// crosses_region_end. A zero-length range must still start inside a region.
+  result<std::byte*> translate(std::uint64_t addr, std::uint64_t len) const noexcept {
+    if (range_wraps(addr, len)) return errc::address_overflow;
+    // The region with the greatest start <= addr.
+    const auto it = std::upper_bound(
+        regions_.begin(), regions_.end(), addr,
+        [](std::uint64_t a, const memory_region& r) { return a < r.guest_addr; });
+    if (it == regions_.begin()) return errc::address_out_of_range;
+    const memory_region& r = *(it - 1);
+    const std::uint64_t off = addr - r.guest_addr;
+    if (off >= r.size) return errc::address_out_of_range;
+    if (len > r.size - off) return errc::crosses_region_end;
+    return r.host + off;
+  }
+
+  /// The guest address of a host pointer inside a region (drivers publishing their buffers),
+  /// or address_out_of_range.
+  result<std::uint64_t> guest_address(const void* host) const noexcept {
+    const auto* p = static_cast<const std::byte*>(host);
+    for (const auto& r : regions_) {
+      if (p >= r.host && p < r.host + r.size) {
+        return r.guest_addr + static_cast<std::uint64_t>(p - r.host);
+      }
+    }
+    return errc::address_out_of_range;
+  }
+
+  std::span<const memory_region> regions() const noexcept { return regions_; }
+
+ private:
+  std::vector<memory_region> regions_;  // sorted by guest_addr, non-overlapping
+};
+
+/// The whole address space, guest address == host address. Only for a peer you trust (both
+/// sides in one process, tests, benchmarks): it checks overflow but cannot check bounds.
+struct identity_memory {
+  result<std::byte*> translate(std::uint64_t addr, std::uint64_t len) const noexcept {
+    if (range_wraps(addr, len)) return errc::address_overflow;
+    if (addr == 0) return errc::address_out_of_range;
+    return reinterpret_cast<std::byte*>(static_cast<std::uintptr_t>(addr));
+  }
+  result<std::uint64_t> guest_address(const void* host) const noexcept {
+    return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(host));
+  }
+};
+
+/// Zeroed, aligned host memory that owns itself: ring areas and buffer pools for in-process use.
+class aligned_buffer {
+ public:
+  aligned_buffer() = default;
+  /// Throws std::bad_alloc; alignment must be a power of 2 (rounded up to alignof(void*)).
+  explicit aligned_buffer(std::size_t bytes, std::size_t alignment = 4096)
+      : size_(bytes), align_(std::max(alignment, alignof(void*))) {
+    if (bytes == 0) return;
+    const std::size_t rounded = (bytes + align_ - 1) & ~(align_ - 1);
+    data_ = static_cast<std::byte*>(::operator new(rounded, std::align_val_t{align_}));
+    std::memset(data_, 0, rounded);
+  }
+  aligned_buffer(aligned_buffer&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)), align_(o.align_) {}
+  aligned_buffer& operator=(aligned_buffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      data_ = std::exchange(o.data_, nullptr);
+      size_ = std::exchange(o.size_, 0);
+      align_ = o.align_;
+    }
+    return *this;
+  }
+  aligned_buffer(const aligned_buffer&) = delete;
+  aligned_buffer& operator=(const aligned_buffer&) = delete;
+  ~aligned_buffer() { release(); }
+
+  std::byte* data() const noexcept { return data_; }
+  std::size_t size() const noexcept { return size_; }
+  std::span<std::byte> span() const noexcept { return {data_, size_}; }
+
+ private:
+  void release() noexcept {
+    if (data_ != nullptr) ::operator delete(data_, std::align_val_t{align_});
+    data_ = nullptr;
+  }
+  std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
+  std::size_t align_ = alignof(void*);
+};
+
+static_assert(memory_map<guest_memory>);
+static_assert(memory_map<identity_memory>);
+
+}  // namespace virtq

@@ -1,0 +1,193 @@
+// SPDX-License-Identifier: MIT
+// virtq/virtqueue.hpp -- the interface both layouts satisfy, and what they share.
+//
+// split_driver / packed_driver satisfy driver_queue; split_device / packed_device satisfy
+// device_queue. Generic code (the receive queue, the model tests, the benchmarks) is written
+// once against these concepts; there are no virtual calls.
+//
+// Barrier table. Every ordering point in split.hpp and packed.hpp carries one of these labels;
+// each pairs with the one named on the other side.
+//
+//  label | side   | what                                                   | pairs with | spec
+//  ------+--------+--------------------------------------------------------+------------+---------
+//  D1    | driver | release: descriptors + avail ring entries, then publish| V1         | 2.7.13.3,
+//        |        | avail idx (split) / the head's flags (packed)          |            | 2.8.21.1
+//  V1    | device | acquire: read avail idx / a descriptor's flags, then   | D1         | 2.7.13,
+//        |        | read ring entries and descriptors                      |            | 2.8.21.1
+//  D2    | driver | full: after publishing, before reading NO_NOTIFY /     | V4         | 2.7.13.4,
+//        |        | avail_event / the device event area (kick decision)    |            | 2.8.21.3
+//  V2    | device | release: used elements (id, len) / used desc id+len,   | D3         | 2.7.8.2,
+//        |        | then publish used idx / the used desc's flags          |            | 2.8.21.2
+//  D3    | driver | acquire: read used idx / a used desc's flags, then its | V2         | 2.7.14,
+//        |        | id and len                                             |            | 2.8.21.2
+//  V3    | device | full: after publishing used, before reading           | D4         | 2.7.7.2,
+//        |        | NO_INTERRUPT / used_event / driver event area          |            | 2.8.21.3
+//  D4    | driver | full: after re-enabling interrupts (flags/used_event/  | V3         | 2.7.14,
+//        |        | driver event area), re-read used idx / next used desc  |            | 2.8.21.3
+//  V4    | device | full: after re-enabling notifications (flags /         | D2         | 2.7.13.4,
+//        |        | avail_event / device event area), re-read avail        |            | 2.8.21.3
+//
+// D2/V4 and D4/V3 are the store->load pairs that hung SPDK, DPDK vhost and ARM64 Windows guests
+// when missing: each side writes its own field and then reads the other's; without a full
+// barrier on both sides each can read the other's stale value and both go to sleep.
+#pragma once
+
+#include <array>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <span>
+
+#include "virtq/chain.hpp"
+#include "virtq/detail/shadow.hpp"
+#include "virtq/error.hpp"
+#include "virtq/policy.hpp"
+#include "virtq/spec.hpp"
+
+namespace virtq {
+
+/// A driver's buffer: a guest address and a length.
+struct buffer {
+  std::uint64_t addr;
+  std::uint32_t len;
+};
+
+/// The opaque value a driver attaches to a chain; it comes back on completion and on reset.
+using token_t = std::uint64_t;
+
+/// A completion the driver reaps: the chain's token and the length the device wrote.
+struct used_buffer {
+  token_t token;
+  std::uint32_t len;
+};
+
+/// What a device completes: the chain id (chain::id()) and the bytes it wrote.
+struct used_entry {
+  std::uint16_t id;
+  std::uint32_t len;
+};
+
+/// Per-queue counters. A side fills in what it does (a driver never pops).
+struct queue_stats {
+  std::uint64_t added = 0;      ///< driver: chains added
+  std::uint64_t popped = 0;     ///< device: chains popped
+  std::uint64_t completed = 0;  ///< device: chains completed
+  std::uint64_t reaped = 0;     ///< driver: used chains reaped
+  std::uint64_t kicks = 0;                  ///< driver: kick_prepare() said notify
+  std::uint64_t kicks_suppressed = 0;       ///< driver: kick_prepare() said don't
+  std::uint64_t interrupts = 0;             ///< device: interrupt_prepare() said interrupt
+  std::uint64_t interrupts_suppressed = 0;  ///< device: interrupt_prepare() said don't
+  std::uint64_t ring_full = 0;              ///< driver: add() returned no_space
+  std::uint32_t min_free = std::numeric_limits<std::uint32_t>::max();  ///< lowest free count seen
+  std::array<std::uint64_t, errc_count> rejects{};  ///< fatal errors by reason
+
+  std::uint64_t rejected() const noexcept {
+    std::uint64_t n = 0;
+    for (auto r : rejects) n += r;
+    return n;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Concepts
+// ---------------------------------------------------------------------------------------------
+
+/// The driver side of a virtqueue.
+///  add(out, in, token)    stage a chain of device-readable `out` then device-writable `in`
+///                         buffers; errc::ok, errc::no_space (nothing changed), invalid_argument,
+///                         or broken. Staged chains are invisible to the device until
+///                         kick_prepare(), so a batch costs one publish.
+///  kick_prepare()         publish staged chains (D1), then decide by the suppression policy
+///                         whether the device wants a notification (D2). true: notify it.
+///  notification_data(vq)  the 32-bit value to write with VIRTIO_F_NOTIFICATION_DATA.
+///  get_used()             one completion, errc::empty, or a fatal errc (queue broken).
+///  get_used(span)         up to span.size() completions; count or a fatal errc.
+///  disable_interrupts() / enable_interrupts() -> bool pending (true: used buffers arrived
+///                         before re-enabling took effect; poll again) /
+///                         enable_interrupts_delayed() -> bool pending (ask for an interrupt
+///                         only after ~3/4 of the outstanding buffers are used).
+///  reset(f)               f(token) once for every chain still outstanding (staged, with the
+///                         device, or used but not reaped); the ring is back to its initial state.
+template <class Q>
+concept driver_queue = requires(Q& q, const Q& cq, std::span<const buffer> bufs, buffer b,
+                                token_t t, std::span<used_buffer> out, void (*on_token)(token_t)) {
+  { q.add(bufs, bufs, t) } -> std::same_as<errc>;
+  { q.add_inbuf(b, t) } -> std::same_as<errc>;
+  { q.kick_prepare() } -> std::same_as<bool>;
+  { cq.notification_data(std::uint16_t{}) } -> std::same_as<std::uint32_t>;
+  { q.get_used() } -> std::same_as<result<used_buffer>>;
+  { q.get_used(out) } -> std::same_as<result<std::size_t>>;
+  q.disable_interrupts();
+  { q.enable_interrupts() } -> std::same_as<bool>;
+  { q.enable_interrupts_delayed() } -> std::same_as<bool>;
+  q.reset(on_token);
+  { cq.size() } -> std::same_as<std::uint32_t>;
+  { cq.num_free() } -> std::same_as<std::uint32_t>;
+  { cq.broken() } -> std::same_as<bool>;
+  { cq.error() } -> std::same_as<errc>;
+  { cq.stats() } -> std::same_as<const queue_stats&>;
+};
+
+/// The device side of a virtqueue.
+///  pop(chain&)              the next available chain, walked and validated; errc::ok,
+///                           errc::empty, or a fatal errc (queue broken; the chain is left empty).
+///  complete(id, len)        stage a used entry; invisible to the driver until
+///                           interrupt_prepare(). invalid_argument for an id not popped.
+///  interrupt_prepare()      publish staged used entries (V2), decide by the suppression
+///                           policy whether the driver wants an interrupt (V3).
+///  disable_notifications() / enable_notifications() -> bool pending (true: chains arrived
+///                           before re-enabling took effect; pop again).
+///  reset()                  forget everything; the ring is back to its initial state.
+template <class Q>
+concept device_queue = requires(Q& q, const Q& cq, chain& c, std::uint16_t id, std::uint32_t len) {
+  { q.pop(c) } -> std::same_as<errc>;
+  { q.complete(id, len) } -> std::same_as<errc>;
+  { q.interrupt_prepare() } -> std::same_as<bool>;
+  q.disable_notifications();
+  { q.enable_notifications() } -> std::same_as<bool>;
+  q.reset();
+  { cq.size() } -> std::same_as<std::uint32_t>;
+  { cq.broken() } -> std::same_as<bool>;
+  { cq.error() } -> std::same_as<errc>;
+  { cq.stats() } -> std::same_as<const queue_stats&>;
+};
+
+namespace detail {
+
+/// What every queue of either side and layout keeps: its lock, its broken state, its counters
+/// and (in checked mode) its shadow state. One implementation for all four queue types.
+template <queue_policy_type P>
+class queue_common {
+ public:
+  using policy = P;
+  using endian = typename P::endian;
+  using barriers = typename P::barriers;
+
+  bool broken() const noexcept { return error_ != errc::ok; }
+  errc error() const noexcept { return error_; }
+  const queue_stats& stats() const noexcept { return stats_; }
+
+ protected:
+  using guard = std::lock_guard<typename P::lock>;
+
+  /// A peer broke a rule: remember the first reason, count it, refuse further work.
+  [[gnu::cold, gnu::noinline]] errc fail(errc e) noexcept {
+    if (error_ == errc::ok) error_ = e;
+    ++stats_.rejects[static_cast<std::size_t>(e)];
+    return e;
+  }
+  void clear_error() noexcept { error_ = errc::ok; }
+  void note_free(std::uint32_t n) noexcept {
+    if (n < stats_.min_free) stats_.min_free = n;
+  }
+
+  [[no_unique_address]] mutable typename P::lock lock_;
+  [[no_unique_address]] shadow_state<P::checked> shadow_;
+  queue_stats stats_;
+  errc error_ = errc::ok;
+};
+
+}  // namespace detail
+}  // namespace virtq
