@@ -90,6 +90,51 @@ struct queue_stats {
   }
 };
 
+/// Construction options of a driver queue (both layouts).
+struct driver_options {
+  /// Entries per indirect table; 0 means never use indirect descriptors. Needs
+  /// VIRTIO_F_INDIRECT_DESC. The driver allocates one table per ring slot at construction.
+  std::uint32_t indirect_max = 0;
+  /// Chains of at least this many buffers go through an indirect table (when enabled).
+  std::uint32_t indirect_threshold = 2;
+  /// Guest address of driver-owned memory (indirect tables). Called at construction only.
+  /// Null means identity (guest address == host address, as with identity_memory).
+  result<std::uint64_t> (*to_guest)(const void* host, void* ctx) = nullptr;
+  void* to_guest_ctx = nullptr;
+  /// Split only: the avail/used idx the ring starts from (0 in real use; tests start near
+  /// 65535 to exercise wrap-around). Driver and device must agree.
+  std::uint16_t initial_index = 0;
+};
+
+/// Construction options of a device queue (both layouts).
+struct device_options {
+  /// Split only: must equal driver_options::initial_index.
+  std::uint16_t initial_index = 0;
+};
+
+/// Owning, zeroed, aligned memory for one ring of a layout, laid out by its geometry: for a
+/// driver allocating its own rings, for tests and benchmarks. Throws virtq::error for a bad size.
+template <class Layout>
+class ring_memory {
+ public:
+  explicit ring_memory(std::uint32_t size, std::size_t align = 4096)
+      : geometry_(checked(Layout::geometry_for(size))), mem_(geometry_.total, align),
+        view_(*Layout::view_at(mem_.data(), geometry_)) {}
+  const typename Layout::view& view() const noexcept { return view_; }
+  const typename Layout::geometry& geometry() const noexcept { return geometry_; }
+  std::span<std::byte> bytes() const noexcept { return mem_.span(); }
+  std::uint32_t size() const noexcept { return geometry_.size; }
+
+ private:
+  static typename Layout::geometry checked(result<typename Layout::geometry> g) {
+    if (!g) detail::throw_error(g.error(), "ring_memory: invalid queue size");
+    return *g;
+  }
+  typename Layout::geometry geometry_;
+  aligned_buffer mem_;
+  typename Layout::view view_;
+};
+
 // ---------------------------------------------------------------------------------------------
 // Concepts
 // ---------------------------------------------------------------------------------------------
