@@ -1,0 +1,907 @@
+// SPDX-License-Identifier: MIT
+// virtq/split.hpp -- the split virtqueue (VIRTIO 1.2/1.3 section 2.7): driver side and device side.
+//
+// split_driver owns the descriptor table and the available ring and reads the used ring;
+// split_device reads the descriptor table and the available ring and owns the used ring. Both
+// satisfy the concepts of virtqueue.hpp, so generic code never names them.
+//
+// Trust. Each side treats everything the other side writes as hostile:
+//  * the device validates every index, every chain (through chain::append, the one place where a
+//    descriptor is checked and translated) and bounds every walk by a time-to-live;
+//  * the driver never reads back what it wrote into shared memory to make a decision (free-list
+//    links, chain lengths, tokens and writable sizes live in driver-private arrays), and checks
+//    every used id, used len and used idx before it trusts them.
+// A bad ring gives a specific errc and a broken queue (queue_common::fail); every later call
+// returns errc::broken (or false / 0) until reset().
+//
+// Cached indices (style guide habit 2): the driver writes a private shadow of avail idx and
+// reads the shared used idx only when its cached copy has been consumed; the device caches the
+// avail idx the same way. Shared indices live on cache lines the other side writes, so each
+// avoided load is an avoided cache-line transfer.
+//
+// Every ordering point carries its label from the barrier table in virtqueue.hpp (D1..D4 on the
+// driver, V1..V4 on the device) with the spec rule and its partner.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#include "virtq/chain.hpp"
+#include "virtq/detail/shadow.hpp"
+#include "virtq/error.hpp"
+#include "virtq/memory.hpp"
+#include "virtq/policy.hpp"
+#include "virtq/spec.hpp"
+#include "virtq/virtqueue.hpp"
+
+namespace virtq {
+
+namespace detail {
+
+constexpr std::uint16_t u16(std::uint32_t v) noexcept { return static_cast<std::uint16_t>(v); }
+
+/// How one side of a split ring talks to the other about notifications, fixed at construction
+/// from the policy and the negotiated features.
+///  * none: never ask the peer to hold back, always notify. With EVENT_IDX negotiated the peer
+///    only looks at our event index, so we keep it current to keep its notifications coming.
+///  * flags: NO_NOTIFY / NO_INTERRUPT (EVENT_IDX not negotiated).
+///  * event: used_event / avail_event. 2.7.7 / 2.7.10: once EVENT_IDX is negotiated the peer
+///    ignores the flags, so a suppress_flags policy switches to event indices too.
+enum class split_suppress : std::uint8_t { none, flags, event };
+
+template <queue_policy_type P>
+constexpr split_suppress split_mode(features f) noexcept {
+  if constexpr (std::is_same_v<typename P::suppression, suppress_none>) {
+    return split_suppress::none;
+  } else {
+    return f.has(feature::event_idx) ? split_suppress::event : split_suppress::flags;
+  }
+}
+
+/// Checked mode on the device: the ring descriptors of each held chain, privately linked, so that
+/// completing a chain can move exactly those descriptors back in the shadow state without
+/// re-reading the (hostile) table. Empty when not checked.
+template <bool Checked>
+struct held_links {
+  void resize(std::uint32_t) {}
+  void start() noexcept {}
+  void visit(std::uint16_t) noexcept {}
+  template <class Shadow>
+  bool commit(Shadow&, std::uint16_t) noexcept {
+    return true;
+  }
+  template <class Shadow>
+  bool release(Shadow&, std::uint16_t) noexcept {
+    return true;
+  }
+};
+
+template <>
+struct held_links<true> {
+  std::vector<std::uint16_t> walk;   // ring descriptors of the chain being popped
+  std::vector<std::uint16_t> link;   // per descriptor: next ring descriptor of its chain
+  std::vector<std::uint16_t> count;  // per head: ring descriptors in its chain
+  void resize(std::uint32_t n) {
+    walk.reserve(n);
+    link.assign(n, 0);
+    count.assign(n, 0);
+  }
+  void start() noexcept { walk.clear(); }
+  void visit(std::uint16_t d) { walk.push_back(d); }
+  template <class Shadow>
+  bool commit(Shadow& s, std::uint16_t head) noexcept {
+    for (std::size_t i = 0; i < walk.size(); ++i) {
+      if (!s.move(walk[i], desc_state::free, desc_state::device)) return false;
+      if (i + 1 < walk.size()) link[walk[i]] = walk[i + 1];
+    }
+    count[head] = u16(static_cast<std::uint32_t>(walk.size()));
+    return true;
+  }
+  template <class Shadow>
+  bool release(Shadow& s, std::uint16_t head) noexcept {
+    std::uint16_t d = head;
+    for (std::uint32_t i = 0; i < count[head]; ++i, d = link[d]) {
+      if (!s.move(d, desc_state::device, desc_state::free)) return false;
+    }
+    return true;
+  }
+};
+
+}  // namespace detail
+
+// =============================================================================================
+// Driver side
+// =============================================================================================
+
+/// The driver side of a split ring. Not copyable or movable (the ring and the rx pool keep
+/// references into it). One thread at a time unless P::lock is a real lock.
+template <queue_policy_type P = default_policy>
+class split_driver : public detail::queue_common<P> {
+  using base = detail::queue_common<P>;
+  using E = typename P::endian;
+  using B = typename P::barriers;
+  using guard = typename base::guard;
+  using mode = detail::split_suppress;
+  using detail::queue_common<P>::fail;
+
+ public:
+  /// Throws virtq::error: bad_queue_size (ring not valid), feature_missing / feature_conflict
+  /// (policy vs. features, indirect_max without VIRTIO_F_INDIRECT_DESC), invalid_argument
+  /// (indirect_max larger than the queue: 2.7.5.3.1 caps a chain at the queue size),
+  /// address_out_of_range (to_guest failed for the indirect tables).
+  split_driver(split::ring_view ring, features f, driver_options opts = {})
+      : ring_(ring), mode_(detail::split_mode<P>(f)), in_order_(f.has(feature::in_order)),
+        none_with_event_(mode_ == detail::split_suppress::none && f.has(feature::event_idx)),
+        opts_(opts) {
+    detail::check_features<P>(f, false);
+    if (!valid_split_size(ring.size) || ring.table == nullptr || ring.avail.hdr == nullptr ||
+        ring.used.hdr == nullptr) {
+      detail::throw_error(errc::bad_queue_size, "split_driver: invalid ring view");
+    }
+    size_ = ring.size;
+    mask_ = size_ - 1;
+    if (opts.indirect_max > 0) {
+      if (!f.has(feature::indirect_desc)) {
+        detail::throw_error(errc::feature_missing, "indirect_max needs VIRTIO_F_INDIRECT_DESC");
+      }
+      if (opts.indirect_max > size_) {
+        detail::throw_error(errc::invalid_argument,
+                            "indirect_max larger than the queue size (2.7.5.3.1)");
+      }
+      // 2.7.5.3: an indirect table is an array of 16-byte descriptors; one per ring slot so a
+      // chain's table lives exactly as long as its head.
+      indirect_ = aligned_buffer(std::size_t{size_} * opts.indirect_max * sizeof(split::desc),
+                                 split::desc_align);
+      result<std::uint64_t> g =
+          opts.to_guest != nullptr
+              ? opts.to_guest(indirect_.data(), opts.to_guest_ctx)
+              : result<std::uint64_t>(static_cast<std::uint64_t>(
+                    reinterpret_cast<std::uintptr_t>(indirect_.data())));
+      if (!g) detail::throw_error(g.error(), "split_driver: indirect table has no guest address");
+      indirect_guest_ = *g;
+      indirect_min_ = opts.indirect_threshold == 0 ? 1 : opts.indirect_threshold;
+    }
+    next_.resize(size_);
+    slots_.resize(size_);
+    this->shadow_.resize(size_);
+    init_ring();
+  }
+  split_driver(const split_driver&) = delete;
+  split_driver& operator=(const split_driver&) = delete;
+
+  std::uint32_t size() const noexcept { return size_; }
+  std::uint32_t num_free() const noexcept {
+    guard g(this->lock_);
+    return num_free_;
+  }
+
+  /// Stages a chain: `out` device-readable buffers then `in` device-writable ones. Nothing is
+  /// visible to the device until kick_prepare(). no_space leaves the queue unchanged.
+  errc add(std::span<const buffer> out, std::span<const buffer> in, token_t token) {
+    guard g(this->lock_);
+    if (this->broken()) return errc::broken;
+    const std::size_t n = out.size() + in.size();
+    // 2.7.5.2: "A driver MUST NOT create a descriptor chain longer than the Queue Size".
+    if (n == 0 || n > size_) return errc::invalid_argument;
+    std::uint64_t total = 0;
+    std::uint64_t writable = 0;
+    for (const buffer& b : out) total += b.len;
+    for (const buffer& b : in) writable += b.len;
+    total += writable;
+    // 2.7.5.2: the total length of a chain fits in 32 bits... as 2^32 at most.
+    if (total > (std::uint64_t{1} << 32)) return errc::invalid_argument;
+    const bool indirect = n >= indirect_min_ && n <= opts_.indirect_max;
+    const std::uint32_t needed = indirect ? 1U : static_cast<std::uint32_t>(n);
+    if (needed > num_free_) {
+      ++this->stats_.ring_full;
+      return errc::no_space;
+    }
+    const std::uint16_t head = free_head_;
+    std::uint16_t last = head;
+    if (indirect) {
+      auto* table =
+          reinterpret_cast<split::desc*>(indirect_.data()) + std::size_t{head} * opts_.indirect_max;
+      std::uint16_t i = 0;
+      const auto fill = [&](const buffer& b, std::uint16_t flags) {
+        split::desc& d = table[i];
+        const bool more = std::size_t{i} + 1 < n;
+        put<E>(d.addr, b.addr);
+        put<E>(d.len, b.len);
+        put<E>(d.flags, static_cast<std::uint16_t>(flags | (more ? split::desc_f_next : 0U)));
+        put<E>(d.next, static_cast<std::uint16_t>(more ? i + 1U : 0U));
+        ++i;
+      };
+      for (const buffer& b : out) fill(b, 0);
+      for (const buffer& b : in) fill(b, split::desc_f_write);
+      split::desc& d = ring_.table[head];
+      put<E>(d.addr, indirect_guest_ + std::uint64_t{head} * opts_.indirect_max * 16U);
+      put<E>(d.len, static_cast<std::uint32_t>(n * sizeof(split::desc)));
+      put<E>(d.flags, split::desc_f_indirect);
+      put<E>(d.next, next_[head]);
+      free_head_ = next_[head];
+    } else {
+      std::uint16_t i = head;
+      std::size_t k = 0;
+      const auto fill = [&](const buffer& b, std::uint16_t flags) {
+        split::desc& d = ring_.table[i];
+        const bool more = ++k < n;
+        put<E>(d.addr, b.addr);
+        put<E>(d.len, b.len);
+        put<E>(d.flags, static_cast<std::uint16_t>(flags | (more ? split::desc_f_next : 0U)));
+        // The link comes from the private array: IN_ORDER has i+1 there (2.7.9).
+        put<E>(d.next, next_[i]);
+        last = i;
+        i = next_[i];
+      };
+      for (const buffer& b : out) fill(b, 0);
+      for (const buffer& b : in) fill(b, split::desc_f_write);
+      free_head_ = i;
+    }
+    num_free_ -= needed;
+    slots_[head] = slot{token, writable, detail::u16(needed), last, avail_shadow_};
+    if (!shadow_add(head, needed)) return fail(errc::state_violation);
+    stage(head);
+    return errc::ok;
+  }
+
+  /// The receive hot path: one device-writable buffer (no indirect, no loops over spans).
+  errc add_inbuf(buffer b, token_t token) {
+    if (indirect_min_ <= 1 && opts_.indirect_max > 0) {
+      const buffer one[1] = {b};
+      return add({}, one, token);
+    }
+    guard g(this->lock_);
+    if (this->broken()) [[unlikely]]
+      return errc::broken;
+    if (num_free_ == 0) [[unlikely]] {
+      ++this->stats_.ring_full;
+      return errc::no_space;
+    }
+    const std::uint16_t head = free_head_;
+    free_head_ = next_[head];
+    --num_free_;
+    split::desc& d = ring_.table[head];
+    put<E>(d.addr, b.addr);
+    put<E>(d.len, b.len);
+    put<E>(d.flags, split::desc_f_write);
+    put<E>(d.next, free_head_);
+    slots_[head] = slot{token, b.len, 1, head, avail_shadow_};
+    if (!shadow_add(head, 1)) return fail(errc::state_violation);
+    stage(head);
+    return errc::ok;
+  }
+
+  /// Publishes the staged chains and says whether the device wants a notification.
+  bool kick_prepare() {
+    guard g(this->lock_);
+    if (this->broken()) return false;
+    const std::uint16_t old_idx = avail_published_;
+    const std::uint16_t new_idx = avail_shadow_;
+    if (old_idx == new_idx) return false;  // nothing new: nothing to tell
+    if constexpr (P::checked) {
+      for (std::uint16_t i = old_idx; i != new_idx; ++i) {
+        const std::uint16_t head = get<E>(ring_.avail.ring(i & mask_));
+        if (head >= size_ || !shadow_walk(head, detail::desc_state::avail,
+                                          detail::desc_state::device)) {
+          fail(errc::state_violation);
+          return false;
+        }
+      }
+    }
+    // D1 (pairs with V1) 2.7.13.3: "The driver performs a suitable memory barrier to ensure the
+    // device sees the updated descriptor table and available ring before the next step", then
+    // publishes idx. The release store orders every descriptor and ring entry before it.
+    B::before_publish();
+    store_release<E>(ring_.avail.idx(), new_idx);
+    avail_published_ = new_idx;
+    device_chains_ += detail::u16(static_cast<std::uint32_t>(new_idx - old_idx));
+    // Staged chains are bounded by the queue size (< 2^16), so (u16)(new - old) never aliases
+    // and the "2^16 added since the last check" rule of 2.7.10 cannot arise.
+    bool notify = true;
+    if (mode_ != mode::none) {
+      // D2 (pairs with V4) 2.7.13.4: "the driver MUST perform a suitable memory barrier before
+      // reading flags or avail_event, to avoid missing a notification": our idx store must be
+      // visible before we read the device's suppression field (store->load).
+      B::full();
+      if (mode_ == mode::event) {
+        // 2.7.10: notify iff the device's avail_event lies in [old, new).
+        notify = need_event(load_relaxed<E>(ring_.used.avail_event()), new_idx, old_idx);
+      } else {
+        notify = (load_relaxed<E>(ring_.used.flags()) & split::used_f_no_notify) == 0;
+      }
+    }
+    ++(notify ? this->stats_.kicks : this->stats_.kicks_suppressed);
+    return notify;
+  }
+
+  /// VIRTIO_F_NOTIFICATION_DATA: vqn | avail idx << 16 (the idx as published by kick_prepare).
+  std::uint32_t notification_data(std::uint16_t vq) const noexcept {
+    guard g(this->lock_);
+    return encode_split_notification(vq, avail_published_);
+  }
+
+  /// One completion, errc::empty, or a fatal errc (the queue is then broken).
+  result<used_buffer> get_used() {
+    guard g(this->lock_);
+    used_buffer u{};
+    const errc e = reap_one(u);
+    if (e != errc::ok) return e;
+    after_reap();
+    return u;
+  }
+
+  /// Up to out.size() completions. A fatal error after some completions were reaped returns
+  /// that count (error() says why; the next call returns errc::broken).
+  result<std::size_t> get_used(std::span<used_buffer> out) {
+    guard g(this->lock_);
+    std::size_t n = 0;
+    for (; n < out.size(); ++n) {
+      const errc e = reap_one(out[n]);
+      if (e == errc::empty) break;
+      if (e != errc::ok) {
+        if (n == 0) return e;
+        break;
+      }
+    }
+    if (n > 0) after_reap();
+    return n;
+  }
+
+  /// Asks the device not to interrupt (a hint: it may still do so once).
+  void disable_interrupts() {
+    guard g(this->lock_);
+    if (this->broken() || !interrupts_on_) return;
+    if (mode_ == mode::none) return;  // never ask the device to hold back
+    interrupts_on_ = false;
+    if (mode_ == mode::flags) {
+      store_relaxed<E>(ring_.avail.flags(), split::avail_f_no_interrupt);
+    } else {
+      // 2.7.10: with EVENT_IDX the flags are ignored; park used_event just behind the used idx
+      // so the device would have to go a whole 2^16 round before it matched.
+      store_relaxed<E>(ring_.avail.used_event(), detail::u16(last_used_ - 1U));
+    }
+  }
+
+  /// Asks for an interrupt at the next used buffer. Returns true if used buffers are already
+  /// pending (arrived before the request took effect): poll again instead of sleeping.
+  bool enable_interrupts() {
+    guard g(this->lock_);
+    if (this->broken()) return false;
+    return arm(0);
+  }
+
+  /// Like enable_interrupts(), but asks for the interrupt only after about 3/4 of the chains the
+  /// device holds were used (2.7.10 used_event; Linux's virtqueue_enable_cb_delayed).
+  bool enable_interrupts_delayed() {
+    guard g(this->lock_);
+    if (this->broken()) return false;
+    const auto outstanding = static_cast<std::uint32_t>(detail::u16(avail_published_ - last_used_));
+    return arm(detail::u16((outstanding * 3U) >> 2U));
+  }
+
+  /// Gives every outstanding token (staged, with the device, or used but not reaped) to
+  /// on_token exactly once, then re-initializes the ring (indices at initial_index, interrupts
+  /// enabled) and clears the broken state. Call after the device side was reset.
+  template <class F>
+  void reset(F&& on_token) {
+    guard g(this->lock_);
+    for (slot& s : slots_) {
+      if (s.ndesc != 0) {
+        s.ndesc = 0;
+        on_token(s.token);
+      }
+    }
+    this->shadow_.reset();
+    this->clear_error();
+    init_ring();
+  }
+
+  using base::broken;
+  using base::error;
+  using base::stats;
+
+ private:
+  struct slot {
+    token_t token = 0;
+    std::uint64_t writable = 0;  ///< bytes the device may write: bound for used len (2.7.8.2)
+    std::uint16_t ndesc = 0;     ///< ring descriptors of the chain; 0: not outstanding
+    std::uint16_t last = 0;      ///< its last ring descriptor (free-list splice)
+    std::uint16_t seq = 0;       ///< avail idx it was staged at: staged vs. published
+  };
+
+  void init_ring() {
+    const std::uint16_t start = opts_.initial_index;
+    if (in_order_) {
+      // 2.7.9: with IN_ORDER descriptors are used in ring order, so the free descriptors are one
+      // contiguous run starting at free_head_ and next is always i+1 (0 after size-1).
+      for (std::uint32_t i = 0; i < size_; ++i) next_[i] = detail::u16((i + 1U) & mask_);
+    } else {
+      for (std::uint32_t i = 0; i < size_; ++i) next_[i] = detail::u16(i + 1U);
+    }
+    for (slot& s : slots_) s = slot{};
+    free_head_ = 0;
+    num_free_ = size_;
+    avail_shadow_ = avail_published_ = start;
+    last_used_ = used_cache_ = start;
+    device_chains_ = 0;
+    batch_active_ = false;
+    interrupts_on_ = true;
+    std::memset(static_cast<void*>(ring_.table), 0, split::desc_table_bytes(size_));
+    // 2.7.6 / 2.7.8: both rings start at the agreed index with no suppression asked for.
+    // 2.7.10: with EVENT_IDX negotiated the driver keeps avail flags 0.
+    store_relaxed<E>(ring_.avail.flags(), 0);
+    store_relaxed<E>(ring_.avail.used_event(), start);
+    store_relaxed<E>(ring_.used.flags(), 0);
+    store_relaxed<E>(ring_.used.avail_event(), start);
+    store_relaxed<E>(ring_.used.idx(), start);
+    store_release<E>(ring_.avail.idx(), start);
+  }
+
+  void stage(std::uint16_t head) noexcept {
+    put<E>(ring_.avail.ring(avail_shadow_ & mask_), head);
+    ++avail_shadow_;
+    ++this->stats_.added;
+    this->note_free(num_free_);
+  }
+
+  // Checked mode: move every ring descriptor of a chain from one state to another, following
+  // the private links.
+  bool shadow_walk(std::uint16_t head, detail::desc_state from, detail::desc_state to) noexcept {
+    if constexpr (P::checked) {
+      std::uint16_t d = head;
+      for (std::uint32_t i = 0; i < slots_[head].ndesc; ++i, d = next_[d]) {
+        if (!this->shadow_.move(d, from, to)) return false;
+      }
+    }
+    return true;
+  }
+  bool shadow_add(std::uint16_t head, std::uint32_t) noexcept {
+    return shadow_walk(head, detail::desc_state::free, detail::desc_state::avail);
+  }
+
+  bool is_staged(const slot& s) const noexcept {
+    return detail::u16(s.seq - avail_published_) < detail::u16(avail_shadow_ - avail_published_);
+  }
+
+  // Reads and checks the next used element. The device is untrusted: its id indexes our arrays
+  // only after the range check, and only outstanding, published heads are accepted.
+  errc read_used(std::uint16_t& id, std::uint32_t& len) {
+    if (last_used_ == used_cache_) {
+      // D3 (pairs with V2) 2.7.14: the acquire load of used idx orders our reads of the used
+      // elements after the device's writes of them.
+      const std::uint16_t idx = load_acquire<E>(ring_.used.idx());
+      B::after_observe();
+      // The device cannot have used more chains than it holds.
+      if (detail::u16(idx - last_used_) > device_chains_) return fail(errc::used_idx_jump);
+      used_cache_ = idx;
+      if (idx == last_used_) return errc::empty;
+    }
+    const split::used_elem& e = ring_.used.ring(last_used_ & mask_);
+    const std::uint32_t raw_id = get<E>(e.id);
+    len = get<E>(e.len);
+    if (raw_id >= size_) return fail(errc::used_id_out_of_range);
+    id = detail::u16(raw_id);
+    const slot& s = slots_[id];
+    if (s.ndesc == 0 || is_staged(s)) return fail(errc::used_id_not_outstanding);
+    // 2.7.8.2: the device MUST NOT report more than it could have written.
+    if (len > s.writable) return fail(errc::used_len_too_large);
+    ++last_used_;
+    return errc::ok;
+  }
+
+  errc reap_one(used_buffer& out) {
+    if (this->broken()) return errc::broken;
+    std::uint16_t head = 0;
+    std::uint32_t len = 0;
+    if (!in_order_) {
+      const errc e = read_used(head, len);
+      if (e != errc::ok) return e;
+    } else {
+      // 2.7.9: one used element may stand for a batch: it names the last chain, the chains
+      // before it (in ring order) are used too. Their lengths are not reported (0).
+      if (!batch_active_) {
+        const errc e = read_used(batch_id_, batch_len_);
+        if (e != errc::ok) return e;
+        batch_active_ = true;
+      }
+      head = detail::u16((free_head_ + num_free_) & mask_);  // the oldest outstanding chain
+      if (head == batch_id_) {
+        len = batch_len_;
+        batch_active_ = false;
+      }
+    }
+    slot& s = slots_[head];
+    if (!shadow_walk(head, detail::desc_state::device, detail::desc_state::used) ||
+        !shadow_walk(head, detail::desc_state::used, detail::desc_state::free)) {
+      return fail(errc::state_violation);
+    }
+    out = used_buffer{s.token, len};
+    if (!in_order_) {
+      next_[s.last] = free_head_;
+      free_head_ = head;
+    }
+    num_free_ += s.ndesc;
+    s.ndesc = 0;
+    --device_chains_;
+    ++this->stats_.reaped;
+    return errc::ok;
+  }
+
+  // With suppress_none and EVENT_IDX the device reads only used_event: keep it current so it
+  // keeps interrupting.
+  void after_reap() noexcept {
+    if (mode_ == mode::none && event_negotiated()) {
+      store_relaxed<E>(ring_.avail.used_event(), last_used_);
+    }
+  }
+  bool event_negotiated() const noexcept { return mode_ == mode::event || none_with_event_; }
+
+  bool arm(std::uint16_t ahead) {
+    interrupts_on_ = true;
+    if (mode_ == mode::flags) {
+      store_relaxed<E>(ring_.avail.flags(), 0);
+    } else if (mode_ == mode::event || none_with_event_) {
+      // 2.7.10: the device interrupts once used idx passes used_event.
+      store_relaxed<E>(ring_.avail.used_event(), detail::u16(last_used_ + ahead));
+    }
+    // D4 (pairs with V3) 2.7.14 / 2.7.7.2: our request must be visible before we re-read used
+    // idx, or the device may complete in between, read the old request and stay silent while
+    // we go to sleep.
+    if (used_cache_ != last_used_ || batch_active_) return true;  // seen, not yet reaped
+    B::full();
+    const std::uint16_t idx = load_acquire<E>(ring_.used.idx());
+    return detail::u16(idx - last_used_) > ahead;
+  }
+
+  split::ring_view ring_;
+  mode mode_;
+  bool in_order_;
+  bool none_with_event_;
+  bool interrupts_on_ = true;
+  bool batch_active_ = false;
+  driver_options opts_;
+  std::uint32_t size_ = 0;
+  std::uint32_t mask_ = 0;
+  std::uint32_t num_free_ = 0;
+  std::uint32_t indirect_min_ = std::numeric_limits<std::uint32_t>::max();
+  std::uint16_t free_head_ = 0;
+  std::uint16_t avail_shadow_ = 0;     ///< next avail idx to stage at (private)
+  std::uint16_t avail_published_ = 0;  ///< avail idx at the last kick_prepare
+  std::uint16_t last_used_ = 0;        ///< next used element to read
+  std::uint16_t used_cache_ = 0;       ///< last used idx read from the ring
+  std::uint32_t device_chains_ = 0;    ///< published chains not yet reaped
+  std::uint16_t batch_id_ = 0;         ///< IN_ORDER: head named by the current used element
+  std::uint32_t batch_len_ = 0;
+  std::vector<std::uint16_t> next_;  ///< private descriptor links (free list and chains)
+  std::vector<slot> slots_;          ///< per head
+  aligned_buffer indirect_;
+  std::uint64_t indirect_guest_ = 0;
+};
+
+// =============================================================================================
+// Device side
+// =============================================================================================
+
+/// The device side of a split ring. `mem` translates the driver's addresses and must outlive
+/// the queue (a pointer to it is kept).
+template <queue_policy_type P = default_policy, memory_map M = identity_memory>
+class split_device : public detail::queue_common<P> {
+  using base = detail::queue_common<P>;
+  using E = typename P::endian;
+  using B = typename P::barriers;
+  using guard = typename base::guard;
+  using mode = detail::split_suppress;
+  using detail::queue_common<P>::fail;
+
+ public:
+  /// Throws virtq::error: bad_queue_size (invalid ring view), feature_missing /
+  /// feature_conflict (policy vs. features).
+  split_device(split::ring_view ring, features f, const M& mem, device_options opts = {})
+      : ring_(ring), mem_(&mem), mode_(detail::split_mode<P>(f)),
+        event_negotiated_(f.has(feature::event_idx)), indirect_ok_(f.has(feature::indirect_desc)),
+        in_order_(f.has(feature::in_order)), opts_(opts) {
+    detail::check_features<P>(f, false);
+    if (!valid_split_size(ring.size) || ring.table == nullptr || ring.avail.hdr == nullptr ||
+        ring.used.hdr == nullptr) {
+      detail::throw_error(errc::bad_queue_size, "split_device: invalid ring view");
+    }
+    size_ = ring.size;
+    mask_ = size_ - 1;
+    held_.resize(size_);
+    if (in_order_) order_.resize(size_);
+    this->shadow_.resize(size_);
+    links_.resize(size_);
+    init();
+  }
+  split_device(const split_device&) = delete;
+  split_device& operator=(const split_device&) = delete;
+
+  std::uint32_t size() const noexcept { return size_; }
+
+  /// The next available chain, walked and validated into `c`; errc::empty; or a fatal errc
+  /// (the queue is then broken).
+  errc pop(chain& c) {
+    guard g(this->lock_);
+    if (this->broken()) return errc::broken;
+    if (last_avail_ == avail_cache_) {
+      // V1 (pairs with D1) 2.7.13: acquire avail idx before reading the ring entries and the
+      // descriptors they name.
+      const std::uint16_t idx = load_acquire<E>(ring_.avail.idx());
+      B::after_observe();
+      // 2.7.6: the driver cannot have more than Queue Size chains available at once.
+      if (detail::u16(idx - last_avail_) > size_) return fail(errc::avail_idx_jump);
+      avail_cache_ = idx;
+      if (idx == last_avail_) return errc::empty;
+    }
+    const std::uint16_t head = get<E>(ring_.avail.ring(last_avail_ & mask_));
+    // 2.7.6: ring[] holds descriptor-chain heads, indices into a table of Queue Size entries.
+    if (head >= size_) return fail(errc::desc_index_out_of_range);
+    // A chain the device still holds cannot be made available again (2.7.13.1: the driver
+    // gives buffers, the device gives them back; a re-offered head would be completed twice).
+    if (held_[head].active) return fail(errc::state_violation);
+    const errc e = walk(c, head);
+    if (e != errc::ok) return fail(e);
+    if (!links_.commit(this->shadow_, head)) return fail(errc::state_violation);
+    held_[head] = held_chain{c.writable_bytes(), true};
+    if (in_order_) {
+      order_[(order_head_ + order_count_) & mask_] = head;
+      ++order_count_;
+    }
+    ++last_avail_;
+    ++this->stats_.popped;
+    if (mode_ == mode::none && event_negotiated_) {
+      // Never hold the driver back: keep avail_event at the next entry we will read.
+      store_relaxed<E>(ring_.used.avail_event(), last_avail_);
+    }
+    return errc::ok;
+  }
+
+  /// Stages a used element for chain `id` with `len` bytes written. invalid_argument (a caller
+  /// error, the queue stays usable) if `id` is not a held chain, len exceeds its writable space
+  /// (2.7.8.2: the device MUST NOT over-state), or, with IN_ORDER, `id` is not the oldest held.
+  errc complete(std::uint16_t id, std::uint32_t len) {
+    guard g(this->lock_);
+    if (this->broken()) return errc::broken;
+    if (id >= size_ || !held_[id].active || len > held_[id].writable) {
+      return errc::invalid_argument;
+    }
+    if (in_order_) {
+      // 2.7.9: "the device MUST use buffers in the same order in which they have been
+      // available".
+      if (order_[order_head_] != id) return errc::invalid_argument;
+      order_head_ = (order_head_ + 1) & mask_;
+      --order_count_;
+    }
+    if (!release(id)) return fail(errc::state_violation);
+    write_used(id, len);
+    return errc::ok;
+  }
+  errc complete(const chain& c, std::uint32_t len) { return complete(c.id(), len); }
+
+  /// IN_ORDER batch (2.7.9): completes the next `count` held chains (in the order they were
+  /// popped) with one used element carrying the id of the last of them and `len_of_last`.
+  errc complete_in_order(std::uint16_t count, std::uint32_t len_of_last) {
+    guard g(this->lock_);
+    if (this->broken()) return errc::broken;
+    if (!in_order_ || count == 0 || count > order_count_) return errc::invalid_argument;
+    const std::uint16_t last = order_[(order_head_ + count - 1U) & mask_];
+    if (len_of_last > held_[last].writable) return errc::invalid_argument;
+    for (std::uint32_t i = 0; i < count; ++i) {
+      if (!release(order_[order_head_])) return fail(errc::state_violation);
+      order_head_ = (order_head_ + 1) & mask_;
+    }
+    order_count_ -= count;
+    write_used(last, len_of_last);
+    return errc::ok;
+  }
+
+  /// Publishes the staged used elements and says whether the driver wants an interrupt.
+  bool interrupt_prepare() {
+    guard g(this->lock_);
+    if (this->broken()) return false;
+    const std::uint16_t old_idx = used_published_;
+    const std::uint16_t new_idx = used_shadow_;
+    if (old_idx == new_idx) return false;
+    // V2 (pairs with D3) 2.7.8.2 / 2.7.14: the used elements (id, len) are written before
+    // used idx; the release store orders them.
+    B::before_publish();
+    store_release<E>(ring_.used.idx(), new_idx);
+    used_published_ = new_idx;
+    bool irq = true;
+    if (mode_ != mode::none) {
+      // V3 (pairs with D4) 2.7.7.2: "the device MUST ... perform a suitable memory barrier
+      // before reading flags / used_event": store->load, so a full barrier.
+      B::full();
+      if (mode_ == mode::event) {
+        irq = need_event(load_relaxed<E>(ring_.avail.used_event()), new_idx, old_idx);
+      } else {
+        irq = (load_relaxed<E>(ring_.avail.flags()) & split::avail_f_no_interrupt) == 0;
+      }
+    }
+    ++(irq ? this->stats_.interrupts : this->stats_.interrupts_suppressed);
+    return irq;
+  }
+
+  /// Asks the driver not to notify (a hint). With EVENT_IDX avail_event simply stays where it
+  /// is: the driver ignores NO_NOTIFY then (2.7.10), and at most one more notification comes.
+  void disable_notifications() {
+    guard g(this->lock_);
+    if (this->broken() || mode_ != mode::flags) return;
+    store_relaxed<E>(ring_.used.flags(), split::used_f_no_notify);
+  }
+
+  /// Asks for a notification at the next available chain. Returns true if chains are already
+  /// available (arrived before the request took effect): pop again instead of sleeping.
+  bool enable_notifications() {
+    guard g(this->lock_);
+    if (this->broken()) return false;
+    if (mode_ == mode::flags) {
+      store_relaxed<E>(ring_.used.flags(), 0);
+    } else if (event_negotiated_) {
+      // 2.7.10: the driver notifies once avail idx passes avail_event.
+      store_relaxed<E>(ring_.used.avail_event(), last_avail_);
+    }
+    // V4 (pairs with D2) 2.7.13.4 / 2.7.10: our request must be visible before we re-read avail
+    // idx, or the driver may publish in between, read the old request and not notify.
+    if (avail_cache_ != last_avail_) return true;  // seen, not yet popped
+    B::full();
+    return load_acquire<E>(ring_.avail.idx()) != last_avail_;
+  }
+
+  /// Forgets every held chain and staged used element; indices back to initial_index. Touches
+  /// no ring memory (2.7 queue reset: after it the device neither uses buffers nor notifies);
+  /// the driver re-initializes the ring.
+  void reset() {
+    guard g(this->lock_);
+    this->shadow_.reset();
+    this->clear_error();
+    init();
+  }
+
+  using base::broken;
+  using base::error;
+  using base::stats;
+
+ private:
+  struct held_chain {
+    std::uint64_t writable = 0;  ///< bound for its used len (2.7.8.2)
+    bool active = false;
+  };
+
+  void init() {
+    for (held_chain& h : held_) h = held_chain{};
+    last_avail_ = avail_cache_ = opts_.initial_index;
+    used_shadow_ = used_published_ = opts_.initial_index;
+    order_head_ = order_count_ = 0;
+  }
+
+  bool release(std::uint16_t id) noexcept {
+    held_[id].active = false;
+    return links_.release(this->shadow_, id);
+  }
+
+  void write_used(std::uint16_t id, std::uint32_t len) noexcept {
+    split::used_elem& e = ring_.used.ring(used_shadow_ & mask_);
+    put<E>(e.id, id);
+    put<E>(e.len, len);
+    ++used_shadow_;
+    ++this->stats_.completed;
+  }
+
+  // The bounded walk of one chain (2.7.5.2, 2.7.5.3). Every buffer goes through chain::append;
+  // this function checks only what is about the linking.
+  errc walk(chain& c, std::uint16_t head) {
+    c.begin(head, size_);
+    links_.start();
+    const split::desc* table = ring_.table;
+    std::uint32_t table_len = size_;
+    std::uint32_t ttl = size_;  // 2.7.5.2: more hops than entries means a loop
+    std::uint16_t ring_slots = 0;
+    bool indirect = false;
+    std::uint16_t i = head;
+    for (;;) {
+      split::desc d;
+      if (indirect) {
+        // The table is driver memory at any alignment: copy each entry out, once.
+        std::memcpy(static_cast<void*>(&d), table + i, sizeof d);
+      } else {
+        d = table[i];
+        links_.visit(i);
+        ++ring_slots;
+      }
+      const std::uint64_t addr = get<E>(d.addr);
+      const std::uint32_t len = get<E>(d.len);
+      const std::uint16_t flags = get<E>(d.flags);
+      const std::uint16_t next = get<E>(d.next);
+      if ((flags & split::desc_f_indirect) != 0) {
+        // 2.7.5.3.1: "The device MUST ignore the write-only flag (flags&VIRTQ_DESC_F_WRITE) in
+        // the descriptor that refers to an indirect table."
+        if (!indirect_ok_) return errc::indirect_not_negotiated;
+        // 2.7.5.3.1: "The driver MUST NOT set the VIRTQ_DESC_F_INDIRECT flag within an indirect
+        // descriptor (ie. only one table per descriptor)."
+        if (indirect) return errc::indirect_nested;
+        // 2.7.5.3.1: "A driver MUST NOT set both VIRTQ_DESC_F_INDIRECT and VIRTQ_DESC_F_NEXT".
+        if ((flags & split::desc_f_next) != 0) return errc::indirect_with_next;
+        // 2.7.5.3.1: a table of len/16 descriptors; the chain it holds is bounded by the queue
+        // size like any other (2.7.5.2).
+        if (len == 0 || len % sizeof(split::desc) != 0 || len / sizeof(split::desc) > size_) {
+          return errc::indirect_bad_length;
+        }
+        const result<std::byte*> host = mem_->translate(addr, len);
+        if (!host) return host.error();
+        table = reinterpret_cast<const split::desc*>(*host);
+        table_len = len / static_cast<std::uint32_t>(sizeof(split::desc));
+        ttl = table_len;
+        indirect = true;
+        i = 0;
+        continue;
+      }
+      const errc e = c.append(*mem_, addr, len, (flags & split::desc_f_write) != 0);
+      if (e != errc::ok) return e;
+      if ((flags & split::desc_f_next) == 0) break;
+      // 2.7.5: next indexes the descriptor table (or the indirect table).
+      if (next >= table_len) return errc::next_out_of_range;
+      if (--ttl == 0) return errc::chain_loop;
+      i = next;
+    }
+    c.set_ring_slots(ring_slots);
+    return errc::ok;
+  }
+
+  split::ring_view ring_;
+  const M* mem_;
+  mode mode_;
+  bool event_negotiated_;
+  bool indirect_ok_;
+  bool in_order_;
+  device_options opts_;
+  std::uint32_t size_ = 0;
+  std::uint32_t mask_ = 0;
+  std::uint16_t last_avail_ = 0;      ///< next avail entry to pop
+  std::uint16_t avail_cache_ = 0;     ///< last avail idx read from the ring
+  std::uint16_t used_shadow_ = 0;     ///< next used element to write (private)
+  std::uint16_t used_published_ = 0;  ///< used idx at the last interrupt_prepare
+  std::vector<held_chain> held_;           ///< per head
+  std::vector<std::uint16_t> order_;  ///< IN_ORDER: held heads in pop order (a ring)
+  std::uint32_t order_head_ = 0;
+  std::uint32_t order_count_ = 0;
+  [[no_unique_address]] detail::held_links<P::checked> links_;
+};
+
+// =============================================================================================
+// Layout traits
+// =============================================================================================
+
+/// What generic code (tests, benchmarks, the rx pool) needs to know about the split layout.
+struct split_layout {
+  static constexpr bool is_packed = false;
+  using geometry = split_geometry;
+  using view = split::ring_view;
+  template <class P>
+  using driver = split_driver<P>;
+  template <class P, class M>
+  using device = split_device<P, M>;
+
+  /// Used-ring alignment of geometry_for: a cache line, so the device-written used ring never
+  /// shares a line with the driver-written available ring (any power of 2 >= 4 is legal, 2.7).
+  static constexpr std::size_t used_ring_align = 64;
+
+  static constexpr bool valid_size(std::uint32_t n) noexcept { return valid_split_size(n); }
+  static constexpr result<geometry> geometry_for(std::uint32_t size) {
+    return split_geometry::make(size, used_ring_align);
+  }
+  static result<view> view_at(void* base, const geometry& g) noexcept {
+    return split_view_at(base, g);
+  }
+};
+
+static_assert(driver_queue<split_driver<>>);
+static_assert(device_queue<split_device<>>);
+static_assert(device_queue<split_device<default_policy, guest_memory>>);
+
+}  // namespace virtq
