@@ -1,0 +1,178 @@
+// SPDX-License-Identifier: MIT
+// bench/queue_bodies.hpp -- our virtqueues as a bench_pair, generic over the layout and the
+// policy, and the benchmarks that run them. bench_queues.cpp registers the full policy matrix;
+// bench_dpdk_compare.cpp registers the comparison subset next to the peers.
+//
+// A Layout (split_layout, packed_layout) names its queues as
+//   typename Layout::template driver<P>
+//   typename Layout::template device<P, identity_memory>
+// so a new layout plugs in by adding one line to the registration lists below.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <type_traits>
+
+#include "bench_bodies.hpp"
+#include "virtq/memory.hpp"
+#include "virtq/virtqueue.hpp"
+
+// The layouts land one after the other; each registers once its header exists.
+#if __has_include("virtq/split.hpp")
+#include "virtq/split.hpp"
+#define VIRTQ_BENCH_HAVE_SPLIT 1
+#endif
+#if __has_include("virtq/packed.hpp")
+#include "virtq/packed.hpp"
+#define VIRTQ_BENCH_HAVE_PACKED 1
+#endif
+
+namespace virtq_bench {
+
+inline constexpr std::uint32_t queue_size = 256;
+inline constexpr std::uint32_t buffer_bytes = 2048;  // a receive buffer for one MTU frame
+
+/// The features a layout needs with a policy: VERSION_1 always, RING_PACKED for packed,
+/// EVENT_IDX when the policy suppresses by event index.
+template <class Layout, class P>
+virtq::features features_for() {
+  virtq::features f = virtq::features{}.with(virtq::feature::version_1);
+  if constexpr (std::is_same_v<typename Layout::geometry, virtq::packed_geometry>)
+    f = f.with(virtq::feature::ring_packed);
+  if constexpr (P::suppression::uses_event_idx) f = f.with(virtq::feature::event_idx);
+  return f;
+}
+
+/// A driver and a device over one ring in this process. The driver posts single
+/// device-writable buffers (a receive queue); the device completes each with a full length
+/// without touching the data, so what is measured is the queue, not memcpy.
+template <class Layout, class P>
+class queue_pair {
+ public:
+  using driver_type = typename Layout::template driver<P>;
+  using device_type = typename Layout::template device<P, virtq::identity_memory>;
+  static_assert(virtq::driver_queue<driver_type>);
+  static_assert(virtq::device_queue<device_type>);
+
+  explicit queue_pair(std::uint32_t size = queue_size)
+      : ring_(size),
+        buffers_(std::size_t{size} * buffer_bytes, 4096),
+        drv_(ring_.view(), features_for<Layout, P>(), virtq::driver_options{}),
+        dev_(ring_.view(), features_for<Layout, P>(), mem_, virtq::device_options{}),
+        size_(size) {}
+
+  std::size_t capacity() const noexcept { return size_; }
+
+  std::size_t send(std::size_t n) {
+    std::size_t i = 0;
+    for (; i < n; ++i) {
+      const virtq::buffer b{
+          reinterpret_cast<std::uintptr_t>(buffers_.data()) + std::uint64_t{next_} * buffer_bytes,
+          buffer_bytes};
+      if (drv_.add_inbuf(b, next_) != virtq::errc::ok) break;
+      if (++next_ == size_) next_ = 0;
+    }
+    kicks_ += drv_.kick_prepare() ? 1U : 0U;
+    return i;
+  }
+
+  std::size_t serve(std::size_t n) {
+    std::size_t i = 0;
+    for (; i < n; ++i) {
+      if (dev_.pop(chain_) != virtq::errc::ok) break;
+      dev_.complete(chain_.id(), buffer_bytes);
+    }
+    if (i != 0) interrupts_ += dev_.interrupt_prepare() ? 1U : 0U;
+    return i;
+  }
+
+  std::size_t reap(std::size_t n) {
+    const auto got = drv_.get_used(
+        std::span<virtq::used_buffer>(used_, std::min<std::size_t>(n, std::size(used_))));
+    return got ? *got : 0;
+  }
+
+  driver_type& driver() noexcept { return drv_; }
+  device_type& device() noexcept { return dev_; }
+  std::uint64_t kicks() const noexcept { return kicks_; }
+  std::uint64_t interrupts() const noexcept { return interrupts_; }
+
+ private:
+  virtq::ring_memory<Layout> ring_;
+  virtq::aligned_buffer buffers_;
+  // Driver state and device state live on different cache lines: in the two-thread
+  // benchmarks each is written by its own CPU.
+  alignas(64) driver_type drv_;
+  std::uint32_t next_ = 0;
+  std::uint64_t kicks_ = 0;
+  virtq::used_buffer used_[max_batch];
+  virtq::identity_memory mem_;  // the device keeps a pointer to it
+  alignas(64) device_type dev_;
+  virtq::chain chain_;
+  std::uint64_t interrupts_ = 0;
+  alignas(64) std::uint32_t size_;
+};
+
+template <class Layout, class P>
+void report_events(benchmark::State& state, const queue_pair<Layout, P>& q, std::int64_t items) {
+  if (items <= 0) return;
+  state.counters["kicks/item"] = static_cast<double>(q.kicks()) / static_cast<double>(items);
+  state.counters["irqs/item"] = static_cast<double>(q.interrupts()) / static_cast<double>(items);
+}
+
+template <class Layout, class P>
+void BM_queue_cycle(benchmark::State& state) {
+  auto q = std::make_unique<queue_pair<Layout, P>>();
+  const auto batch = static_cast<std::size_t>(state.range(0));
+  cycle_single(state, *q, batch);
+  report_events(state, *q, state.items_processed());
+}
+
+template <class Layout, class P>
+void BM_queue_stream(benchmark::State& state) {
+  auto q = std::make_unique<queue_pair<Layout, P>>();
+  stream_two(state, *q, static_cast<std::size_t>(state.range(0)));
+}
+
+template <class Layout, class P>
+void BM_queue_round_trip(benchmark::State& state) {
+  auto q = std::make_unique<queue_pair<Layout, P>>();
+  round_trip(state, *q);
+}
+
+// Policy shorthands for the registration lists.
+using p_none = virtq::queue_policy<virtq::no_lock, virtq::suppress_none>;
+using p_flags = virtq::queue_policy<virtq::no_lock, virtq::suppress_flags>;
+using p_event = virtq::queue_policy<virtq::no_lock, virtq::suppress_event_idx>;
+using p_spin_event = virtq::queue_policy<virtq::spin_lock, virtq::suppress_event_idx>;
+using p_spin_none = virtq::queue_policy<virtq::spin_lock, virtq::suppress_none>;
+using p_spin_flags = virtq::queue_policy<virtq::spin_lock, virtq::suppress_flags>;
+
+}  // namespace virtq_bench
+
+/// The comparison subset (default policy: no lock, event index), run next to the peers. Use at
+/// global scope after `using namespace virtq_bench;` (BENCHMARK_TEMPLATE pastes the function
+/// name into an identifier, so it must be unqualified).
+#define VIRTQ_BENCH_REGISTER_LAYOUT_COMPARE(layout)                                  \
+  BENCHMARK_TEMPLATE(BM_queue_cycle, layout, virtq_bench::p_event)->Arg(1)->Arg(32); \
+  BENCHMARK_TEMPLATE(BM_queue_stream, layout, virtq_bench::p_event)                  \
+      ->Arg(1)                                                                       \
+      ->Arg(32)                                                                      \
+      ->UseRealTime();                                                               \
+  BENCHMARK_TEMPLATE(BM_queue_round_trip, layout, virtq_bench::p_event)->UseRealTime()
+
+#ifdef VIRTQ_BENCH_HAVE_SPLIT
+#define VIRTQ_BENCH_REGISTER_COMPARE_SPLIT() \
+  VIRTQ_BENCH_REGISTER_LAYOUT_COMPARE(virtq::split_layout)
+#else
+#define VIRTQ_BENCH_REGISTER_COMPARE_SPLIT() static_assert(true)
+#endif
+#ifdef VIRTQ_BENCH_HAVE_PACKED
+#define VIRTQ_BENCH_REGISTER_COMPARE_PACKED() \
+  VIRTQ_BENCH_REGISTER_LAYOUT_COMPARE(virtq::packed_layout)
+#else
+#define VIRTQ_BENCH_REGISTER_COMPARE_PACKED() static_assert(true)
+#endif
