@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Draws docs/img/performance.png from the JSON of scripts/bench.sh (bench_dpdk_compare.json).
+#   scripts/plot.sh [results dir]      default: bench/results
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+results="${1:-$root/bench/results}"
+out="${VIRTQ_PLOT_OUT:-$root/docs/img/performance.png}"
+command -v gnuplot >/dev/null || { echo "plot.sh: gnuplot not installed" >&2; exit 1; }
+mkdir -p "$(dirname "$out")"
+data="$(mktemp)"
+trap 'rm -f "$data"' EXIT
+python3 "$root/scripts/bench_summary.py" plot "$results" >"$data"
+subtitle="$(sed -n 's/^date: //p' "$results/machine.txt" 2>/dev/null || true), $(nproc) CPUs"
+gnuplot -e "datafile='$data'; outfile='$out'; subtitle='$subtitle'" "$root/scripts/plot.gp"
+echo "plot: $out"
