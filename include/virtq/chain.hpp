@@ -73,6 +73,9 @@ class chain {
     id_ = id;
   }
   void set_ring_slots(std::uint16_t n) noexcept { ring_slots_ = n; }
+  /// Packed rings name the buffer id in the chain's LAST descriptor (2.8.6), so the walker
+  /// learns it only after the walk.
+  void set_id(std::uint16_t id) noexcept { id_ = id; }
 
   /// Validates and translates one descriptor's buffer and adds it to the chain.
   template <memory_map M>

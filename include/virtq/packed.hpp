@@ -1,0 +1,890 @@
+// SPDX-License-Identifier: MIT
+// virtq/packed.hpp -- the packed virtqueue (VIRTIO 1.2 2.8): driver side and device side.
+//
+// One ring of 16-byte descriptors is shared by both directions: the driver writes available
+// descriptors at its next_avail position, the device overwrites them with used descriptors at
+// its next_used position. Who owns a slot is told by the AVAIL/USED flag bits compared with the
+// reader's wrap counter (2.8.1), so there are no indices in shared memory at all.
+//
+// Wrap counters (2.8.1): driver and device each keep one for the avail side and one for the
+// used side; all start at 1 and flip whenever an index passes the last slot -- including an
+// advance that lands exactly on the slot it started from (a chain as long as the queue). Every
+// advance below is a compare-and-subtract (sizes need not be powers of 2; no division).
+//
+// Batching: add() writes every descriptor of a batch but holds back the flags of the batch's
+// FIRST head; kick_prepare() publishes that one with the D1 release store. The device cannot
+// look past a slot it does not own, so the other flags of the batch (later heads included) are
+// stored relaxed: they become visible through the first head's release/acquire edge. The device
+// does the same with the first used descriptor of a batch (V2, in interrupt_prepare()).
+//
+// Barrier labels (table in virtqueue.hpp): D1 publish head flags; V1 acquire a head's flags;
+// D2 full before reading the device event area; V2 publish used flags; D3 acquire used flags;
+// V3 full before reading the driver event area; D4 full after re-enabling interrupts; V4 full
+// after re-enabling notifications.
+#pragma once
+
+#include <algorithm>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <vector>
+
+#include "virtq/chain.hpp"
+#include "virtq/error.hpp"
+#include "virtq/memory.hpp"
+#include "virtq/policy.hpp"
+#include "virtq/spec.hpp"
+#include "virtq/virtqueue.hpp"
+
+namespace virtq {
+
+namespace detail {
+
+/// Moves a ring position forward by n <= size slots, flipping the wrap counter when it passes
+/// the last slot (2.8.1), also when it lands back on where it started (n == size).
+constexpr void packed_advance(std::uint16_t& off, bool& wrap, std::uint32_t n,
+                              std::uint32_t size) noexcept {
+  std::uint32_t o = std::uint32_t{off} + n;
+  if (o >= size) {
+    o -= size;
+    wrap = !wrap;
+  }
+  off = static_cast<std::uint16_t>(o);
+}
+
+template <class P>
+inline constexpr bool packed_endian_ok = P::endian::order == std::endian::little;
+
+/// The ring view a queue is built on must have come from packed::ring_view::make.
+inline void check_packed_view(const packed::ring_view& v) {
+  if (v.ring == nullptr || v.driver_event == nullptr || v.device_event == nullptr) {
+    throw_error(errc::invalid_argument, "packed ring view has a null area");
+  }
+  if (!valid_packed_size(v.size)) throw_error(errc::bad_queue_size, "packed queue size 1..32768");
+}
+
+}  // namespace detail
+
+// =============================================================================================
+// Driver
+// =============================================================================================
+
+/// The driver side of a packed ring. Satisfies driver_queue.
+template <queue_policy_type P = default_policy>
+class packed_driver : public detail::queue_common<P> {
+  static_assert(
+      detail::packed_endian_ok<P>,
+      "2.8: packed rings exist only with VIRTIO_F_VERSION_1, whose wire is little-endian");
+  using base = detail::queue_common<P>;
+  using E = typename P::endian;
+  using B = typename P::barriers;
+  using S = typename P::suppression;
+  using guard = typename base::guard;
+  using detail::queue_common<P>::fail;
+
+ public:
+  packed_driver(packed::ring_view v, features f, driver_options o = {})
+      : view_(v), size_(v.size), in_order_(f.has(feature::in_order)) {
+    detail::check_packed_view(v);
+    detail::check_features<P>(f, true);
+    if (o.indirect_max != 0) {
+      if (!f.has(feature::indirect_desc)) {
+        detail::throw_error(errc::feature_missing, "indirect_max needs VIRTIO_F_INDIRECT_DESC");
+      }
+      // 2.8.7 with 2.8.4: a chain (an indirect table included) is at most Queue Size long.
+      if (o.indirect_max > size_) {
+        detail::throw_error(errc::invalid_argument, "indirect_max larger than the queue size");
+      }
+      indirect_max_ = o.indirect_max;
+      indirect_threshold_ = std::max<std::uint32_t>(o.indirect_threshold, 1);
+      tables_ = aligned_buffer(std::size_t{size_} * indirect_max_ * sizeof(packed::desc), 16);
+      if (o.to_guest != nullptr) {
+        const result<std::uint64_t> g = o.to_guest(tables_.data(), o.to_guest_ctx);
+        if (!g) detail::throw_error(g.error(), "indirect tables: no guest address");
+        tables_guest_ = *g;
+      } else {
+        tables_guest_ = reinterpret_cast<std::uintptr_t>(tables_.data());
+      }
+    }
+    ids_.resize(size_);
+    this->shadow_.resize(size_);
+    init_state();
+  }
+
+  packed_driver(const packed_driver&) = delete;
+  packed_driver& operator=(const packed_driver&) = delete;
+
+  /// Stages a chain: device-readable `out` buffers, then device-writable `in` buffers. It stays
+  /// invisible to the device until kick_prepare().
+  errc add(std::span<const buffer> out, std::span<const buffer> in, token_t token) {
+    guard g(this->lock_);
+    if (this->broken()) return errc::broken;
+    const std::size_t n = out.size() + in.size();
+    if (n == 0) return errc::invalid_argument;
+    const bool indirect = indirect_max_ != 0 && n >= indirect_threshold_ && n <= indirect_max_;
+    // 2.8.4: "A driver MUST NOT create a descriptor chain longer than the Queue Size".
+    if (!indirect && n > size_) return errc::invalid_argument;
+    const auto slots = static_cast<std::uint32_t>(indirect ? 1 : n);
+    if (slots > num_free_) {
+      ++this->stats_.ring_full;
+      return errc::no_space;
+    }
+    std::uint64_t total = 0;
+    std::uint64_t writable = 0;
+    for (const buffer& b : out) total += b.len;
+    for (const buffer& b : in) writable += b.len;
+    total += writable;
+    // 2.7.5.2 (applies to packed chains through 2.8.4): at most 2^32 bytes in total.
+    if (total > (std::uint64_t{1} << 32)) return errc::invalid_argument;
+
+    const std::uint16_t id = take_id();
+    if (indirect) {
+      // 2.8.7: one ring descriptor with INDIRECT points at a table of packed descriptors whose
+      // flags carry nothing but WRITE; the table is sequential, so no NEXT and no id.
+      packed::desc* t = table(id);
+      std::size_t i = 0;
+      for (const buffer& b : out) fill_table_entry(t[i++], b, 0);
+      for (const buffer& b : in) fill_table_entry(t[i++], b, packed::desc_f_write);
+      write_slot(table_guest(id), static_cast<std::uint32_t>(n * sizeof(packed::desc)), id,
+                 packed::desc_f_indirect);
+    } else {
+      std::size_t left = n;
+      for (const buffer& b : out) {
+        write_slot(b.addr, b.len, id, --left != 0 ? packed::desc_f_next : std::uint16_t{0});
+      }
+      for (const buffer& b : in) {
+        write_slot(b.addr, b.len, id,
+                   static_cast<std::uint16_t>(packed::desc_f_write |
+                                              (--left != 0 ? packed::desc_f_next : 0)));
+      }
+    }
+    commit(id, token, slots, writable);
+    return errc::ok;
+  }
+
+  /// The receive hot path: one device-writable buffer in one slot.
+  errc add_inbuf(buffer b, token_t token) {
+    guard g(this->lock_);
+    if (this->broken()) [[unlikely]]
+      return errc::broken;
+    if (num_free_ == 0) [[unlikely]] {
+      ++this->stats_.ring_full;
+      return errc::no_space;
+    }
+    const std::uint16_t id = take_id();
+    write_slot(b.addr, b.len, id, packed::desc_f_write);
+    commit(id, token, 1, b.len);
+    return errc::ok;
+  }
+
+  /// Publishes the staged batch (D1) and says whether the device wants a notification (D2).
+  bool kick_prepare() {
+    guard g(this->lock_);
+    if (this->broken() || staged_chains_ == 0)
+      return false;  // nothing new for the device  // nothing new for the device
+    if (head_pending_) {
+      B::before_publish();
+      // D1 (2.8.21.1, partner V1): every descriptor of the batch, and each indirect table, was
+      // written before this release of the first head's flags; the device acquires them.
+      store_release<E>(view_.ring[head_slot_].flags, head_flags_);
+      head_pending_ = false;
+    }
+    outstanding_ += staged_chains_;
+    staged_chains_ = 0;
+    ++batch_;
+    const std::uint32_t added = staged_slots_;
+    staged_slots_ = 0;
+    pub_off_ = next_avail_;
+    pub_wrap_ = avail_wrap_;
+
+    bool notify = true;
+    if constexpr (S::uses_flags || S::uses_event_idx) {
+      // D2 (2.8.21.3, partner V4): the store of the head flags must be ordered before the load
+      // of the device's event area, or both sides may sleep.
+      B::full();
+      const std::uint16_t flags = load_relaxed<E>(view_.device_event->flags);
+      if constexpr (S::uses_event_idx) {
+        if (flags == packed::event_flags_desc) {
+          // 2.8.10: notify iff the device's event offset lies among the slots just published.
+          notify = packed_need_event(load_relaxed<E>(view_.device_event->off_wrap), next_avail_,
+                                     avail_wrap_, added, size_);
+        } else {
+          notify = flags != packed::event_flags_disable;
+        }
+      } else {
+        notify = flags != packed::event_flags_disable;
+      }
+    }
+    if (notify) {
+      ++this->stats_.kicks;
+    } else {
+      ++this->stats_.kicks_suppressed;
+    }
+    return notify;
+  }
+
+  /// VIRTIO_F_NOTIFICATION_DATA: vqn | next_off << 16 | next_wrap << 31, naming the position
+  /// after the last published descriptor.
+  std::uint32_t notification_data(std::uint16_t vqn) const noexcept {
+    guard g(this->lock_);
+    return encode_notification({vqn, pub_off_, pub_wrap_});
+  }
+
+  result<used_buffer> get_used() {
+    guard g(this->lock_);
+    if (this->broken()) return errc::broken;
+    return reap_one();
+  }
+
+  /// Up to out.size() completions. If the device breaks a rule after some were reaped, those
+  /// are returned (their tokens are the caller's now) and the next call reports errc::broken;
+  /// error() names the rule.
+  result<std::size_t> get_used(std::span<used_buffer> out) {
+    guard g(this->lock_);
+    if (this->broken()) return errc::broken;
+    std::size_t n = 0;
+    while (n < out.size()) {
+      const result<used_buffer> r = reap_one();
+      if (!r) {
+        if (r.error() == errc::empty || n != 0) break;
+        return r.error();
+      }
+      out[n++] = *r;
+    }
+    return n;
+  }
+
+  void disable_interrupts() {
+    guard g(this->lock_);
+    if (this->broken()) return;
+    if constexpr (S::uses_flags || S::uses_event_idx) {
+      set_driver_flags(packed::event_flags_disable);
+    }
+  }
+
+  /// Re-enables interrupts; true if used descriptors arrived meanwhile (poll again).
+  bool enable_interrupts() {
+    guard g(this->lock_);
+    if (this->broken()) return false;
+    return enable_at(last_used_, used_wrap_);
+  }
+
+  /// Asks for an interrupt only once ~3/4 of the outstanding slots were used (2.8.10 desc
+  /// mode); without EVENT_IDX the same as enable_interrupts().
+  bool enable_interrupts_delayed() {
+    guard g(this->lock_);
+    if (this->broken()) return false;
+    std::uint16_t off = last_used_;
+    bool wrap = used_wrap_;
+    if constexpr (S::uses_event_idx) {
+      const std::uint32_t busy = size_ - num_free_ - staged_slots_;
+      detail::packed_advance(off, wrap, (busy * 3U) >> 2U, size_);
+    }
+    return enable_at(off, wrap);
+  }
+
+  /// Hands every outstanding token (staged, published, used but not reaped) to on_token exactly
+  /// once, then returns the ring to its initial state. The device must be reset as well.
+  template <class F>
+  void reset(F&& on_token) {
+    guard g(this->lock_);
+    for (std::uint32_t i = 0; i < size_; ++i) {
+      if (ids_[i].slots != 0) on_token(ids_[i].token);
+    }
+    init_state();
+  }
+
+  std::uint32_t size() const noexcept { return size_; }
+  /// Free ring slots (a chain takes one per descriptor, or one for an indirect table).
+  std::uint32_t num_free() const noexcept {
+    guard g(this->lock_);
+    return num_free_;
+  }
+  const packed::ring_view& view() const noexcept { return view_; }
+
+ private:
+  struct id_info {
+    token_t token = 0;
+    std::uint64_t batch = 0;     ///< kick generation it was staged in (published once passed)
+    std::uint32_t writable = 0;  ///< device-writable bytes, saturated at 2^32-1
+    std::uint16_t slots = 0;     ///< ring slots taken; 0 = id free
+    std::uint16_t next = 0;      ///< free list link, or IN_ORDER add-order link while in use
+  };
+
+  void init_state() {
+    // The driver owns the ring memory; a zeroed ring holds no available descriptor for wrap 1
+    // and asks for every event (flags 0 = RING_EVENT_FLAGS_ENABLE).
+    std::memset(static_cast<void*>(view_.ring), 0, std::size_t{size_} * sizeof(packed::desc));
+    std::memset(static_cast<void*>(view_.driver_event), 0, sizeof(packed::event_suppress));
+    std::memset(static_cast<void*>(view_.device_event), 0, sizeof(packed::event_suppress));
+    for (std::uint32_t i = 0; i < size_; ++i) {
+      ids_[i] = id_info{};
+      ids_[i].next = static_cast<std::uint16_t>(i + 1);
+    }
+    free_head_ = 0;
+    num_free_ = size_;
+    next_avail_ = last_used_ = pub_off_ = 0;
+    avail_wrap_ = used_wrap_ = pub_wrap_ = true;  // 2.8.1: wrap counters start at 1
+    head_pending_ = false;
+    staged_chains_ = staged_slots_ = 0;
+    outstanding_ = 0;
+    batch_ = 1;
+    driver_flags_ = packed::event_flags_enable;
+    order_head_ = order_tail_ = 0;
+    in_order_left_ = 0;
+    this->shadow_.reset();
+    this->clear_error();
+  }
+
+  std::uint16_t take_id() noexcept {
+    // Never empty here: each chain holds at least one slot and there are as many ids as slots.
+    const std::uint16_t id = free_head_;
+    free_head_ = ids_[id].next;
+    return id;
+  }
+
+  packed::desc* table(std::uint16_t id) const noexcept {
+    return reinterpret_cast<packed::desc*>(tables_.data()) + std::size_t{id} * indirect_max_;
+  }
+  std::uint64_t table_guest(std::uint16_t id) const noexcept {
+    return tables_guest_ + std::uint64_t{id} * indirect_max_ * sizeof(packed::desc);
+  }
+  static void fill_table_entry(packed::desc& d, const buffer& b, std::uint16_t flags) noexcept {
+    put<E>(d.addr, b.addr);
+    put<E>(d.len, b.len);
+    put<E>(d.id, 0);
+    put<E>(d.flags, flags);
+  }
+
+  /// Writes one descriptor at next_avail and advances. The first head of a batch keeps its
+  /// flags back for kick_prepare(); every other flags store is relaxed (see the file comment).
+  void write_slot(std::uint64_t addr, std::uint32_t len, std::uint16_t id,
+                  std::uint16_t flags) noexcept {
+    packed::desc& d = view_.ring[next_avail_];
+    put<E>(d.addr, addr);
+    put<E>(d.len, len);
+    put<E>(d.id, id);  // 2.8.6: the device reads it from the last descriptor; all carry it
+    const auto f = static_cast<std::uint16_t>(flags | packed::avail_bits(avail_wrap_));
+    if (staged_slots_ == 0) {
+      head_pending_ = true;
+      head_slot_ = next_avail_;
+      head_flags_ = f;
+    } else {
+      store_relaxed<E>(d.flags, f);
+    }
+    ++staged_slots_;
+    detail::packed_advance(next_avail_, avail_wrap_, 1, size_);
+  }
+
+  void commit(std::uint16_t id, token_t token, std::uint32_t slots,
+              std::uint64_t writable) noexcept {
+    id_info& s = ids_[id];
+    s.token = token;
+    s.batch = batch_;
+    s.writable = static_cast<std::uint32_t>(std::min<std::uint64_t>(writable, 0xFFFFFFFFU));
+    s.slots = static_cast<std::uint16_t>(slots);
+    if (in_order_) {
+      if (staged_chains_ == 0 && outstanding_ == 0) {
+        order_head_ = id;
+      } else {
+        ids_[order_tail_].next = id;
+      }
+      order_tail_ = id;
+    }
+    ++staged_chains_;
+    num_free_ -= slots;
+    this->note_free(num_free_);
+    ++this->stats_.added;
+    if (!this->shadow_.move(id, detail::desc_state::free, detail::desc_state::avail)) {
+      fail(errc::state_violation);
+    }
+  }
+
+  /// One used descriptor, or empty, or a fatal error (queue broken).
+  result<used_buffer> reap_one() {
+    if (in_order_left_ != 0) return reap_in_order();
+    const packed::desc& d = view_.ring[last_used_];
+    // D3 (2.8.21.2, partner V2): the device wrote id and len before it released these flags.
+    const std::uint16_t flags = load_acquire<E>(d.flags);
+    if (!packed::is_used(flags, used_wrap_)) return errc::empty;
+    B::after_observe();
+    // 2.8.1: the device only writes used descriptors over chains it was given; with none
+    // outstanding this slot cannot hold one.
+    if (outstanding_ == 0) return fail(errc::used_unexpected);
+    const std::uint16_t id = get<E>(d.id);
+    const std::uint32_t len = get<E>(d.len);
+    if (id >= size_) return fail(errc::used_id_out_of_range);
+    const id_info& s = ids_[id];
+    // A used id must name a chain the device was given: in use and already published.
+    if (s.slots == 0 || s.batch == batch_) return fail(errc::used_id_not_outstanding);
+    // 2.8.4 / 2.7.8.2: the used length may not exceed the buffer's device-writable space.
+    if (len > s.writable) return fail(errc::used_len_too_large);
+    if (in_order_ && id != order_head_) {
+      // 2.8.11: one used descriptor stands for every chain up to and including `id`.
+      std::uint32_t n = 1;
+      for (std::uint16_t i = order_head_; i != id; i = ids_[i].next) ++n;
+      in_order_left_ = n;
+      in_order_last_len_ = len;
+      return reap_in_order();
+    }
+    return reclaim(id, len);
+  }
+
+  result<used_buffer> reap_in_order() {
+    // Earlier chains of an IN_ORDER batch carry no length of their own (2.8.11): report 0.
+    const std::uint32_t len = --in_order_left_ == 0 ? in_order_last_len_ : 0;
+    return reclaim(order_head_, len);
+  }
+
+  result<used_buffer> reclaim(std::uint16_t id, std::uint32_t len) {
+    id_info& s = ids_[id];
+    if (!this->shadow_.move(id, detail::desc_state::avail, detail::desc_state::free)) {
+      return fail(errc::state_violation);
+    }
+    const used_buffer u{s.token, len};
+    num_free_ += s.slots;
+    detail::packed_advance(last_used_, used_wrap_, s.slots, size_);
+    if (in_order_) order_head_ = s.next;
+    s.slots = 0;
+    s.next = free_head_;
+    free_head_ = id;
+    --outstanding_;
+    ++this->stats_.reaped;
+    return u;
+  }
+
+  void set_driver_flags(std::uint16_t f) noexcept {
+    if (driver_flags_ != f) {  // each store dirties a line the device polls
+      store_relaxed<E>(view_.driver_event->flags, f);
+      driver_flags_ = f;
+    }
+  }
+
+  bool enable_at(std::uint16_t off, bool wrap) {
+    if constexpr (S::uses_event_idx) {
+      // 2.8.10: off_wrap first, then flags: the device reads flags, then off_wrap.
+      store_relaxed<E>(view_.driver_event->off_wrap, packed::make_off_wrap(off, wrap));
+      driver_flags_ = packed::event_flags_desc;
+      store_relaxed<E>(view_.driver_event->flags, packed::event_flags_desc);
+    } else if constexpr (S::uses_flags) {
+      set_driver_flags(packed::event_flags_enable);
+    }
+    // D4 (2.8.21.3, partner V3): the re-enable must be visible before we look for used
+    // descriptors again, else a completion between the two is never signalled nor seen.
+    B::full();
+    if (in_order_left_ != 0) return true;
+    return packed::is_used(load_acquire<E>(view_.ring[last_used_].flags), used_wrap_);
+  }
+
+  packed::ring_view view_;
+  std::uint32_t size_;
+  bool in_order_;
+  std::uint32_t indirect_max_ = 0;
+  std::uint32_t indirect_threshold_ = 0;
+  aligned_buffer tables_;
+  std::uint64_t tables_guest_ = 0;
+  std::vector<id_info> ids_;
+
+  // Avail side (driver-private).
+  std::uint32_t num_free_ = 0;
+  std::uint16_t free_head_ = 0;
+  std::uint16_t next_avail_ = 0;
+  bool avail_wrap_ = true;
+  bool head_pending_ = false;
+  std::uint16_t head_slot_ = 0;
+  std::uint16_t head_flags_ = 0;
+  std::uint32_t staged_chains_ = 0;
+  std::uint32_t staged_slots_ = 0;
+  std::uint64_t batch_ = 1;
+  std::uint16_t pub_off_ = 0;
+  bool pub_wrap_ = true;
+  std::uint16_t driver_flags_ = 0;
+
+  // Used side (driver-private).
+  std::uint16_t last_used_ = 0;
+  bool used_wrap_ = true;
+  std::uint32_t outstanding_ = 0;  ///< chains published and not reaped
+  std::uint16_t order_head_ = 0;   ///< IN_ORDER: oldest chain in use
+  std::uint16_t order_tail_ = 0;   ///< IN_ORDER: newest chain in use
+  std::uint32_t in_order_left_ = 0;
+  std::uint32_t in_order_last_len_ = 0;
+};
+
+// =============================================================================================
+// Device
+// =============================================================================================
+
+/// The device side of a packed ring. Satisfies device_queue. Treats the whole ring as hostile.
+/// `mem` translates the driver's addresses and must outlive the queue (a pointer is kept).
+template <queue_policy_type P = default_policy, memory_map M = identity_memory>
+class packed_device : public detail::queue_common<P> {
+  static_assert(
+      detail::packed_endian_ok<P>,
+      "2.8: packed rings exist only with VIRTIO_F_VERSION_1, whose wire is little-endian");
+  using base = detail::queue_common<P>;
+  using E = typename P::endian;
+  using B = typename P::barriers;
+  using S = typename P::suppression;
+  using guard = typename base::guard;
+  using detail::queue_common<P>::fail;
+
+ public:
+  packed_device(packed::ring_view v, features f, const M& mem, device_options = {})
+      : view_(v),
+        size_(v.size),
+        mem_(&mem),
+        in_order_(f.has(feature::in_order)),
+        indirect_(f.has(feature::indirect_desc)) {
+    detail::check_packed_view(v);
+    detail::check_features<P>(f, true);
+    held_.assign(size_, held{});
+    if (in_order_) fifo_.assign(size_, 0);
+    this->shadow_.resize(size_);
+    init_state();
+  }
+
+  packed_device(const packed_device&) = delete;
+  packed_device& operator=(const packed_device&) = delete;
+
+  /// The next available chain, validated descriptor by descriptor; errc::empty; or a fatal
+  /// errc (queue broken, chain left empty).
+  errc pop(chain& c) {
+    guard g(this->lock_);
+    if (this->broken()) {
+      c.begin(0, 0);
+      return errc::broken;
+    }
+    const packed::desc& head = view_.ring[next_avail_];
+    // V1 (2.8.21.1, partner D1): the head's flags are acquired before any other field of the
+    // chain is read; the continuation descriptors were published by the same release.
+    const std::uint16_t f0 = load_acquire<E>(head.flags);
+    if (!packed::is_avail(f0, avail_wrap_)) {
+      // 2.8.1: AVAIL == USED == our wrap is neither available nor anything this device wrote
+      // (its used descriptors at this slot carry the previous lap's counter).
+      if (packed::is_used(f0, avail_wrap_)) return bad(c, errc::packed_bad_flags);
+      return errc::empty;
+    }
+    B::after_observe();
+    c.begin(0, size_);
+    std::uint16_t slot = next_avail_;
+    bool wrap = avail_wrap_;
+    std::uint16_t flags = f0;
+    std::uint32_t n = 0;
+    const packed::desc* last = &head;
+    for (;;) {
+      const packed::desc& d = view_.ring[slot];
+      if (n != 0) {
+        flags = load_relaxed<E>(d.flags);
+        // 2.8.6 / 2.8.1: every descriptor of a chain is made available under the wrap counter
+        // of its own slot before the head is.
+        if (!packed::is_avail(flags, wrap)) return bad(c, errc::packed_bad_flags);
+      }
+      ++n;
+      last = &d;
+      const std::uint64_t addr = get<E>(d.addr);
+      const std::uint32_t len = get<E>(d.len);
+      if ((flags & packed::desc_f_indirect) != 0) {
+        // 2.8.7: "The driver MUST NOT set the VIRTQ_DESC_F_INDIRECT flag unless the
+        // VIRTIO_F_INDIRECT_DESC feature was negotiated."
+        if (!indirect_) return bad(c, errc::indirect_not_negotiated);
+        // 2.8.7: "A driver MUST NOT write direct descriptors with VIRTQ_DESC_F_INDIRECT set in
+        // a scatter-gather list linked by VIRTQ_DESC_F_NEXT": in a packed ring an indirect
+        // descriptor is a chain on its own (unlike split 2.7.5.3.2, no direct prefix).
+        if (n != 1 || (flags & packed::desc_f_next) != 0) {
+          return bad(c, errc::indirect_with_next);
+        }
+        // 2.8.7: the device ignores WRITE on the descriptor that points at the table.
+        if (const errc e = walk_indirect(c, addr, len); e != errc::ok) return bad(c, e);
+      } else {
+        const errc e = c.append(*mem_, addr, len, (flags & packed::desc_f_write) != 0);
+        if (e != errc::ok) return bad(c, e);
+      }
+      detail::packed_advance(slot, wrap, 1, size_);
+      if ((flags & packed::desc_f_next) == 0) break;
+      // 2.8.4: a chain is at most Queue Size descriptors: it must end within one lap.
+      if (n == size_) return bad(c, errc::packed_chain_overrun);
+    }
+    // 2.8.6: the buffer id sits in the chain's last descriptor. 2.8.4: the driver picks ids
+    // below the queue size and never reuses one still in flight.
+    const std::uint16_t id = get<E>(last->id);
+    if (id >= size_ || held_[id].slots != 0) return bad(c, errc::packed_bad_id);
+    if (!this->shadow_.move(id, detail::desc_state::free, detail::desc_state::device)) {
+      return bad(c, errc::state_violation);
+    }
+    c.set_id(id);
+    c.set_ring_slots(static_cast<std::uint16_t>(n));
+    held_[id] = held{c.writable_bytes(), static_cast<std::uint16_t>(n)};
+    ++in_flight_;
+    if (in_order_) {
+      std::uint32_t at = fifo_head_ + fifo_count_;
+      if (at >= size_) at -= size_;
+      fifo_[at] = id;
+      ++fifo_count_;
+    }
+    next_avail_ = slot;
+    avail_wrap_ = wrap;
+    ++this->stats_.popped;
+    return errc::ok;
+  }
+
+  /// Stages a used descriptor for chain `id` with `len` bytes written. invalid_argument (a
+  /// caller error; the queue stays usable) if `id` is not a popped chain, `len` exceeds its
+  /// writable bytes (2.8.4 / 2.7.8.2: the device MUST NOT over-state), or, with IN_ORDER, `id`
+  /// is not the oldest popped chain (2.8.11).
+  errc complete(std::uint16_t id, std::uint32_t len) {
+    guard g(this->lock_);
+    if (this->broken()) return errc::broken;
+    if (id >= size_ || held_[id].slots == 0 || len > held_[id].writable) {
+      return errc::invalid_argument;
+    }
+    if (in_order_) {
+      if (fifo_[fifo_head_] != id) return errc::invalid_argument;
+      fifo_pop();
+    }
+    const std::uint32_t slots = release_id(id);
+    if (slots == 0) return fail(errc::state_violation);
+    write_used(id, len, slots);
+    ++this->stats_.completed;
+    return errc::ok;
+  }
+
+  errc complete(const chain& c, std::uint32_t len) { return complete(c.id(), len); }
+
+  /// VIRTIO_F_IN_ORDER (2.8.11): completes the `count` oldest popped chains with ONE used
+  /// descriptor carrying the last one's id and `len_of_last`; it skips all their slots.
+  errc complete_in_order(std::uint16_t count, std::uint32_t len_of_last) {
+    guard g(this->lock_);
+    if (this->broken()) return errc::broken;
+    if (!in_order_ || count == 0 || count > fifo_count_) return errc::invalid_argument;
+    std::uint32_t at = fifo_head_ + count - 1U;
+    if (at >= size_) at -= size_;
+    if (len_of_last > held_[fifo_[at]].writable) return errc::invalid_argument;
+    std::uint32_t slots = 0;
+    std::uint16_t id = 0;
+    for (std::uint32_t i = 0; i < count; ++i) {
+      id = fifo_[fifo_head_];
+      fifo_pop();
+      const std::uint32_t s = release_id(id);
+      if (s == 0) return fail(errc::state_violation);
+      slots += s;
+    }
+    write_used(id, len_of_last, slots);
+    this->stats_.completed += count;
+    return errc::ok;
+  }
+
+  /// Publishes the staged used descriptors (V2) and says whether the driver wants an
+  /// interrupt (V3).
+  bool interrupt_prepare() {
+    guard g(this->lock_);
+    if (this->broken() || staged_slots_ == 0) return false;
+    if (head_pending_) {
+      B::before_publish();
+      // V2 (2.8.21.2, partner D3): ids and lens of the whole batch were written before this
+      // release of the first used descriptor's flags.
+      store_release<E>(view_.ring[head_slot_].flags, head_flags_);
+      head_pending_ = false;
+    }
+    const std::uint32_t added = staged_slots_;
+    staged_slots_ = 0;
+    bool notify = true;
+    if constexpr (S::uses_flags || S::uses_event_idx) {
+      // V3 (2.8.21.3, partner D4): store of used flags before the load of the driver's area.
+      B::full();
+      const std::uint16_t flags = load_relaxed<E>(view_.driver_event->flags);
+      if constexpr (S::uses_event_idx) {
+        if (flags == packed::event_flags_desc) {
+          notify = packed_need_event(load_relaxed<E>(view_.driver_event->off_wrap), next_used_,
+                                     used_wrap_, added, size_);
+        } else {
+          notify = flags != packed::event_flags_disable;
+        }
+      } else {
+        notify = flags != packed::event_flags_disable;
+      }
+    }
+    if (notify) {
+      ++this->stats_.interrupts;
+    } else {
+      ++this->stats_.interrupts_suppressed;
+    }
+    return notify;
+  }
+
+  void disable_notifications() {
+    guard g(this->lock_);
+    if (this->broken()) return;
+    if constexpr (S::uses_flags || S::uses_event_idx) {
+      set_device_flags(packed::event_flags_disable);
+    }
+  }
+
+  /// Re-enables notifications; true if chains were made available meanwhile (pop again).
+  bool enable_notifications() {
+    guard g(this->lock_);
+    if (this->broken()) return false;
+    if constexpr (S::uses_event_idx) {
+      // 2.8.10: desc mode naming the next slot we will look at.
+      store_relaxed<E>(view_.device_event->off_wrap,
+                       packed::make_off_wrap(next_avail_, avail_wrap_));
+      device_flags_ = packed::event_flags_desc;
+      store_relaxed<E>(view_.device_event->flags, packed::event_flags_desc);
+    } else if constexpr (S::uses_flags) {
+      set_device_flags(packed::event_flags_enable);
+    }
+    // V4 (2.8.21.3, partner D2): the re-enable must be visible before we look at the ring
+    // again, else a chain published in between is neither notified nor seen.
+    B::full();
+    return packed::is_avail(load_acquire<E>(view_.ring[next_avail_].flags), avail_wrap_);
+  }
+
+  /// Forgets every chain and returns to the initial state (the driver re-initialises the ring).
+  void reset() {
+    guard g(this->lock_);
+    init_state();
+  }
+
+  std::uint32_t size() const noexcept { return size_; }
+  /// Chains popped and not yet completed.
+  std::uint32_t in_flight() const noexcept { return in_flight_; }
+  const packed::ring_view& view() const noexcept { return view_; }
+
+ private:
+  void init_state() {
+    std::fill(held_.begin(), held_.end(), held{});
+    fifo_head_ = fifo_count_ = 0;
+    next_avail_ = next_used_ = 0;
+    avail_wrap_ = used_wrap_ = true;  // 2.8.1: wrap counters start at 1
+    head_pending_ = false;
+    staged_slots_ = 0;
+    in_flight_ = 0;
+    // Ring memory is not touched (after a reset the device neither uses buffers nor notifies;
+    // the driver re-initialises the ring): the area's content is unknown, so the next
+    // disable/enable writes it.
+    device_flags_ = 0xFFFF;
+    this->shadow_.reset();
+    this->clear_error();
+  }
+
+  errc bad(chain& c, errc e) {
+    c.begin(0, 0);
+    return fail(e);
+  }
+
+  /// 2.8.7 Indirect descriptors in a packed ring: a table of packed descriptors, read in order.
+  errc walk_indirect(chain& c, std::uint64_t addr, std::uint32_t len) {
+    // 2.8.7: the table is len / 16 descriptors; a chain is at most Queue Size long (2.8.4).
+    if (len == 0 || (len & 15U) != 0 || (len >> 4U) > size_) return errc::indirect_bad_length;
+    const result<std::byte*> t = mem_->translate(addr, len);
+    if (!t) return t.error();
+    const std::uint32_t n = len >> 4U;
+    for (std::uint32_t i = 0; i < n; ++i) {
+      packed::desc e;  // copied out: the table need not be aligned, and the driver owns it
+      std::memcpy(static_cast<void*>(&e), *t + std::size_t{i} * sizeof(packed::desc), sizeof e);
+      const std::uint16_t f = get<E>(e.flags);
+      // 2.8.7: "The device MUST ignore ... indirect ... nested"; no INDIRECT inside a table.
+      if ((f & packed::desc_f_indirect) != 0) return errc::indirect_nested;
+      // 2.8.7: "The driver MUST NOT set any flags except DESC_F_WRITE within an indirect
+      // descriptor."
+      if ((f & static_cast<std::uint16_t>(~packed::desc_f_write)) != 0) {
+        return errc::indirect_bad_flags;
+      }
+      const errc r = c.append(*mem_, get<E>(e.addr), get<E>(e.len), f != 0);
+      if (r != errc::ok) return r;
+    }
+    return errc::ok;
+  }
+
+  std::uint32_t release_id(std::uint16_t id) noexcept {
+    const std::uint32_t slots = held_[id].slots;
+    held_[id] = held{};
+    --in_flight_;
+    if (!this->shadow_.move(id, detail::desc_state::device, detail::desc_state::free)) return 0;
+    return slots;
+  }
+
+  void fifo_pop() noexcept {
+    if (++fifo_head_ == size_) fifo_head_ = 0;
+    --fifo_count_;
+  }
+
+  /// 2.8.9: a used descriptor is written at next_used, id and len first, then flags; next_used
+  /// skips the chain's slots. The first of a batch keeps its flags for interrupt_prepare().
+  void write_used(std::uint16_t id, std::uint32_t len, std::uint32_t slots) noexcept {
+    packed::desc& d = view_.ring[next_used_];
+    put<E>(d.id, id);
+    put<E>(d.len, len);
+    const std::uint16_t f = packed::used_bits(used_wrap_);
+    if (staged_slots_ == 0) {
+      head_pending_ = true;
+      head_slot_ = next_used_;
+      head_flags_ = f;
+    } else {
+      store_relaxed<E>(d.flags, f);
+    }
+    staged_slots_ += slots;
+    detail::packed_advance(next_used_, used_wrap_, slots, size_);
+  }
+
+  void set_device_flags(std::uint16_t f) noexcept {
+    if (device_flags_ != f) {
+      store_relaxed<E>(view_.device_event->flags, f);
+      device_flags_ = f;
+    }
+  }
+
+  packed::ring_view view_;
+  std::uint32_t size_;
+  const M* mem_;  ///< the caller's map; must outlive the queue (as with split_device)
+  bool in_order_;
+  bool indirect_;
+  struct held {
+    std::uint64_t writable = 0;  ///< bound for its used len (2.7.8.2)
+    std::uint16_t slots = 0;     ///< ring slots it took (the used skip, 2.8.9); 0 = not held
+  };
+  std::vector<held> held_;           ///< per buffer id
+  std::vector<std::uint16_t> fifo_;  ///< IN_ORDER: popped ids, oldest first
+  std::uint32_t fifo_head_ = 0;
+  std::uint32_t fifo_count_ = 0;
+  std::uint32_t in_flight_ = 0;
+
+  std::uint16_t next_avail_ = 0;
+  bool avail_wrap_ = true;
+  std::uint16_t next_used_ = 0;
+  bool used_wrap_ = true;
+  bool head_pending_ = false;
+  std::uint16_t head_slot_ = 0;
+  std::uint16_t head_flags_ = 0;
+  std::uint32_t staged_slots_ = 0;
+  std::uint16_t device_flags_ = 0xFFFF;
+};
+
+// =============================================================================================
+// Layout tag
+// =============================================================================================
+
+/// The packed layout, for code written once against driver_queue / device_queue.
+struct packed_layout {
+  static constexpr bool is_packed = true;
+  using geometry = packed_geometry;
+  using view = packed::ring_view;
+  template <class P>
+  using driver = packed_driver<P>;
+  template <class P, class M>
+  using device = packed_device<P, M>;
+  static constexpr bool valid_size(std::uint32_t n) noexcept { return valid_packed_size(n); }
+  static constexpr result<geometry> geometry_for(std::uint32_t size) {
+    return packed_geometry::make(size);
+  }
+  static result<view> view_at(void* base, const geometry& g) noexcept {
+    return packed_view_at(base, g);
+  }
+};
+
+static_assert(driver_queue<packed_driver<>>);
+static_assert(device_queue<packed_device<>>);
+static_assert(device_queue<packed_device<default_policy, guest_memory>>);
+
+}  // namespace virtq
