@@ -43,7 +43,9 @@ namespace virtq {
 
 namespace detail {
 
-constexpr std::uint16_t u16(std::uint32_t v) noexcept { return static_cast<std::uint16_t>(v); }
+constexpr std::uint16_t u16(std::uint32_t v) noexcept {
+  return static_cast<std::uint16_t>(v);
+}
 
 /// How one side of a split ring talks to the other about notifications, fixed at construction
 /// from the policy and the negotiated features.
@@ -135,7 +137,9 @@ class split_driver : public detail::queue_common<P> {
   /// (indirect_max larger than the queue: 2.7.5.3.1 caps a chain at the queue size),
   /// address_out_of_range (to_guest failed for the indirect tables).
   split_driver(split::ring_view ring, features f, driver_options opts = {})
-      : ring_(ring), mode_(detail::split_mode<P>(f)), in_order_(f.has(feature::in_order)),
+      : ring_(ring),
+        mode_(detail::split_mode<P>(f)),
+        in_order_(f.has(feature::in_order)),
         none_with_event_(mode_ == detail::split_suppress::none && f.has(feature::event_idx)),
         opts_(opts) {
     detail::check_features<P>(f, false);
@@ -157,11 +161,10 @@ class split_driver : public detail::queue_common<P> {
       // chain's table lives exactly as long as its head.
       indirect_ = aligned_buffer(std::size_t{size_} * opts.indirect_max * sizeof(split::desc),
                                  split::desc_align);
-      result<std::uint64_t> g =
-          opts.to_guest != nullptr
-              ? opts.to_guest(indirect_.data(), opts.to_guest_ctx)
-              : result<std::uint64_t>(static_cast<std::uint64_t>(
-                    reinterpret_cast<std::uintptr_t>(indirect_.data())));
+      result<std::uint64_t> g = opts.to_guest != nullptr
+                                    ? opts.to_guest(indirect_.data(), opts.to_guest_ctx)
+                                    : result<std::uint64_t>(static_cast<std::uint64_t>(
+                                          reinterpret_cast<std::uintptr_t>(indirect_.data())));
       if (!g) detail::throw_error(g.error(), "split_driver: indirect table has no guest address");
       indirect_guest_ = *g;
       indirect_min_ = opts.indirect_threshold == 0 ? 1 : opts.indirect_threshold;
@@ -286,8 +289,8 @@ class split_driver : public detail::queue_common<P> {
     if constexpr (P::checked) {
       for (std::uint16_t i = old_idx; i != new_idx; ++i) {
         const std::uint16_t head = get<E>(ring_.avail.ring(i & mask_));
-        if (head >= size_ || !shadow_walk(head, detail::desc_state::avail,
-                                          detail::desc_state::device)) {
+        if (head >= size_ ||
+            !shadow_walk(head, detail::desc_state::avail, detail::desc_state::device)) {
           fail(errc::state_violation);
           return false;
         }
@@ -372,6 +375,7 @@ class split_driver : public detail::queue_common<P> {
   bool enable_interrupts() {
     guard g(this->lock_);
     if (this->broken()) return false;
+    delayed_ = false;
     return arm(0);
   }
 
@@ -381,6 +385,7 @@ class split_driver : public detail::queue_common<P> {
     guard g(this->lock_);
     if (this->broken()) return false;
     const auto outstanding = static_cast<std::uint32_t>(detail::u16(avail_published_ - last_used_));
+    delayed_ = true;
     return arm(detail::u16((outstanding * 3U) >> 2U));
   }
 
@@ -431,6 +436,7 @@ class split_driver : public detail::queue_common<P> {
     device_chains_ = 0;
     batch_active_ = false;
     interrupts_on_ = true;
+    delayed_ = false;
     std::memset(static_cast<void*>(ring_.table), 0, split::desc_table_bytes(size_));
     // 2.7.6 / 2.7.8: both rings start at the agreed index with no suppression asked for.
     // 2.7.10: with EVENT_IDX negotiated the driver keeps avail flags 0.
@@ -532,20 +538,20 @@ class split_driver : public detail::queue_common<P> {
     return errc::ok;
   }
 
-  // With suppress_none and EVENT_IDX the device reads only used_event: keep it current so it
-  // keeps interrupting.
+  // 2.7.10: with EVENT_IDX the device reads only used_event. While interrupts are enabled (and
+  // always with suppress_none) keep it at the next used element we will read, so "enabled"
+  // means an interrupt for every new used buffer, as with the flags. A delayed request stays put.
   void after_reap() noexcept {
-    if (mode_ == mode::none && event_negotiated()) {
+    if (none_with_event_ || (mode_ == mode::event && interrupts_on_ && !delayed_)) {
       store_relaxed<E>(ring_.avail.used_event(), last_used_);
     }
   }
-  bool event_negotiated() const noexcept { return mode_ == mode::event || none_with_event_; }
 
   bool arm(std::uint16_t ahead) {
     interrupts_on_ = true;
     if (mode_ == mode::flags) {
       store_relaxed<E>(ring_.avail.flags(), 0);
-    } else if (mode_ == mode::event || none_with_event_) {
+    } else if (mode_ == mode::event) {
       // 2.7.10: the device interrupts once used idx passes used_event.
       store_relaxed<E>(ring_.avail.used_event(), detail::u16(last_used_ + ahead));
     }
@@ -563,6 +569,7 @@ class split_driver : public detail::queue_common<P> {
   bool in_order_;
   bool none_with_event_;
   bool interrupts_on_ = true;
+  bool delayed_ = false;
   bool batch_active_ = false;
   driver_options opts_;
   std::uint32_t size_ = 0;
@@ -602,9 +609,13 @@ class split_device : public detail::queue_common<P> {
   /// Throws virtq::error: bad_queue_size (invalid ring view), feature_missing /
   /// feature_conflict (policy vs. features).
   split_device(split::ring_view ring, features f, const M& mem, device_options opts = {})
-      : ring_(ring), mem_(&mem), mode_(detail::split_mode<P>(f)),
-        event_negotiated_(f.has(feature::event_idx)), indirect_ok_(f.has(feature::indirect_desc)),
-        in_order_(f.has(feature::in_order)), opts_(opts) {
+      : ring_(ring),
+        mem_(&mem),
+        mode_(detail::split_mode<P>(f)),
+        event_negotiated_(f.has(feature::event_idx)),
+        indirect_ok_(f.has(feature::indirect_desc)),
+        in_order_(f.has(feature::in_order)),
+        opts_(opts) {
     detail::check_features<P>(f, false);
     if (!valid_split_size(ring.size) || ring.table == nullptr || ring.avail.hdr == nullptr ||
         ring.used.hdr == nullptr) {
@@ -654,8 +665,9 @@ class split_device : public detail::queue_common<P> {
     }
     ++last_avail_;
     ++this->stats_.popped;
-    if (mode_ == mode::none && event_negotiated_) {
-      // Never hold the driver back: keep avail_event at the next entry we will read.
+    if (event_negotiated_ && notifications_on_) {
+      // 2.7.10: with EVENT_IDX the driver reads only avail_event. While notifications are
+      // enabled (always with suppress_none) keep it at the next entry we will read.
       store_relaxed<E>(ring_.used.avail_event(), last_avail_);
     }
     return errc::ok;
@@ -731,8 +743,9 @@ class split_device : public detail::queue_common<P> {
   /// is: the driver ignores NO_NOTIFY then (2.7.10), and at most one more notification comes.
   void disable_notifications() {
     guard g(this->lock_);
-    if (this->broken() || mode_ != mode::flags) return;
-    store_relaxed<E>(ring_.used.flags(), split::used_f_no_notify);
+    if (this->broken() || mode_ == mode::none) return;  // none: never hold the driver back
+    notifications_on_ = false;
+    if (mode_ == mode::flags) store_relaxed<E>(ring_.used.flags(), split::used_f_no_notify);
   }
 
   /// Asks for a notification at the next available chain. Returns true if chains are already
@@ -740,6 +753,7 @@ class split_device : public detail::queue_common<P> {
   bool enable_notifications() {
     guard g(this->lock_);
     if (this->broken()) return false;
+    notifications_on_ = true;
     if (mode_ == mode::flags) {
       store_relaxed<E>(ring_.used.flags(), 0);
     } else if (event_negotiated_) {
@@ -778,6 +792,7 @@ class split_device : public detail::queue_common<P> {
     last_avail_ = avail_cache_ = opts_.initial_index;
     used_shadow_ = used_published_ = opts_.initial_index;
     order_head_ = order_count_ = 0;
+    notifications_on_ = true;
   }
 
   bool release(std::uint16_t id) noexcept {
@@ -859,6 +874,7 @@ class split_device : public detail::queue_common<P> {
   bool event_negotiated_;
   bool indirect_ok_;
   bool in_order_;
+  bool notifications_on_ = true;
   device_options opts_;
   std::uint32_t size_ = 0;
   std::uint32_t mask_ = 0;
@@ -866,7 +882,7 @@ class split_device : public detail::queue_common<P> {
   std::uint16_t avail_cache_ = 0;     ///< last avail idx read from the ring
   std::uint16_t used_shadow_ = 0;     ///< next used element to write (private)
   std::uint16_t used_published_ = 0;  ///< used idx at the last interrupt_prepare
-  std::vector<held_chain> held_;           ///< per head
+  std::vector<held_chain> held_;      ///< per head
   std::vector<std::uint16_t> order_;  ///< IN_ORDER: held heads in pop order (a ring)
   std::uint32_t order_head_ = 0;
   std::uint32_t order_count_ = 0;
