@@ -61,6 +61,11 @@ enum class errc : std::uint8_t {
   used_unexpected,        ///< packed: a used descriptor where none can be
   // --- shadow-state checker ---------------------------------------------------------------
   state_violation,        ///< checked mode: a descriptor made an impossible transition
+  // --- receive-buffer pool: caller misuse (rx_pool.hpp) -----------------------------------
+  double_release,         ///< a reference to a buffer that is already back in its pool
+  foreign_buffer,         ///< a buffer (or handle) of another pool
+  stale_handle,           ///< a handle from an earlier loan of a buffer that was reused since
+  use_after_release,      ///< debug poisoning: a free buffer was written after its release
   count_  // number of values; keep last
 };
 
@@ -68,7 +73,9 @@ inline constexpr std::size_t errc_count = static_cast<std::size_t>(errc::count_)
 
 /// True for the values that mean "a peer misbehaved": they break the queue.
 constexpr bool is_fatal(errc e) noexcept {
-  return e != errc::ok && e != errc::empty && e != errc::no_space && e != errc::invalid_argument;
+  return e != errc::ok && e != errc::empty && e != errc::no_space &&
+         e != errc::invalid_argument && e != errc::double_release && e != errc::foreign_buffer &&
+         e != errc::stale_handle && e != errc::use_after_release;
 }
 
 constexpr const char* to_string(errc e) noexcept {
@@ -107,6 +114,10 @@ constexpr const char* to_string(errc e) noexcept {
     case errc::used_idx_jump: return "used idx moved by more than the outstanding chains";
     case errc::used_unexpected: return "used descriptor where none can be";
     case errc::state_violation: return "descriptor state transition violated (checked mode)";
+    case errc::double_release: return "buffer released twice (it is already free)";
+    case errc::foreign_buffer: return "buffer belongs to another pool";
+    case errc::stale_handle: return "stale handle: the buffer was returned and reused since";
+    case errc::use_after_release: return "a free buffer was written after its release";
     case errc::count_: break;
   }
   return "unknown virtq error";

@@ -1,0 +1,708 @@
+// SPDX-License-Identifier: MIT
+// virtq/rx_pool.hpp -- a fixed pool of receive buffers, refcounted handles, and a holder census.
+//
+// Why this exists: a Windows guest on a virtio NIC stopped receiving because every receive
+// buffer had been indicated up the stack and never returned (an FTP server did not read its data
+// connection). Nothing said who held the buffers. Here every buffer that leaves the driver
+// carries a holder tag and the time it left, so census() can say at any moment who holds what and
+// for how long, and checks that no buffer was lost: free + posted + held == total.
+//
+// Life of a buffer (its state):
+//   free --take()--> posted (in the ring) --lend()--> held (a handle exists) --last release--> free
+//   posted --unpost()--> free (ring reset);  free --allocate()--> held (bounce buffers)
+// Ownership of a held buffer is a reference count in the handle (rx_buffer): copying adds a
+// reference, moving does not, and the last release gives the buffer back (NDIS's return handler).
+//
+// Threads: take/lend/unpost/allocate/census are the owner's calls (the receive queue's thread).
+// Handles may be copied, moved and released on any thread when the policy says so (atomic
+// reference counts + a locking free list). Misuse by the caller -- releasing twice, releasing into
+// the wrong pool, using a handle whose buffer was reused -- is an errc and a counter, never UB.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <bit>
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "virtq/error.hpp"
+#include "virtq/memory.hpp"
+#include "virtq/policy.hpp"
+
+namespace virtq {
+
+// ---------------------------------------------------------------------------------------------
+// Policies
+// ---------------------------------------------------------------------------------------------
+
+namespace detail {
+#ifdef NDEBUG
+inline constexpr bool debug_build = false;
+#else
+inline constexpr bool debug_build = true;
+#endif
+}  // namespace detail
+
+/// Compile-time choices of a pool.
+///  AtomicRefs  reference counts are atomics (handles copied/released on several threads at once).
+///              Even then a release by the sole owner is a plain store (DPDK's
+///              rte_mbuf_refcnt_update: nobody else can touch a count of 1).
+///  FreeLock    guards the free list: no_lock (one thread does everything), spin_lock or
+///              mutex_lock (buffers are released on other threads). Non-atomic counts with a lock
+///              fit handles that move between threads but are never shared by two at once.
+///  Poison      fill returned buffers with a pattern and check it when they are reused, to catch
+///              writes after release. On by default in debug builds.
+template <bool AtomicRefs = true, lock_policy FreeLock = spin_lock,
+          bool Poison = detail::debug_build>
+struct rx_pool_policy {
+  static constexpr bool atomic_refs = AtomicRefs;
+  using lock = FreeLock;
+  static constexpr bool poison = Poison;
+};
+
+/// One thread owns the queue and every handle: no atomics, no lock.
+using rx_single_thread_policy = rx_pool_policy<false, no_lock>;
+/// Handles released from any thread.
+using rx_thread_safe_policy = rx_pool_policy<true, spin_lock>;
+
+template <class P>
+concept rx_pool_policy_type = requires {
+  { P::atomic_refs } -> std::convertible_to<bool>;
+  { P::poison } -> std::convertible_to<bool>;
+  typename P::lock;
+}
+&&lock_policy<typename P::lock>;
+
+// ---------------------------------------------------------------------------------------------
+// Holders and the census
+// ---------------------------------------------------------------------------------------------
+
+/// Small id of a registered holder (who has a buffer: "stack", "ftp-data:3034", ...).
+using holder_id = std::uint16_t;
+
+/// Every pool starts with this holder: whoever got the buffer from the receive queue and has not
+/// said who it passed it to.
+inline constexpr holder_id holder_stack = 0;
+
+/// Names of holders. Shared by a queue's pools so one id means one holder everywhere.
+/// Registration is a set-up call (mutex, may allocate); lookups by census are cold.
+class holder_registry {
+ public:
+  static constexpr std::size_t max_holders = 4096;
+
+  holder_registry() { names_.emplace_back("stack"); }
+
+  /// Returns the id for `name`, registering it if new. Throws virtq::error(invalid_argument)
+  /// when max_holders names exist.
+  holder_id register_holder(std::string_view name) {
+    std::lock_guard g(m_);
+    for (std::size_t i = 0; i < names_.size(); ++i) {
+      if (names_[i] == name) return static_cast<holder_id>(i);
+    }
+    if (names_.size() >= max_holders) {
+      detail::throw_error(errc::invalid_argument, "holder_registry: too many holders");
+    }
+    names_.emplace_back(name);
+    size_.store(static_cast<std::uint32_t>(names_.size()), std::memory_order_release);
+    return static_cast<holder_id>(names_.size() - 1);
+  }
+
+  bool valid(holder_id h) const noexcept { return h < size_.load(std::memory_order_acquire); }
+
+  std::string name(holder_id h) const {
+    std::lock_guard g(m_);
+    return h < names_.size() ? names_[h] : std::string("?");
+  }
+
+ private:
+  mutable std::mutex m_;
+  std::vector<std::string> names_;
+  std::atomic<std::uint32_t> size_{1};
+};
+
+/// Log2 age buckets: [0] under 1 ms, [i] in [2^(i-1), 2^i) ms, the last one everything older.
+inline constexpr std::size_t age_buckets = 22;
+
+constexpr std::size_t age_bucket(std::chrono::nanoseconds age) noexcept {
+  const auto ms = age.count() < 0 ? 0 : static_cast<std::uint64_t>(age.count()) / 1'000'000u;
+  const auto b = static_cast<std::size_t>(std::bit_width(ms));
+  return b < age_buckets ? b : age_buckets - 1;
+}
+
+/// What one holder has.
+struct holder_census {
+  holder_id id = 0;
+  std::string name;
+  std::uint32_t count = 0;
+  std::chrono::nanoseconds oldest{0};
+  std::array<std::uint32_t, age_buckets> ages{};
+};
+
+/// A snapshot of a pool: counts by state, per-holder loans, and the conservation check.
+struct pool_census {
+  std::string pool;
+  std::uint32_t total = 0, free = 0, posted = 0, held = 0;
+  /// free + posted + held == total, and the per-buffer states agree with the counters.
+  bool conserved = true;
+  std::string violation;               ///< what disagreed, when !conserved
+  std::vector<holder_census> holders;  ///< holders with at least one buffer, most first
+
+  const holder_census* find(std::string_view name) const noexcept {
+    for (const auto& h : holders) {
+      if (h.name == name) return &h;
+    }
+    return nullptr;
+  }
+};
+
+/// "1.5 s", "230 ms", "12 us".
+inline std::string format_duration(std::chrono::nanoseconds d) {
+  char buf[32];
+  const double ns = static_cast<double>(d.count());
+  if (ns >= 1e9) {
+    std::snprintf(buf, sizeof buf, "%.2f s", ns / 1e9);
+  } else if (ns >= 1e6) {
+    std::snprintf(buf, sizeof buf, "%.1f ms", ns / 1e6);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.0f us", ns / 1e3);
+  }
+  return buf;
+}
+
+/// Multi-line text of a census (the starvation report and the demo print this).
+inline std::string to_string(const pool_census& c) {
+  std::string s;
+  char line[256];
+  std::snprintf(line, sizeof line, "pool %s: total %u = free %u + posted %u + held %u (%s)\n",
+                c.pool.c_str(), c.total, c.free, c.posted, c.held,
+                c.conserved ? "conserved" : "VIOLATION");
+  s += line;
+  if (!c.conserved) s += "  violation: " + c.violation + "\n";
+  for (const auto& h : c.holders) {
+    std::snprintf(line, sizeof line, "  holder %-16s %5u buffers, oldest %s, ages:", h.name.c_str(),
+                  h.count, format_duration(h.oldest).c_str());
+    s += line;
+    for (std::size_t b = 0; b < age_buckets; ++b) {
+      if (h.ages[b] == 0) continue;
+      if (b == 0) {
+        std::snprintf(line, sizeof line, " <1ms:%u", h.ages[b]);
+      } else {
+        std::snprintf(line, sizeof line, " <%llums:%u", 1ull << b, h.ages[b]);
+      }
+      s += line;
+    }
+    s += "\n";
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pool
+// ---------------------------------------------------------------------------------------------
+
+/// A reference detached from its handle, for APIs that pass buffers as plain values (an NDIS
+/// NET_BUFFER_LIST, a C callback). It owns one reference; give it back with rx_pool::release()
+/// or turn it into a handle again with rx_pool::adopt().
+struct rx_ref {
+  const void* pool = nullptr;
+  std::uint32_t index = 0;
+  std::uint32_t generation = 0;
+};
+
+template <rx_pool_policy_type Policy>
+class rx_pool;
+
+/// A refcounted handle to one held buffer. Copy: one more reference. Move: none. Destruction or
+/// release(): one less; the last one gives the buffer back to its pool. The pool must outlive its
+/// handles (shutdown() on the receive queue tells you who still holds them).
+template <class Pool>
+class rx_buffer {
+ public:
+  rx_buffer() = default;
+  rx_buffer(const rx_buffer& o) : pool_(o.pool_), index_(o.index_), gen_(o.gen_) {
+    if (pool_ != nullptr && pool_->add_ref(index_, gen_) != errc::ok) pool_ = nullptr;
+  }
+  rx_buffer(rx_buffer&& o) noexcept
+      : pool_(std::exchange(o.pool_, nullptr)), index_(o.index_), gen_(o.gen_) {}
+  rx_buffer& operator=(const rx_buffer& o) {
+    if (this != &o) *this = rx_buffer(o);
+    return *this;
+  }
+  rx_buffer& operator=(rx_buffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      pool_ = std::exchange(o.pool_, nullptr);
+      index_ = o.index_;
+      gen_ = o.gen_;
+    }
+    return *this;
+  }
+  ~rx_buffer() { reset(); }
+
+  explicit operator bool() const noexcept { return pool_ != nullptr; }
+
+  /// Gives this reference back. invalid_argument for an empty handle; stale_handle /
+  /// double_release when the pool no longer lends this buffer under this handle's generation.
+  errc release() noexcept {
+    if (pool_ == nullptr) return errc::invalid_argument;
+    return std::exchange(pool_, nullptr)->release_ref(index_, gen_);
+  }
+
+  /// The whole buffer; empty (and counted as stale_handle) when the handle is stale.
+  std::span<std::byte> data() const noexcept {
+    return pool_ == nullptr ? std::span<std::byte>{} : pool_->checked_data(index_, gen_);
+  }
+  std::uint64_t guest_address() const noexcept {
+    return pool_ == nullptr ? 0 : pool_->guest_address(index_);
+  }
+
+  /// Hands the buffer on: the census now counts it for `h` (NDIS: the stack passed the NBL to a
+  /// protocol/socket). invalid_argument for an unregistered holder or an empty handle.
+  errc pass_to(holder_id h) const noexcept {
+    return pool_ == nullptr ? errc::invalid_argument : pool_->set_holder(index_, gen_, h);
+  }
+
+  /// Turns this handle into a plain reference (the handle becomes empty).
+  rx_ref detach() noexcept {
+    if (pool_ == nullptr) return {};
+    return rx_ref{std::exchange(pool_, nullptr), index_, gen_};
+  }
+
+  std::uint32_t index() const noexcept { return index_; }
+  std::uint32_t generation() const noexcept { return gen_; }
+  Pool* pool() const noexcept { return pool_; }
+
+ private:
+  template <rx_pool_policy_type>
+  friend class rx_pool;
+  rx_buffer(Pool* p, std::uint32_t i, std::uint32_t g) noexcept : pool_(p), index_(i), gen_(g) {}
+  void reset() noexcept {
+    if (pool_ != nullptr) (void)std::exchange(pool_, nullptr)->release_ref(index_, gen_);
+  }
+
+  Pool* pool_ = nullptr;
+  std::uint32_t index_ = 0;
+  std::uint32_t gen_ = 0;
+};
+
+/// The state of one buffer.
+enum class rx_state : std::uint8_t { free, posted, held };
+
+template <rx_pool_policy_type Policy = rx_thread_safe_policy>
+class rx_pool {
+ public:
+  using policy = Policy;
+  using handle = rx_buffer<rx_pool>;
+  static constexpr std::byte poison_byte{0xA5};
+
+  /// `count` buffers of `buffer_size` bytes in an owned, page-aligned region; guest address ==
+  /// host address (identity_memory). Throws virtq::error(invalid_argument) for a zero size.
+  rx_pool(std::uint32_t count, std::uint32_t buffer_size, std::string name = "rx",
+          holder_registry* holders = nullptr)
+      : rx_pool(count, buffer_size, std::move(name), holders,
+                aligned_buffer(bytes(count, buffer_size))) {
+    init_addresses(identity_memory{});
+  }
+
+  /// Buffers carved from a region the caller mapped (e.g. a guest_memory region), each buffer's
+  /// guest address computed once through `mem`. The region must hold count * buffer_size bytes.
+  template <class Memory>
+  requires requires(const Memory& m, const void* p) {
+    { m.guest_address(p) } -> std::same_as<result<std::uint64_t>>;
+  }
+  rx_pool(std::uint32_t count, std::uint32_t buffer_size, std::span<std::byte> region,
+          const Memory& mem, std::string name = "rx", holder_registry* holders = nullptr)
+      : rx_pool(count, buffer_size, std::move(name), holders, aligned_buffer()) {
+    if (region.size() < bytes(count, buffer_size)) {
+      detail::throw_error(errc::invalid_argument, "rx_pool: region too small");
+    }
+    base_ = region.data();
+    init_addresses(mem);
+  }
+
+  rx_pool(const rx_pool&) = delete;
+  rx_pool& operator=(const rx_pool&) = delete;
+
+  ~rx_pool() {
+    if (held_count() != 0) {
+      // A handle outlives its pool: it would write into freed memory later. Say who holds it.
+      std::fprintf(stderr, "virtq: rx_pool '%s' destroyed with %u buffers still held:\n%s",
+                   name_.c_str(), held_count(), to_string(census(0)).c_str());
+      std::abort();
+    }
+  }
+
+  // --- the owner's calls (the receive queue) ------------------------------------------------
+
+  /// Moves up to out.size() free buffers to the posted state (one lock for the batch); returns
+  /// how many. With poisoning, a buffer written after its release is counted as use_after_release
+  /// (and re-poisoned: the damage is reported, the buffer stays usable).
+  std::size_t take(std::span<std::uint32_t> out) noexcept {
+    std::size_t n = 0;
+    {
+      std::lock_guard g(lock_);
+      while (n < out.size() && free_top_ != 0) {
+        const std::uint32_t i = free_stack_[--free_top_];
+        slots_[i].state.store(rx_state::posted, std::memory_order_relaxed);
+        out[n++] = i;
+      }
+      free_count_.store(free_top_, std::memory_order_relaxed);
+    }
+    posted_ += static_cast<std::uint32_t>(n);
+    if constexpr (Policy::poison) {
+      for (std::size_t k = 0; k < n; ++k) check_poison(out[k]);
+    }
+    return n;
+  }
+
+  /// A posted buffer came back from the device: lend it to `holder` (refcount 1).
+  /// invalid_argument (and an empty handle) if it was not posted.
+  handle lend(std::uint32_t i, holder_id holder, std::int64_t now_ns) noexcept {
+    if (i >= count_ || slots_[i].state.load(std::memory_order_relaxed) != rx_state::posted) {
+      note(errc::invalid_argument);
+      return {};
+    }
+    --posted_;
+    return make_held(i, holder, now_ns);
+  }
+
+  /// A posted buffer came back without being used (ring reset): it goes back to the free list.
+  errc unpost(std::uint32_t i) noexcept {
+    if (i >= count_) return note(errc::foreign_buffer);
+    if (slots_[i].state.load(std::memory_order_relaxed) != rx_state::posted) {
+      return note(errc::double_release);
+    }
+    --posted_;
+    if constexpr (Policy::poison) poison(i);
+    std::lock_guard g(lock_);
+    push_free(i);
+    return errc::ok;
+  }
+
+  /// A free buffer straight to `holder` (bounce buffers). Empty handle when none is free.
+  handle allocate(holder_id holder, std::int64_t now_ns) noexcept {
+    std::uint32_t i = 0;
+    {
+      std::lock_guard g(lock_);
+      if (free_top_ == 0) return {};
+      i = free_stack_[--free_top_];
+      free_count_.store(free_top_, std::memory_order_relaxed);
+    }
+    if constexpr (Policy::poison) check_poison(i);
+    return make_held(i, holder, now_ns);
+  }
+
+  /// Counts by state and per-holder loans at `now_ns` (the cold path: walks every buffer).
+  /// Exact when called by the owner; releases on other threads are excluded by the free lock.
+  pool_census census(std::int64_t now_ns) const {
+    pool_census c;
+    c.pool = name_;
+    c.total = count_;
+    std::vector<holder_census> by_id;
+    std::array<std::uint32_t, 3> tally{};
+    std::uint32_t free_n = 0, returns = 0;
+    {
+      std::lock_guard g(lock_);
+      free_n = free_top_;
+      returns = returns_;
+      for (std::uint32_t i = 0; i < count_; ++i) {
+        const slot& s = slots_[i];
+        const rx_state st = s.state.load(std::memory_order_relaxed);
+        ++tally[static_cast<std::size_t>(st)];
+        if (st != rx_state::held) continue;
+        const holder_id h = s.holder.load(std::memory_order_relaxed);
+        if (h >= by_id.size()) by_id.resize(std::size_t{h} + 1);
+        holder_census& hc = by_id[h];
+        const std::chrono::nanoseconds age{now_ns - s.since.load(std::memory_order_relaxed)};
+        ++hc.count;
+        hc.oldest = std::max(hc.oldest, age);
+        ++hc.ages[age_bucket(age)];
+      }
+    }
+    c.free = free_n;
+    c.posted = posted_;
+    c.held = loans_ - returns;
+    const auto held_tally = tally[static_cast<std::size_t>(rx_state::held)];
+    if (std::uint64_t{c.free} + c.posted + c.held != c.total) {
+      c.conserved = false;
+      c.violation = "free " + std::to_string(c.free) + " + posted " + std::to_string(c.posted) +
+                    " + held " + std::to_string(c.held) + " != total " + std::to_string(c.total);
+    } else if (tally[0] != c.free || tally[1] != c.posted || held_tally != c.held) {
+      c.conserved = false;
+      c.violation = "buffer states (free " + std::to_string(tally[0]) + ", posted " +
+                    std::to_string(tally[1]) + ", held " + std::to_string(held_tally) +
+                    ") disagree with the counters";
+    }
+    for (std::size_t h = 0; h < by_id.size(); ++h) {
+      if (by_id[h].count == 0) continue;
+      by_id[h].id = static_cast<holder_id>(h);
+      by_id[h].name = holders_->name(static_cast<holder_id>(h));
+      c.holders.push_back(std::move(by_id[h]));
+    }
+    std::stable_sort(
+        c.holders.begin(), c.holders.end(),
+        [](const holder_census& a, const holder_census& b) { return a.count > b.count; });
+    return c;
+  }
+
+  // --- anyone's calls -------------------------------------------------------------------------
+
+  holder_id register_holder(std::string_view name) { return holders_->register_holder(name); }
+  holder_registry& holders() const noexcept { return *holders_; }
+
+  /// Gives back a detached reference. foreign_buffer, double_release or stale_handle on misuse.
+  errc release(rx_ref r) noexcept {
+    if (r.pool != this) return note(errc::foreign_buffer);
+    return release_ref(r.index, r.generation);
+  }
+  /// Gives back a handle's reference (the handle becomes empty); foreign_buffer if the handle is
+  /// another pool's (it is left untouched).
+  errc release(handle&& h) noexcept {
+    if (h.pool_ != this)
+      return h.pool_ == nullptr ? errc::invalid_argument : note(errc::foreign_buffer);
+    return h.release();
+  }
+  /// A detached reference as a handle again (no new reference). Empty handle on misuse.
+  handle adopt(rx_ref r) noexcept {
+    if (r.pool != this) {
+      note(errc::foreign_buffer);
+      return {};
+    }
+    if (check(r.index, r.generation) != errc::ok) return {};
+    return handle(this, r.index, r.generation);
+  }
+
+  std::uint32_t size() const noexcept { return count_; }
+  std::uint32_t buffer_size() const noexcept { return buffer_size_; }
+  const std::string& name() const noexcept { return name_; }
+  /// Free buffers (any thread; a relaxed snapshot).
+  std::uint32_t free_count() const noexcept { return free_count_.load(std::memory_order_relaxed); }
+  /// Posted buffers (owner thread).
+  std::uint32_t posted_count() const noexcept { return posted_; }
+  /// Held buffers (owner thread).
+  std::uint32_t held_count() const noexcept {
+    std::lock_guard g(lock_);
+    return loans_ - returns_;
+  }
+  std::uint64_t guest_address(std::uint32_t i) const noexcept { return slots_[i].guest_addr; }
+  std::byte* host_address(std::uint32_t i) const noexcept {
+    return base_ + std::size_t{i} * buffer_size_;
+  }
+  rx_state state(std::uint32_t i) const noexcept {
+    return slots_[i].state.load(std::memory_order_relaxed);
+  }
+  /// Caller misuse seen so far, by errc (double_release, foreign_buffer, stale_handle, ...).
+  std::uint64_t misuse(errc e) const noexcept {
+    return misuse_[static_cast<std::size_t>(e)].load(std::memory_order_relaxed);
+  }
+  std::uint64_t misuse_total() const noexcept {
+    std::uint64_t n = 0;
+    for (const auto& m : misuse_) n += m.load(std::memory_order_relaxed);
+    return n;
+  }
+
+ private:
+  template <class>
+  friend class rx_buffer;
+
+  /// Reference count: atomic or plain by policy.
+  struct refcount {
+    std::conditional_t<Policy::atomic_refs, std::atomic<std::uint32_t>, std::uint32_t> n{0};
+    std::uint32_t load() const noexcept {
+      if constexpr (Policy::atomic_refs) {
+        return n.load(std::memory_order_acquire);
+      } else {
+        return n;
+      }
+    }
+    void set(std::uint32_t v) noexcept {
+      if constexpr (Policy::atomic_refs) {
+        n.store(v, std::memory_order_relaxed);
+      } else {
+        n = v;
+      }
+    }
+    void add() noexcept {
+      if constexpr (Policy::atomic_refs) {
+        n.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        ++n;
+      }
+    }
+    /// Drops one reference; true when it was the last. A count of 1 belongs to us alone, so it
+    /// is a plain store (DPDK's trick); otherwise acq_rel so the last owner sees every write.
+    bool drop() noexcept {
+      if constexpr (Policy::atomic_refs) {
+        if (n.load(std::memory_order_acquire) == 1) {
+          n.store(0, std::memory_order_relaxed);
+          return true;
+        }
+        return n.fetch_sub(1, std::memory_order_acq_rel) == 1;
+      } else {
+        return --n == 0;
+      }
+    }
+  };
+
+  /// Per-buffer metadata. state/holder/since are relaxed atomics only so that census() on the
+  /// owner thread may read them while a holder thread passes a buffer on: plain stores on x86.
+  struct slot {
+    refcount refs;
+    std::atomic<std::uint32_t> gen{0};  // bumped each time the buffer returns to the free list
+    std::atomic<rx_state> state{rx_state::free};
+    std::atomic<holder_id> holder{holder_stack};
+    std::atomic<std::int64_t> since{0};  // when it was lent (clock ns)
+    std::uint64_t guest_addr = 0;
+  };
+
+  static std::size_t bytes(std::uint32_t count, std::uint32_t size) {
+    if (count == 0 || size == 0) detail::throw_error(errc::invalid_argument, "rx_pool: zero size");
+    return std::size_t{count} * size;
+  }
+
+  rx_pool(std::uint32_t count, std::uint32_t buffer_size, std::string name,
+          holder_registry* holders, aligned_buffer owned)
+      : count_(count),
+        buffer_size_(buffer_size),
+        name_(std::move(name)),
+        own_holders_(holders == nullptr ? std::make_unique<holder_registry>() : nullptr),
+        holders_(holders == nullptr ? own_holders_.get() : holders),
+        owned_(std::move(owned)),
+        base_(owned_.data()),
+        slots_(std::make_unique<slot[]>(count)),
+        free_stack_(std::make_unique<std::uint32_t[]>(count)) {
+    (void)bytes(count, buffer_size);
+    // Stack order: the lowest index is taken first.
+    for (std::uint32_t i = 0; i < count; ++i) free_stack_[i] = count - 1 - i;
+    free_top_ = count;
+    free_count_.store(count, std::memory_order_relaxed);
+  }
+
+  template <class Memory>
+  void init_addresses(const Memory& mem) {
+    for (std::uint32_t i = 0; i < count_; ++i) {
+      const result<std::uint64_t> a = mem.guest_address(host_address(i));
+      if (!a) detail::throw_error(a.error(), "rx_pool: buffer outside guest memory");
+      slots_[i].guest_addr = *a;
+      if constexpr (Policy::poison) poison(i);
+    }
+  }
+
+  handle make_held(std::uint32_t i, holder_id holder, std::int64_t now_ns) noexcept {
+    slot& s = slots_[i];
+    s.holder.store(holder, std::memory_order_relaxed);
+    s.since.store(now_ns, std::memory_order_relaxed);
+    s.refs.set(1);
+    s.state.store(rx_state::held, std::memory_order_relaxed);
+    ++loans_;
+    return handle(this, i, s.gen.load(std::memory_order_relaxed));
+  }
+
+  /// Is (i, gen) a live loan? The error says how it is not.
+  errc check(std::uint32_t i, std::uint32_t gen) noexcept {
+    if (i >= count_) return note(errc::foreign_buffer);
+    const slot& s = slots_[i];
+    if (s.gen.load(std::memory_order_relaxed) == gen &&
+        s.state.load(std::memory_order_relaxed) == rx_state::held) {
+      return errc::ok;
+    }
+    // The buffer came back since this reference was made: still free means this is a second
+    // release of the same loan; otherwise it was lent again and this handle is stale.
+    return note(s.state.load(std::memory_order_relaxed) == rx_state::free &&
+                        s.gen.load(std::memory_order_relaxed) == gen + 1
+                    ? errc::double_release
+                    : errc::stale_handle);
+  }
+
+  errc add_ref(std::uint32_t i, std::uint32_t gen) noexcept {
+    if (const errc e = check(i, gen); e != errc::ok) return e;
+    slots_[i].refs.add();
+    return errc::ok;
+  }
+
+  errc release_ref(std::uint32_t i, std::uint32_t gen) noexcept {
+    if (const errc e = check(i, gen); e != errc::ok) return e;
+    if (!slots_[i].refs.drop()) return errc::ok;
+    if constexpr (Policy::poison) poison(i);
+    std::lock_guard g(lock_);
+    // Re-checked under the lock: two racing "last" releases (a misuse) must not free it twice.
+    if (slots_[i].state.load(std::memory_order_relaxed) != rx_state::held) {
+      return note(errc::double_release);
+    }
+    ++returns_;
+    push_free(i);
+    return errc::ok;
+  }
+
+  std::span<std::byte> checked_data(std::uint32_t i, std::uint32_t gen) noexcept {
+    if (check(i, gen) != errc::ok) return {};
+    return {host_address(i), buffer_size_};
+  }
+
+  errc set_holder(std::uint32_t i, std::uint32_t gen, holder_id h) noexcept {
+    if (!holders_->valid(h)) return note(errc::invalid_argument);
+    if (const errc e = check(i, gen); e != errc::ok) return e;
+    slots_[i].holder.store(h, std::memory_order_relaxed);
+    return errc::ok;
+  }
+
+  /// Under lock_.
+  void push_free(std::uint32_t i) noexcept {
+    slot& s = slots_[i];
+    s.gen.store(s.gen.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    s.state.store(rx_state::free, std::memory_order_relaxed);
+    free_stack_[free_top_++] = i;
+    free_count_.store(free_top_, std::memory_order_relaxed);
+  }
+
+  void poison(std::uint32_t i) noexcept {
+    std::memset(host_address(i), static_cast<int>(poison_byte), buffer_size_);
+  }
+  void check_poison(std::uint32_t i) noexcept {
+    const std::byte* p = host_address(i);
+    const bool intact =
+        std::all_of(p, p + buffer_size_, [](std::byte b) { return b == poison_byte; });
+    if (!intact) {
+      note(errc::use_after_release);
+      poison(i);
+    }
+  }
+
+  [[gnu::cold]] errc note(errc e) const noexcept {
+    misuse_[static_cast<std::size_t>(e)].fetch_add(1, std::memory_order_relaxed);
+    return e;
+  }
+
+  std::uint32_t count_;
+  std::uint32_t buffer_size_;
+  std::string name_;
+  std::unique_ptr<holder_registry> own_holders_;
+  holder_registry* holders_;
+  aligned_buffer owned_;
+  std::byte* base_;
+  std::unique_ptr<slot[]> slots_;
+  // Free list: a stack of indices (LIFO keeps recently used buffers warm in the cache).
+  std::unique_ptr<std::uint32_t[]> free_stack_;
+  std::uint32_t free_top_ = 0;                // under lock_
+  std::uint32_t returns_ = 0;                 // under lock_: loans that came back
+  std::atomic<std::uint32_t> free_count_{0};  // free_top_, readable without the lock
+  std::uint32_t posted_ = 0;                  // owner only
+  std::uint32_t loans_ = 0;                   // owner only (wraps together with returns_)
+  [[no_unique_address]] mutable typename Policy::lock lock_;
+  mutable std::array<std::atomic<std::uint64_t>, errc_count> misuse_{};
+};
+
+}  // namespace virtq

@@ -1,0 +1,108 @@
+// SPDX-License-Identifier: MIT
+// tests/test_rx_common.hpp -- what the receive-queue tests share: a device that "receives"
+// frames into the driver's buffers, and a driver+device+pool+rx_queue rig on a manual clock.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "layouts.hpp"
+#include "virtq/rx_pool.hpp"
+#include "virtq/rx_queue.hpp"
+
+namespace virtq_test {
+
+/// A frame as the tests send it: a 12-byte virtio-net header, then the TCP destination port and a
+/// sequence number where an Ethernet/IPv4/TCP frame has them (byte 12+36 = dst port), padded.
+inline constexpr std::size_t rx_frame_len = 96;
+inline constexpr std::size_t rx_port_offset = 12 + 14 + 20 + 2;
+inline constexpr std::size_t rx_seq_offset = 12 + 14 + 20 + 20;
+
+inline std::array<std::byte, rx_frame_len> make_frame(std::uint16_t port, std::uint64_t seq) {
+  std::array<std::byte, rx_frame_len> f{};
+  f[rx_port_offset] = static_cast<std::byte>(port >> 8);
+  f[rx_port_offset + 1] = static_cast<std::byte>(port & 0xff);
+  std::memcpy(f.data() + rx_seq_offset, &seq, sizeof seq);
+  return f;
+}
+inline std::uint16_t frame_port(std::span<const std::byte> d) {
+  return static_cast<std::uint16_t>((std::to_integer<unsigned>(d[rx_port_offset]) << 8) |
+                                    std::to_integer<unsigned>(d[rx_port_offset + 1]));
+}
+inline std::uint64_t frame_seq(std::span<const std::byte> d) {
+  std::uint64_t s = 0;
+  std::memcpy(&s, d.data() + rx_seq_offset, sizeof s);
+  return s;
+}
+
+/// The device side of a receive queue: pops a posted buffer, writes a frame, completes it.
+template <class Device>
+struct fake_nic {
+  Device& dev;
+  virtq::chain c{};
+
+  /// errc::empty when the driver has no buffer posted (the frame is dropped, as by a real NIC).
+  virtq::errc send(std::span<const std::byte> frame) {
+    const virtq::errc e = dev.pop(c);
+    if (e != virtq::errc::ok) return e;
+    const std::size_t n = c.write(frame);
+    return dev.complete(c.id(), static_cast<std::uint32_t>(n));
+  }
+  bool flush() { return dev.interrupt_prepare(); }
+};
+
+/// Driver + device over one ring, a pool, and an rx_queue on a manual clock.
+template <class Layout, class PoolPolicy = virtq::rx_thread_safe_policy,
+          class QueuePolicy = virtq::default_policy>
+struct rx_rig {
+  using pool_type = virtq::rx_pool<PoolPolicy>;
+  using pair_type = queue_pair<Layout, QueuePolicy>;
+  using rxq_type = virtq::rx_queue<typename pair_type::driver_type, pool_type, virtq::manual_clock>;
+  using packet = typename rxq_type::packet;
+
+  rx_rig(std::uint32_t ring_size, std::uint32_t pool_size, virtq::rx_queue_options o,
+         std::uint32_t buf_size = 256)
+      : qp(ring_size),
+        pool(pool_size, buf_size, "rx"),
+        rxq(qp.driver, pool, std::move(o), virtq::manual_clock{&time}),
+        nic{qp.device} {}
+
+  /// Sends `n` frames to `port` (stops early when no buffer is posted); returns how many went.
+  std::size_t send(std::size_t n, std::uint16_t port) {
+    std::size_t sent = 0;
+    for (; sent < n; ++sent) {
+      auto f = make_frame(port, next_seq);
+      if (nic.send(f) != virtq::errc::ok) break;
+      ++next_seq;
+    }
+    nic.flush();
+    return sent;
+  }
+
+  /// Polls everything available.
+  std::vector<packet> poll_all() {
+    std::vector<packet> got;
+    std::array<packet, 16> batch;
+    for (;;) {
+      auto r = rxq.poll(batch);
+      REQUIRE(r.has_value());
+      for (std::size_t k = 0; k < r->received; ++k) got.push_back(std::move(batch[k]));
+      if (r->received < batch.size()) break;
+    }
+    return got;
+  }
+
+  virtq::manual_time time;
+  pair_type qp;
+  pool_type pool;
+  rxq_type rxq;
+  fake_nic<typename pair_type::device_type> nic;
+  std::uint64_t next_seq = 0;
+};
+
+}  // namespace virtq_test

@@ -1,0 +1,260 @@
+// Receive-buffer pool: refcount semantics, misuse detection, poisoning, census, conservation.
+#include <catch2/catch.hpp>
+
+#include <thread>
+#include <vector>
+
+#include "virtq/rx_pool.hpp"
+
+using namespace virtq;
+
+namespace {
+using debug_pool = rx_pool<rx_pool_policy<true, spin_lock, /*Poison=*/true>>;
+using plain_pool = rx_pool<rx_single_thread_policy>;
+
+/// Takes `n` buffers to the posted state and lends them to `h` at time `t`.
+template <class Pool>
+std::vector<typename Pool::handle> lend_n(Pool& p, std::size_t n, holder_id h, std::int64_t t) {
+  std::vector<std::uint32_t> idx(n);
+  REQUIRE(p.take(idx) == n);
+  std::vector<typename Pool::handle> out;
+  for (auto i : idx) out.push_back(p.lend(i, h, t));
+  return out;
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE("rx_pool: copying adds a reference, moving does not; the last release frees",
+                   "[rx_pool]", debug_pool, plain_pool, rx_pool<>) {
+  TestType pool(4, 256);
+  auto hs = lend_n(pool, 1, holder_stack, 0);
+  auto h = std::move(hs[0]);
+  REQUIRE(h);
+  CHECK(pool.held_count() == 1);
+  CHECK(pool.free_count() == 3);
+
+  {
+    auto copy = h;  // two references
+    CHECK(copy.index() == h.index());
+    CHECK(copy.release() == errc::ok);
+    CHECK_FALSE(copy);
+    CHECK(pool.held_count() == 1);  // h still holds it
+  }
+  auto moved = std::move(h);
+  CHECK_FALSE(h);  // NOLINT(bugprone-use-after-move): moved-from is documented empty
+  CHECK(pool.held_count() == 1);
+  {
+    auto c2 = moved;
+    moved = typename TestType::handle{};  // assignment releases one reference
+    CHECK(pool.held_count() == 1);
+  }  // c2's destructor releases the last one
+  CHECK(pool.held_count() == 0);
+  CHECK(pool.free_count() == 4);
+  CHECK(pool.misuse_total() == 0);
+}
+
+TEST_CASE("rx_pool: the data span addresses the buffer and the guest address is identity",
+          "[rx_pool]") {
+  rx_pool<> pool(3, 2048);
+  auto hs = lend_n(pool, 3, holder_stack, 0);
+  for (std::uint32_t k = 0; k < 3; ++k) {
+    auto d = hs[k].data();
+    REQUIRE(d.size() == 2048);
+    CHECK(hs[k].guest_address() == reinterpret_cast<std::uintptr_t>(d.data()));
+    CHECK(d.data() == pool.host_address(hs[k].index()));
+  }
+}
+
+TEST_CASE("rx_pool: buffers carved from a guest_memory region get its guest addresses",
+          "[rx_pool]") {
+  aligned_buffer region(4 * 512);
+  guest_memory mem;
+  mem.add_region(0x100000, region.size(), region.data());
+  rx_pool<> pool(4, 512, region.span(), mem, "mapped");
+  for (std::uint32_t i = 0; i < 4; ++i) CHECK(pool.guest_address(i) == 0x100000 + i * 512u);
+  aligned_buffer small(100);
+  CHECK_THROWS_AS(rx_pool<>(4, 512, small.span(), mem), virtq::error);
+  aligned_buffer outside(4 * 512);
+  CHECK_THROWS_AS(rx_pool<>(4, 512, outside.span(), mem), virtq::error);
+  CHECK_THROWS_AS(rx_pool<>(0, 512), virtq::error);
+}
+
+TEST_CASE("rx_pool: releasing a detached reference twice is double_release", "[rx_pool]") {
+  rx_pool<> pool(2, 64);
+  auto hs = lend_n(pool, 1, holder_stack, 0);
+  rx_ref r = hs[0].detach();
+  CHECK_FALSE(hs[0]);
+  CHECK(pool.release(r) == errc::ok);
+  CHECK(pool.release(r) == errc::double_release);
+  CHECK(pool.misuse(errc::double_release) == 1);
+  CHECK(pool.free_count() == 2);  // not pushed twice
+  auto c = pool.census(0);
+  CHECK(c.conserved);
+}
+
+TEST_CASE("rx_pool: an empty handle's release is invalid_argument", "[rx_pool]") {
+  rx_pool<> pool(2, 64);
+  auto hs = lend_n(pool, 1, holder_stack, 0);
+  CHECK(hs[0].release() == errc::ok);
+  CHECK(hs[0].release() == errc::invalid_argument);
+}
+
+TEST_CASE("rx_pool: a buffer of another pool is foreign_buffer", "[rx_pool]") {
+  rx_pool<> a(2, 64, "a"), b(2, 64, "b");
+  auto ha = lend_n(a, 1, holder_stack, 0);
+  auto hb = lend_n(b, 1, holder_stack, 0);
+  CHECK(b.release(std::move(ha[0])) == errc::foreign_buffer);
+  CHECK(ha[0]);  // untouched: still a's reference
+  CHECK(b.misuse(errc::foreign_buffer) == 1);
+  rx_ref r = ha[0].detach();
+  CHECK(b.release(r) == errc::foreign_buffer);
+  CHECK_FALSE(b.adopt(r));
+  CHECK(b.misuse(errc::foreign_buffer) == 3);
+  CHECK(b.held_count() == 1);
+  CHECK(a.release(r) == errc::ok);
+  CHECK(a.held_count() == 0);
+  // An index no pool has.
+  CHECK(a.release(rx_ref{&a, 99, 0}) == errc::foreign_buffer);
+}
+
+TEST_CASE("rx_pool: a handle from an earlier loan is stale_handle and harms nothing", "[rx_pool]") {
+  rx_pool<> pool(1, 64);  // one buffer: the next loan reuses it
+  auto first = lend_n(pool, 1, holder_stack, 0);
+  rx_ref old = first[0].detach();
+  auto keep = pool.adopt(old);  // a second handle value for the same reference (misuse below)
+  REQUIRE(keep);
+  rx_ref dup = keep.detach();
+  CHECK(pool.release(old) == errc::ok);
+  auto second = lend_n(pool, 1, holder_stack, 5);  // the buffer is lent again
+  REQUIRE(second[0].index() == old.index);
+  CHECK(second[0].generation() != old.generation);
+
+  CHECK(pool.release(dup) == errc::stale_handle);
+  CHECK(pool.misuse(errc::stale_handle) == 1);
+  CHECK_FALSE(pool.adopt(dup));
+  CHECK(pool.misuse(errc::stale_handle) == 2);
+  // The current loan is intact.
+  CHECK(second[0].data().size() == 64);
+  CHECK(pool.held_count() == 1);
+  CHECK(pool.census(5).conserved);
+}
+
+TEST_CASE("rx_pool: a stale copy's data is empty and its release does nothing", "[rx_pool]") {
+  rx_pool<> pool(1, 64);
+  auto h = std::move(lend_n(pool, 1, holder_stack, 0)[0]);
+  rx_ref r = h.detach();
+  auto a = pool.adopt(r);
+  CHECK(pool.release(r) == errc::ok);  // over-release through the raw reference
+  CHECK(a.data().empty());             // a's loan is gone
+  CHECK(pool.misuse(errc::double_release) == 1);
+  auto b = a;  // copying a stale handle gives an empty one
+  CHECK_FALSE(b);
+  CHECK(a.release() == errc::double_release);
+  CHECK(pool.free_count() == 1);
+}
+
+TEST_CASE("rx_pool: poisoning catches a write after release", "[rx_pool]") {
+  debug_pool pool(1, 128);
+  auto h = std::move(lend_n(pool, 1, holder_stack, 0)[0]);
+  std::byte* p = h.data().data();
+  CHECK(h.release() == errc::ok);
+  // Released buffers are filled with the pattern.
+  CHECK(std::all_of(p, p + 128, [](std::byte b) { return b == debug_pool::poison_byte; }));
+  p[17] = std::byte{0};  // the bug: writing into a buffer we gave back
+  std::uint32_t i = 0;
+  CHECK(pool.take(std::span(&i, 1)) == 1);
+  CHECK(pool.misuse(errc::use_after_release) == 1);
+  CHECK(pool.unpost(i) == errc::ok);
+  CHECK(pool.take(std::span(&i, 1)) == 1);  // re-poisoned: no second report
+  CHECK(pool.misuse(errc::use_after_release) == 1);
+}
+
+TEST_CASE("rx_pool: census counts per holder with ages and checks conservation", "[rx_pool]") {
+  rx_pool<> pool(16, 64);
+  const holder_id ftp = pool.register_holder("ftp-data:3034");
+  const holder_id web = pool.register_holder("http:80");
+  CHECK(pool.register_holder("ftp-data:3034") == ftp);  // same name, same id
+  constexpr std::int64_t ms = 1'000'000;
+
+  auto a = lend_n(pool, 5, holder_stack, 0);
+  for (auto& h : a) CHECK(h.pass_to(ftp) == errc::ok);
+  auto b = lend_n(pool, 2, web, 900 * ms);
+  std::uint32_t posted[3];
+  REQUIRE(pool.take(posted) == 3);
+  CHECK(b[0].pass_to(holder_id{999}) == errc::invalid_argument);
+
+  const auto c = pool.census(1000 * ms);
+  CHECK(c.conserved);
+  CHECK(c.total == 16);
+  CHECK(c.free == 6);
+  CHECK(c.posted == 3);
+  CHECK(c.held == 7);
+  REQUIRE(c.holders.size() == 2);
+  CHECK(c.holders[0].name == "ftp-data:3034");  // most buffers first
+  CHECK(c.holders[0].count == 5);
+  CHECK(c.holders[0].oldest == std::chrono::milliseconds(1000));
+  CHECK(c.holders[0].ages[age_bucket(std::chrono::milliseconds(1000))] == 5);
+  CHECK(age_bucket(std::chrono::milliseconds(1000)) == 10);  // [512, 1024) ms
+  const auto* w = c.find("http:80");
+  REQUIRE(w != nullptr);
+  CHECK(w->count == 2);
+  CHECK(w->oldest == std::chrono::milliseconds(100));
+  CHECK(w->ages[7] == 2);  // [64, 128) ms
+  const std::string text = to_string(c);
+  CHECK(text.find("ftp-data:3034") != std::string::npos);
+  CHECK(text.find("conserved") != std::string::npos);
+
+  a.clear();
+  for (auto i : posted) CHECK(pool.unpost(i) == errc::ok);
+  CHECK(pool.unpost(posted[0]) == errc::double_release);
+  const auto c2 = pool.census(1000 * ms);
+  CHECK(c2.conserved);
+  CHECK(c2.held == 2);
+  CHECK(c2.free == 14);
+  CHECK(c2.find("ftp-data:3034") == nullptr);
+}
+
+TEST_CASE("rx_pool: age buckets are log2 milliseconds", "[rx_pool]") {
+  using std::chrono::milliseconds;
+  CHECK(age_bucket(std::chrono::microseconds(999)) == 0);
+  CHECK(age_bucket(milliseconds(1)) == 1);
+  CHECK(age_bucket(milliseconds(2)) == 2);
+  CHECK(age_bucket(milliseconds(3)) == 2);
+  CHECK(age_bucket(milliseconds(4)) == 3);
+  CHECK(age_bucket(std::chrono::hours(100)) == age_buckets - 1);
+  CHECK(age_bucket(std::chrono::nanoseconds(-5)) == 0);
+}
+
+TEST_CASE("rx_pool: allocate hands free buffers out directly, and an empty pool says so",
+          "[rx_pool]") {
+  rx_pool<> pool(2, 64);
+  auto a = pool.allocate(holder_stack, 0);
+  auto b = pool.allocate(holder_stack, 0);
+  auto c = pool.allocate(holder_stack, 0);
+  CHECK(a);
+  CHECK(b);
+  CHECK_FALSE(c);
+  CHECK(pool.census(0).held == 2);
+  CHECK(pool.census(0).conserved);
+  std::uint32_t i = 0;
+  CHECK(pool.take(std::span(&i, 1)) == 0);
+  CHECK(pool.lend(1, holder_stack, 0).pool() == nullptr);  // not posted: refused
+  CHECK(pool.misuse(errc::invalid_argument) == 1);
+}
+
+TEST_CASE("rx_pool: copies released on several threads return the buffer exactly once",
+          "[rx_pool]") {
+  rx_pool<> pool(8, 64);
+  for (int round = 0; round < 200; ++round) {
+    auto hs = lend_n(pool, 8, holder_stack, 0);
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 4; ++t) {
+      std::vector<rx_pool<>::handle> mine(hs.begin(), hs.end());  // a copy of each
+      ts.emplace_back([m = std::move(mine)]() mutable { m.clear(); });
+    }
+    hs.clear();
+    for (auto& t : ts) t.join();
+    REQUIRE(pool.free_count() == 8);
+  }
+  CHECK(pool.census(0).conserved);
+  CHECK(pool.misuse_total() == 0);
+}

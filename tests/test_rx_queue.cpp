@@ -1,0 +1,267 @@
+// Receive queue: refill/poll/repost, the reserve with copy fallback, the starvation detector,
+// loan deadlines, shutdown drain, statistics -- over every layout.
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <thread>
+
+#include "test_rx_common.hpp"
+
+using namespace virtq;
+using namespace virtq_test;
+using namespace std::chrono_literals;
+
+namespace {
+rx_queue_options no_reserve(std::string name = "rx0") {
+  rx_queue_options o;
+  o.name = std::move(name);
+  o.copy_reserve = false;
+  return o;
+}
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE(
+    "rx_queue: refill posts the ring full and poll delivers what the device wrote", "[rx_queue]",
+    all_layouts) {
+  rx_rig<TestType> rig(16, 64, no_reserve());
+  auto n = rig.rxq.refill();
+  REQUIRE(n.has_value());
+  CHECK(*n);  // the first batch: the device wants to hear about it
+  CHECK(rig.rxq.posted() == 16);
+  CHECK(rig.pool.free_count() == 48);
+
+  CHECK(rig.send(10, 80) == 10);
+  auto got = rig.poll_all();
+  REQUIRE(got.size() == 10);
+  for (std::size_t k = 0; k < got.size(); ++k) {
+    CHECK(got[k].len == rx_frame_len);
+    CHECK_FALSE(got[k].resources_low());
+    CHECK(frame_port(got[k].data()) == 80);
+    CHECK(frame_seq(got[k].data()) == k);
+  }
+  const auto s = rig.rxq.stats();
+  CHECK(s.packets == 10);
+  CHECK(s.packets_lent == 10);
+  CHECK(s.allocations == 16 + 10);  // a full batch was free: the ring is topped up
+  CHECK(rig.rxq.census().held == 10);
+  CHECK(rig.rxq.census().conserved);
+  got.clear();
+  CHECK(rig.rxq.census().held == 0);
+  CHECK(rig.rxq.census().conserved);
+}
+
+TEMPLATE_LIST_TEST_CASE("rx_queue: returned buffers are reposted in batches with one kick decision",
+                        "[rx_queue]", all_layouts) {
+  rx_queue_options o = no_reserve();
+  o.repost_batch = 8;
+  rx_rig<TestType> rig(16, 16, o);  // the pool is the ring: every buffer comes back through free
+  REQUIRE(rig.rxq.refill().has_value());
+  CHECK(rig.rxq.posted() == 16);
+  CHECK(rig.send(4, 80) == 4);
+  auto got = rig.poll_all();
+  CHECK(got.size() == 4);
+  got.clear();  // 4 free: under the batch, and 12 still posted: not low
+  auto r = rig.rxq.refill();
+  REQUIRE(r.has_value());
+  CHECK_FALSE(*r);
+  CHECK(rig.rxq.posted() == 12);
+  CHECK(rig.send(4, 80) == 4);
+  got = rig.poll_all();
+  got.clear();  // 8 free: a batch
+  const auto before = rig.rxq.stats();
+  REQUIRE(rig.rxq.refill().has_value());
+  CHECK(rig.rxq.posted() == 16);
+  const auto after = rig.rxq.stats();
+  CHECK(after.refills == before.refills + 1);
+  CHECK(after.allocations == before.allocations + 8);
+  CHECK(after.kicks + after.kicks_suppressed == before.kicks + before.kicks_suppressed + 1);
+}
+
+TEMPLATE_LIST_TEST_CASE(
+    "rx_queue: the reserve keeps K buffers posted and delivers copies flagged "
+    "resources_low",
+    "[rx_queue]", all_layouts) {
+  rx_queue_options o;
+  o.reserve = 4;
+  o.bounce_buffers = 8;
+  rx_rig<TestType> rig(16, 16, o);
+  REQUIRE(rig.rxq.refill().has_value());
+  std::vector<typename rx_rig<TestType>::packet> kept;  // a consumer that keeps everything
+  std::size_t copies = 0;
+  for (int round = 0; round < 10; ++round) {
+    CHECK(rig.send(2, 3034) == 2);  // a buffer is always posted
+    for (auto& p : rig.poll_all()) {
+      if (p.resources_low()) ++copies;
+      CHECK(frame_port(p.data()) == 3034);
+      kept.push_back(std::move(p));
+    }
+    CHECK(rig.rxq.posted() >= 4);
+  }
+  CHECK(kept.size() == 20);
+  CHECK(copies == 20 - 12);  // 16 buffers, 4 never lent
+  CHECK(rig.pool.held_count() == 12);
+  const auto s = rig.rxq.stats();
+  CHECK(s.packets_copied == 8);
+  CHECK(s.reposts == 8);
+  CHECK(s.copy_failures == 0);
+  CHECK(s.min_posted >= 4);
+  // The bounce pool is now exhausted too: further frames are dropped (counted), the ring stays.
+  CHECK(rig.send(3, 3034) == 3);
+  CHECK(rig.poll_all().empty());
+  CHECK(rig.rxq.stats().copy_failures == 3);
+  CHECK(rig.rxq.posted() == 4);
+  const auto bc = rig.rxq.bounce_census();
+  CHECK(bc.held == 8);
+  CHECK(bc.conserved);
+  // Copies carry the data of the frame.
+  CHECK(frame_seq(kept.back().data()) == 19);
+  CHECK(kept.back().resources_low());
+}
+
+TEMPLATE_LIST_TEST_CASE(
+    "rx_queue: the starvation detector reports once, names the holder, and "
+    "re-arms",
+    "[rx_queue]", all_layouts) {
+  std::vector<starvation_report> reports;
+  rx_queue_options o = no_reserve("eth1-rx0");
+  o.starvation_after = 200ms;
+  o.on_starvation = [&](const starvation_report& r) { reports.push_back(r); };
+  rx_rig<TestType> rig(8, 8, o);
+  const holder_id ftp = rig.rxq.register_holder("ftp-data:3034");
+  REQUIRE(rig.rxq.refill().has_value());
+  CHECK(rig.send(8, 3034) == 8);
+  rig.time.advance(10ms);
+  auto kept = rig.poll_all();
+  for (auto& p : kept) CHECK(p.buffer.pass_to(ftp) == errc::ok);
+  CHECK(rig.rxq.posted() == 0);
+  CHECK(rig.send(1, 80) == 0);  // nothing to receive into
+
+  CHECK_FALSE(rig.rxq.check_starvation(rig.time.now()));  // the episode starts
+  rig.time.advance(199ms);
+  CHECK_FALSE(rig.rxq.check_starvation(rig.time.now()));
+  rig.time.advance(1ms);
+  CHECK(rig.rxq.check_starvation(rig.time.now()));  // 200 ms: one report
+  rig.time.advance(1s);
+  CHECK_FALSE(rig.rxq.check_starvation(rig.time.now()));  // not twice
+  REQUIRE(rig.poll_all().empty());
+  REQUIRE(reports.size() == 1);
+  const starvation_report& r = reports[0];
+  CHECK(r.queue == "eth1-rx0");
+  CHECK(r.starved_for == 200ms);
+  CHECK(r.posted == 0);
+  CHECK(r.held == 8);
+  REQUIRE(r.census.holders.size() == 1);
+  CHECK(r.census.holders[0].name == "ftp-data:3034");
+  CHECK(r.census.holders[0].count == 8);
+  CHECK(r.census.holders[0].oldest == 200ms);
+  CHECK(r.census.conserved);
+  CHECK(to_string(r).find("ftp-data:3034") != std::string::npos);
+
+  kept.clear();  // the consumer reads again
+  REQUIRE(rig.rxq.refill().has_value());
+  CHECK(rig.rxq.posted() == 8);
+  auto s = rig.rxq.stats();
+  CHECK(s.starvation_reports == 1);
+  CHECK(s.starvation_episodes == 1);
+  CHECK(s.time_starved == 1200ms);
+  CHECK(s.longest_starvation == 1200ms);
+  // Re-armed: a second episode reports again.
+  CHECK(rig.send(8, 3034) == 8);
+  kept = rig.poll_all();
+  rig.time.advance(300ms);
+  CHECK(rig.rxq.check_starvation());
+  CHECK(reports.size() == 2);
+  kept.clear();
+}
+
+TEMPLATE_LIST_TEST_CASE("rx_queue: a low watermark counts a nearly empty ring as starving",
+                        "[rx_queue]", all_layouts) {
+  int fired = 0;
+  rx_queue_options o = no_reserve();
+  o.low_watermark = 2;
+  o.starvation_after = 50ms;
+  o.on_starvation = [&](const starvation_report& r) {
+    ++fired;
+    CHECK(r.posted == 2);
+    CHECK(r.low_watermark == 2);
+  };
+  rx_rig<TestType> rig(8, 8, o);
+  REQUIRE(rig.rxq.refill().has_value());
+  CHECK(rig.send(6, 80) == 6);
+  auto kept = rig.poll_all();
+  rig.time.advance(50ms);
+  CHECK(rig.rxq.check_starvation());
+  CHECK(fired == 1);
+}
+
+TEMPLATE_LIST_TEST_CASE("rx_queue: a holder past its loan deadline is asked to return",
+                        "[rx_queue]", all_layouts) {
+  std::vector<loan_overdue> asked;
+  rx_queue_options o = no_reserve();
+  o.loan_deadline = 1s;
+  o.on_loan_overdue = [&](const loan_overdue& d) { asked.push_back(d); };
+  rx_rig<TestType> rig(16, 32, o);
+  const holder_id slow = rig.rxq.register_holder("slow");
+  const holder_id fast = rig.rxq.register_holder("fast");
+  REQUIRE(rig.rxq.refill().has_value());
+  CHECK(rig.send(5, 80) == 5);
+  auto kept = rig.poll_all();
+  for (std::size_t k = 0; k < 3; ++k) CHECK(kept[k].buffer.pass_to(slow) == errc::ok);
+  for (std::size_t k = 3; k < 5; ++k) CHECK(kept[k].buffer.pass_to(fast) == errc::ok);
+  rig.time.advance(600ms);
+  kept.erase(kept.begin() + 3, kept.end());  // fast returns its two
+  CHECK_FALSE(rig.rxq.check_starvation());
+  CHECK(asked.empty());
+  rig.time.advance(500ms);  // slow's buffers are 1.1 s old
+  rig.rxq.check_starvation();
+  REQUIRE(asked.size() == 1);
+  CHECK(asked[0].holder.name == "slow");
+  CHECK(asked[0].holder.count == 3);
+  CHECK(asked[0].holder.oldest == 1100ms);
+  CHECK(asked[0].deadline == 1s);
+  CHECK(rig.rxq.stats().deadline_callbacks == 1);
+  kept.clear();  // it complies
+  rig.time.advance(1s);
+  rig.rxq.check_starvation();
+  CHECK(asked.size() == 1);
+}
+
+TEMPLATE_LIST_TEST_CASE("rx_queue: shutdown returns every posted buffer once and reports holders",
+                        "[rx_queue]", all_layouts) {
+  rx_rig<TestType> rig(16, 32, no_reserve());
+  const holder_id ftp = rig.rxq.register_holder("ftp-data:3034");
+  REQUIRE(rig.rxq.refill().has_value());
+  CHECK(rig.send(5, 3034) == 5);
+  rig.time.advance(3s);
+  auto kept = rig.poll_all();
+  for (auto& p : kept) CHECK(p.buffer.pass_to(ftp) == errc::ok);
+  const std::uint32_t posted = rig.rxq.posted();
+  rig.time.advance(2s);
+  rig.qp.device.reset();  // the device stops first
+  const auto rep = rig.rxq.shutdown(0ms);
+  CHECK(rep.returned_from_ring == posted);
+  CHECK(rep.bad_tokens == 0);
+  CHECK_FALSE(rep.drained);
+  CHECK(rep.census.conserved);
+  CHECK(rep.census.posted == 0);
+  REQUIRE(rep.census.holders.size() == 1);
+  CHECK(rep.census.holders[0].name == "ftp-data:3034");
+  CHECK(rep.census.holders[0].count == 5);
+  CHECK(rep.census.holders[0].oldest == 2s);
+  CHECK(to_string(rep).find("ftp-data:3034") != std::string::npos);
+  CHECK(rig.rxq.refill().error() == errc::broken);
+  std::array<typename rx_rig<TestType>::packet, 4> out;
+  CHECK(rig.rxq.poll(out).error() == errc::broken);
+
+  // A second call waits (bounded) for a holder that releases on another thread.
+  std::thread t([&] {
+    std::this_thread::sleep_for(5ms);
+    kept.clear();
+  });
+  const auto rep2 = rig.rxq.shutdown(30s);
+  t.join();
+  CHECK(rep2.drained);
+  CHECK(rep2.returned_from_ring == 0);  // already given back: not twice
+  CHECK(rep2.census.free == 32);
+  CHECK(rep2.census.conserved);
+}
