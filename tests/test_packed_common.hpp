@@ -19,7 +19,7 @@ using le = virtq::little_endian;
 /// Features of a packed pair for policy P (EVENT_IDX only with suppress_event_idx... and with
 /// suppress_none, where it is harmless).
 template <class P = virtq::default_policy>
-virtq::features features() {
+virtq::features packed_features() {
   return virtq_test::features_for<packed_layout, P>();
 }
 

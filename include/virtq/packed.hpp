@@ -54,9 +54,6 @@ constexpr void packed_advance(std::uint16_t& off, bool& wrap, std::uint32_t n,
   off = static_cast<std::uint16_t>(o);
 }
 
-template <class P>
-inline constexpr bool packed_endian_ok = P::endian::order == std::endian::little;
-
 /// The ring view a queue is built on must have come from packed::ring_view::make.
 inline void check_packed_view(const packed::ring_view& v) {
   if (v.ring == nullptr || v.driver_event == nullptr || v.device_event == nullptr) {
@@ -67,16 +64,18 @@ inline void check_packed_view(const packed::ring_view& v) {
 
 }  // namespace detail
 
+/// The policies a packed ring accepts. 2.8: packed rings exist only with VIRTIO_F_VERSION_1,
+/// whose wire is little-endian (1.4), so a big-endian policy is rejected at compile time.
+template <class P>
+concept packed_queue_policy = queue_policy_type<P> && P::endian::order == std::endian::little;
+
 // =============================================================================================
 // Driver
 // =============================================================================================
 
 /// The driver side of a packed ring. Satisfies driver_queue.
-template <queue_policy_type P = default_policy>
+template <packed_queue_policy P = default_policy>
 class packed_driver : public detail::queue_common<P> {
-  static_assert(
-      detail::packed_endian_ok<P>,
-      "2.8: packed rings exist only with VIRTIO_F_VERSION_1, whose wire is little-endian");
   using base = detail::queue_common<P>;
   using E = typename P::endian;
   using B = typename P::barriers;
@@ -518,11 +517,8 @@ class packed_driver : public detail::queue_common<P> {
 
 /// The device side of a packed ring. Satisfies device_queue. Treats the whole ring as hostile.
 /// `mem` translates the driver's addresses and must outlive the queue (a pointer is kept).
-template <queue_policy_type P = default_policy, memory_map M = identity_memory>
+template <packed_queue_policy P = default_policy, memory_map M = identity_memory>
 class packed_device : public detail::queue_common<P> {
-  static_assert(
-      detail::packed_endian_ok<P>,
-      "2.8: packed rings exist only with VIRTIO_F_VERSION_1, whose wire is little-endian");
   using base = detail::queue_common<P>;
   using E = typename P::endian;
   using B = typename P::barriers;
@@ -884,6 +880,8 @@ struct packed_layout {
 };
 
 static_assert(driver_queue<packed_driver<>>);
+static_assert(
+    !packed_queue_policy<queue_policy<no_lock, suppress_event_idx, smp_barriers, big_endian>>);
 static_assert(device_queue<packed_device<>>);
 static_assert(device_queue<packed_device<default_policy, guest_memory>>);
 
