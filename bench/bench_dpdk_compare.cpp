@@ -100,8 +100,7 @@ BENCHMARK(virtq_bench::BM_dpdk_ring_round_trip)->UseRealTime();
 BENCHMARK(virtq_bench::BM_dpdk_ring_oneway_stream)->Arg(1)->Arg(32)->UseRealTime();
 VIRTQ_BENCH_REGISTER_BOOST();
 using namespace virtq_bench;  // NOLINT: the registration macros need unqualified names
-VIRTQ_BENCH_REGISTER_COMPARE_SPLIT();
-VIRTQ_BENCH_REGISTER_COMPARE_PACKED();
+VIRTQ_BENCH_REGISTER_COMPARE();
 
 int main(int argc, char** argv) {
   // EAL gets its own fixed arguments; argv goes to Google Benchmark untouched.

@@ -28,9 +28,5 @@ using vb::BM_queue_stream;
   BENCHMARK_TEMPLATE(BM_queue_stream, layout, vb::p_spin_event)->Arg(32)->UseRealTime(); \
   BENCHMARK_TEMPLATE(BM_queue_round_trip, layout, vb::p_event)->UseRealTime()
 
-#ifdef VIRTQ_BENCH_HAVE_SPLIT
 VIRTQ_BENCH_REGISTER_MATRIX(virtq::split_layout);
-#endif
-#ifdef VIRTQ_BENCH_HAVE_PACKED
 VIRTQ_BENCH_REGISTER_MATRIX(virtq::packed_layout);
-#endif

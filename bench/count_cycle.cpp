@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "queue_bodies.hpp"
+#include "rx_bodies.hpp"
 
 namespace {
 
@@ -40,6 +41,27 @@ template <class Q>
   return q.reap(n);
 }
 
+template <class F>
+[[gnu::noinline]] std::size_t phase_rx_receive(F& f, std::size_t n) {
+  return f.cycle(n);
+}
+
+/// The receive path: device serve + rx_queue::poll (lend, census, repost, kick decision) +
+/// release, `batch` packets per cycle.
+template <class Layout, class PoolPolicy, class Clock>
+runner rx_scenario(std::size_t batch, bool copy_reserve) {
+  return [batch, copy_reserve](std::size_t cycles) {
+    auto f =
+        std::make_unique<virtq_bench::rx_fixture<Layout, virtq_bench::p_event, PoolPolicy, Clock>>(
+            copy_reserve);
+    if (!f->ok()) return false;
+    for (std::size_t i = 0; i < cycles; ++i) {
+      if (phase_rx_receive(*f, batch) != batch) return false;
+    }
+    return true;
+  };
+}
+
 template <class Layout, class P>
 runner queue_scenario(std::size_t batch) {
   return [batch](std::size_t cycles) {
@@ -57,7 +79,6 @@ runner queue_scenario(std::size_t batch) {
 std::vector<std::pair<std::string, runner>> scenarios() {
   namespace vb = virtq_bench;
   std::vector<std::pair<std::string, runner>> s;
-#ifdef VIRTQ_BENCH_HAVE_SPLIT
   for (std::size_t b : {1U, 32U}) {
     const std::string n = std::to_string(b);
     s.emplace_back("split-none-" + n, queue_scenario<virtq::split_layout, vb::p_none>(b));
@@ -66,8 +87,6 @@ std::vector<std::pair<std::string, runner>> scenarios() {
     s.emplace_back("split-spin-event-" + n,
                    queue_scenario<virtq::split_layout, vb::p_spin_event>(b));
   }
-#endif
-#ifdef VIRTQ_BENCH_HAVE_PACKED
   for (std::size_t b : {1U, 32U}) {
     const std::string n = std::to_string(b);
     s.emplace_back("packed-none-" + n, queue_scenario<virtq::packed_layout, vb::p_none>(b));
@@ -76,7 +95,20 @@ std::vector<std::pair<std::string, runner>> scenarios() {
     s.emplace_back("packed-spin-event-" + n,
                    queue_scenario<virtq::packed_layout, vb::p_spin_event>(b));
   }
-#endif
+  s.emplace_back(
+      "rx-split-32",
+      rx_scenario<virtq::split_layout, vb::rx_plain, virtq::steady_clock_source>(32, true));
+  s.emplace_back("rx-split-noclock-32",
+                 rx_scenario<virtq::split_layout, vb::rx_plain, vb::frozen_clock>(32, true));
+  s.emplace_back(
+      "rx-split-noreserve-32",
+      rx_scenario<virtq::split_layout, vb::rx_plain, virtq::steady_clock_source>(32, false));
+  s.emplace_back(
+      "rx-split-atomic-32",
+      rx_scenario<virtq::split_layout, vb::rx_atomic, virtq::steady_clock_source>(32, true));
+  s.emplace_back(
+      "rx-packed-32",
+      rx_scenario<virtq::packed_layout, vb::rx_plain, virtq::steady_clock_source>(32, true));
   return s;
 }
 

@@ -1,0 +1,147 @@
+// SPDX-License-Identifier: MIT
+// bench/rx_bodies.hpp -- the hot receive path: a device fills buffers, rx_queue::poll() reaps
+// them into packets (the pool lends each buffer, the census stamps holder and time), the stack
+// releases them, and the next poll reposts them with one kick decision per batch.
+// bench_rx_queue.cpp registers the benchmarks; count_cycle.cpp counts their instructions.
+//
+// Knobs, as far as the public API exposes them:
+//  * census clock: the census itself is always on (every lent buffer gets a holder tag and a
+//    time; that is its point). What can be switched is the clock read per poll:
+//    steady_clock_source vs frozen_clock below (no clock read). The bare queue cycle
+//    (BM_queue_cycle) is the "no pool, no census" baseline.
+//  * reserve: rx_queue_options::copy_reserve on vs off (on costs a comparison per packet while
+//    the pool is healthy), and the reserve engaged (consumers hold everything else, so every
+//    packet is copied into a bounce buffer and its ring buffer reposted).
+//  * pool policy: plain refcounts + no lock vs atomic refcounts + spin lock.
+#pragma once
+
+#include <virtq/rx_pool.hpp>
+#include <virtq/rx_queue.hpp>
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "queue_bodies.hpp"
+
+namespace virtq_bench {
+
+/// A clock that is never read from the OS: isolates the census's clock read.
+struct frozen_clock {
+  std::chrono::nanoseconds now() const noexcept { return std::chrono::nanoseconds(1'000'000); }
+};
+
+using rx_plain = virtq::rx_pool_policy<false, virtq::no_lock, false>;
+using rx_atomic = virtq::rx_pool_policy<true, virtq::spin_lock, false>;
+
+inline constexpr std::uint32_t rx_pool_buffers = 512;  // twice the ring: refills never run dry
+inline constexpr std::uint32_t rx_frame_bytes = 64;    // what the device reports per packet
+
+template <class Layout, class P, class PoolPolicy, class Clock>
+class rx_fixture {
+ public:
+  using pair_type = queue_pair<Layout, P>;
+  using pool_type = virtq::rx_pool<PoolPolicy>;
+  using queue_type = virtq::rx_queue<typename pair_type::driver_type, pool_type, Clock>;
+  using packet = typename queue_type::packet;
+
+  explicit rx_fixture(bool copy_reserve)
+      : qp_(queue_size, rx_frame_bytes),
+        pool_(rx_pool_buffers, buffer_bytes),
+        rx_(qp_.driver(), pool_, options(copy_reserve)) {
+    ok_ = rx_.refill().has_value();
+  }
+  ~rx_fixture() { release_held(); }
+  rx_fixture(const rx_fixture&) = delete;
+  rx_fixture& operator=(const rx_fixture&) = delete;
+
+  bool ok() const noexcept { return ok_; }
+
+  /// One receive batch: the device completes `batch` buffers, poll() delivers them (and reposts
+  /// what the previous batch released), the stack releases each packet.
+  std::size_t cycle(std::size_t batch) {
+    qp_.serve(batch);
+    const auto r = rx_.poll(std::span<packet>(packets_.data(), batch));
+    if (!r) return 0;
+    kicks_ += r->notify ? 1U : 0U;
+    for (std::size_t k = 0; k < r->received; ++k) {
+      copies_ += packets_[k].resources_low() ? 1U : 0U;
+      packets_[k].buffer.release();
+    }
+    return r->received;
+  }
+
+  /// Consumers stop returning buffers: keep every lent packet until poll() starts delivering
+  /// copies (the reserve engaged). False if that never happens.
+  bool engage_reserve() {
+    for (std::uint32_t round = 0; round < 4 * rx_pool_buffers; ++round) {
+      qp_.serve(1);
+      auto r = rx_.poll(std::span<packet>(packets_.data(), 1));
+      if (!r || r->received == 0) continue;
+      if (packets_[0].resources_low()) {
+        packets_[0].buffer.release();
+        return true;
+      }
+      held_.push_back(std::move(packets_[0]));
+    }
+    return false;
+  }
+  void release_held() {
+    for (auto& p : held_) p.buffer.release();
+    held_.clear();
+  }
+
+  std::uint64_t kicks() const noexcept { return kicks_; }
+  std::uint64_t copies() const noexcept { return copies_; }
+
+ private:
+  static virtq::rx_queue_options options(bool copy_reserve) {
+    virtq::rx_queue_options o;
+    o.name = "bench";
+    o.copy_reserve = copy_reserve;
+    return o;
+  }
+
+  pair_type qp_;
+  pool_type pool_;
+  queue_type rx_;
+  std::array<packet, max_batch> packets_{};
+  std::vector<packet> held_;
+  std::uint64_t kicks_ = 0;
+  std::uint64_t copies_ = 0;
+  bool ok_ = false;
+};
+
+/// Arguments: batch, copy_reserve (0/1), reserve engaged (0/1).
+template <class Layout, class P, class PoolPolicy, class Clock>
+void BM_rx_receive(benchmark::State& state) {
+  const auto batch = static_cast<std::size_t>(state.range(0));
+  const bool reserve = state.range(1) != 0;
+  const bool engaged = state.range(2) != 0;
+  auto f = std::make_unique<rx_fixture<Layout, P, PoolPolicy, Clock>>(reserve);
+  if (!f->ok() || (engaged && !f->engage_reserve())) {
+    state.SkipWithError("rx set-up failed");
+    for (auto _ : state) {
+    }
+    return;
+  }
+  std::int64_t items = 0;
+  for (auto _ : state) {
+    const std::size_t got = f->cycle(batch);
+    if (got != batch) {
+      state.SkipWithError("receive lost packets");
+      break;
+    }
+    items += static_cast<std::int64_t>(got);
+  }
+  report_items(state, items);
+  if (items > 0) {
+    state.counters["copies/item"] = static_cast<double>(f->copies()) / static_cast<double>(items);
+    state.counters["kicks/item"] = static_cast<double>(f->kicks()) / static_cast<double>(items);
+  }
+}
+
+}  // namespace virtq_bench
