@@ -14,12 +14,13 @@
 #include <vector>
 
 #include "virtq/memory.hpp"
+#include "virtq/packed.hpp"
 #include "virtq/policy.hpp"
 #include "virtq/spec.hpp"
 #include "virtq/split.hpp"
 #include "virtq/virtqueue.hpp"
 
-#define VIRTQ_LAYOUTS virtq::split_layout
+#define VIRTQ_LAYOUTS virtq::split_layout, virtq::packed_layout
 
 namespace virtq_test {
 
