@@ -90,6 +90,12 @@ class queue_pair {
     return got ? *got : 0;
   }
 
+  /// Polling on both sides: no notifications, no interrupts wanted (2.7.7 / 2.7.10 / 2.8.10).
+  void begin_polling() {
+    drv_.disable_interrupts();
+    dev_.disable_notifications();
+  }
+
   driver_type& driver() noexcept { return drv_; }
   device_type& device() noexcept { return dev_; }
   std::uint64_t kicks() const noexcept { return kicks_; }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark command: configure a Release build, build every benchmark, run each with
-# repetitions, keep the aggregates (median, mean, stddev, cv) as JSON in bench/results/, and
-# print the table of medians that docs/performance.md quotes. Then scripts/plot.sh draws
+# repetitions, keep every repetition as JSON in bench/results/, and print the tables of medians
+# (and fastest repetitions) that docs/performance.md quotes. Then scripts/plot.sh draws
 # docs/img/performance.png from the same JSON.
 #
 #   scripts/bench.sh                      everything (about 5 minutes on 2 cores)
@@ -46,7 +46,7 @@ for t in "${targets[@]}"; do
   bin="$build/bench/$t"
   [ -x "$bin" ] || continue
   echo "== $t"
-  "$bin" --benchmark_repetitions="$reps" --benchmark_report_aggregates_only=true \
+  "$bin" --benchmark_repetitions="$reps" --benchmark_display_aggregates_only=true \
     --benchmark_min_time="$min_time" --benchmark_out="$out/$t.json" \
     --benchmark_out_format=json "$@"
 done
