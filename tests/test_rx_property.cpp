@@ -1,0 +1,321 @@
+// Stateful property test of the receive pool + queue: random interleavings of device receives
+// (pops completed in random order), polls, hand-over, pass-on, copies, releases, refills, time,
+// and shutdown (which resets the virtqueue). After every step:
+//  * conservation: free + posted + held == total in both pools, states agree with counters;
+//  * every buffer id is accounted for: a buffer is held exactly when a live handle names it, and
+//    the virtqueue holds exactly the posted buffers (one descriptor each);
+//  * no frame is delivered twice, none is lost: completed == delivered + dropped (copy
+//    failures) + not yet reaped; no caller misuse was reported (poisoning on).
+#include <rapidcheck.h>
+#include <rapidcheck/catch.h>
+#include <rapidcheck/state.h>
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "test_rx_common.hpp"
+
+using namespace virtq;
+using namespace virtq_test;
+using namespace std::chrono_literals;
+
+namespace {
+
+using poisoned = rx_pool_policy<true, spin_lock, /*Poison=*/true>;
+
+struct model {
+  bool stopped = false;
+};
+
+template <class Layout>
+struct rx_system {
+  using rig_type = rx_rig<Layout, poisoned>;
+  using packet = typename rig_type::packet;
+  struct popped {
+    std::uint16_t id;
+    std::uint32_t len;
+    std::uint64_t seq;
+  };
+
+  rx_system(std::uint32_t ring, std::uint32_t pool, bool reserve)
+      : rig(ring, pool, [&] {
+          rx_queue_options o;
+          o.copy_reserve = reserve;
+          o.reserve = 3;
+          o.bounce_buffers = 4;
+          o.repost_batch = 3;
+          o.starvation_after = 5ms;
+          o.loan_deadline = 20ms;
+          return o;
+        }()) {
+    holders[0] = holder_stack;
+    holders[1] = rig.rxq.register_holder("a");
+    holders[2] = rig.rxq.register_holder("b");
+  }
+
+  void check_invariants(bool stopped) {
+    const auto c = rig.rxq.census();
+    INFO(to_string(c));
+    RC_ASSERT(c.conserved);
+    const auto b = rig.rxq.bounce_census();
+    RC_ASSERT(b.conserved);
+    // Held exactly when a live handle names it.
+    std::map<const void*, std::set<std::uint32_t>> named;
+    for (const auto& p : live) {
+      if (p.buffer) named[p.buffer.pool()].insert(p.buffer.index());
+    }
+    for (std::uint32_t i = 0; i < rig.pool.size(); ++i) {
+      const bool has = named[&rig.pool].count(i) != 0;
+      RC_ASSERT(has == (rig.pool.state(i) == rx_state::held));
+    }
+    std::size_t bounce_named = 0;
+    for (const auto& [pool, ids] : named) {
+      if (pool != &rig.pool) bounce_named += ids.size();
+    }
+    RC_ASSERT(bounce_named == b.held);
+    // The ring holds exactly the posted buffers.
+    const auto& q = rig.qp.driver;
+    if (!stopped) RC_ASSERT(q.size() - q.num_free() == rig.pool.posted_count());
+    if (stopped) RC_ASSERT(rig.pool.posted_count() == 0u);
+    // Frames: none twice (checked at delivery), none lost.
+    // Every completed frame was delivered, dropped for want of a bounce buffer, or is still in
+    // the used ring; after a poll that found no more, nothing is in the used ring.
+    const auto s = rig.rxq.stats();
+    RC_ASSERT(completed_seqs.size() == completed);
+    RC_ASSERT(completed >= delivered.size() + s.copy_failures + reset_dropped);
+    if (used_drained) {
+      RC_ASSERT(completed == delivered.size() + s.copy_failures + reset_dropped);
+    }
+    RC_ASSERT(rig.pool.misuse_total() == 0u);
+  }
+
+  std::size_t unreaped() const {
+    return completed - delivered.size() - reset_dropped -
+           static_cast<std::size_t>(rig.rxq.stats().copy_failures);
+  }
+
+  rig_type rig;
+  std::vector<packet> live;  // every handle the "stack" still has
+  std::vector<popped> in_device;
+  std::set<std::uint64_t> completed_seqs;
+  std::set<std::uint64_t> delivered;
+  std::size_t completed = 0;
+  std::size_t reset_dropped = 0;
+  bool used_drained = true;  // the last poll emptied the used ring, nothing completed since
+  std::uint64_t seq = 0;
+  std::array<holder_id, 3> holders{};
+};
+
+template <class Layout>
+using cmd = rc::state::Command<model, rx_system<Layout>>;
+
+template <class L>
+struct refill : cmd<L> {
+  void checkPreconditions(const model& m) const override { RC_PRE(!m.stopped); }
+  void run(const model& m, rx_system<L>& s) const override {
+    RC_ASSERT(s.rig.rxq.refill().has_value());
+    s.check_invariants(m.stopped);
+  }
+  void show(std::ostream& os) const override { os << "refill"; }
+};
+
+template <class L>
+struct device_pop : cmd<L> {
+  int n = *rc::gen::inRange(1, 9);
+  void checkPreconditions(const model& m) const override { RC_PRE(!m.stopped); }
+  void run(const model& m, rx_system<L>& s) const override {
+    for (int k = 0; k < n; ++k) {
+      if (s.rig.qp.device.pop(s.rig.nic.c) != errc::ok) break;
+      const auto f = make_frame(80, s.seq);
+      const auto len = static_cast<std::uint32_t>(s.rig.nic.c.write(f));
+      RC_ASSERT(len == rx_frame_len);
+      s.in_device.push_back({s.rig.nic.c.id(), len, s.seq++});
+    }
+    s.check_invariants(m.stopped);
+  }
+  void show(std::ostream& os) const override { os << "device_pop " << n; }
+};
+
+template <class L>
+struct device_complete : cmd<L> {
+  unsigned pick = *rc::gen::arbitrary<unsigned>();
+  int n = *rc::gen::inRange(1, 9);
+  void checkPreconditions(const model& m) const override { RC_PRE(!m.stopped); }
+  void run(const model& m, rx_system<L>& s) const override {
+    for (int k = 0; k < n && !s.in_device.empty(); ++k) {
+      const std::size_t i = (pick + static_cast<unsigned>(k) * 7u) % s.in_device.size();
+      const auto e = s.in_device[i];
+      s.in_device.erase(s.in_device.begin() + static_cast<std::ptrdiff_t>(i));
+      RC_ASSERT(s.rig.qp.device.complete(e.id, e.len) == errc::ok);
+      RC_ASSERT(s.completed_seqs.insert(e.seq).second);
+      ++s.completed;
+      s.used_drained = false;
+    }
+    s.rig.nic.flush();
+    s.check_invariants(m.stopped);
+  }
+  void show(std::ostream& os) const override { os << "device_complete " << pick << " " << n; }
+};
+
+/// Pop up to n chains and complete them all, in a scrambled order.
+template <class L>
+struct device_receive : cmd<L> {
+  device_pop<L> pop;
+  device_complete<L> complete;
+  void checkPreconditions(const model& m) const override { RC_PRE(!m.stopped); }
+  void run(const model& m, rx_system<L>& s) const override {
+    pop.run(m, s);
+    for (std::size_t left = s.in_device.size(); left != 0; left = s.in_device.size()) {
+      complete.run(m, s);
+    }
+  }
+  void show(std::ostream& os) const override {
+    os << "device_receive ";
+    pop.show(os);
+  }
+};
+
+template <class L>
+struct poll : cmd<L> {
+  int budget = *rc::gen::inRange(1, 17);
+  void checkPreconditions(const model& m) const override { RC_PRE(!m.stopped); }
+  void run(const model& m, rx_system<L>& s) const override {
+    std::vector<typename rx_system<L>::packet> out(static_cast<std::size_t>(budget));
+    auto r = s.rig.rxq.poll(out);
+    RC_ASSERT(r.has_value());
+    for (std::size_t k = 0; k < r->received; ++k) {
+      auto& p = out[k];
+      RC_ASSERT(p.len == rx_frame_len);
+      const std::uint64_t q = frame_seq(p.data());
+      RC_ASSERT(s.completed_seqs.count(q) == 1u);  // the device wrote it
+      RC_ASSERT(s.delivered.insert(q).second);     // and it comes once
+      s.live.push_back(std::move(p));
+    }
+    // Fewer than asked although frames remain in the used ring can only be drops.
+    if (r->received < out.size()) s.used_drained = true;
+    s.check_invariants(m.stopped);
+  }
+  void show(std::ostream& os) const override { os << "poll " << budget; }
+};
+
+template <class L>
+struct pass_on : cmd<L> {
+  unsigned pick = *rc::gen::arbitrary<unsigned>();
+  int holder = *rc::gen::inRange(0, 3);
+  void run(const model& m, rx_system<L>& s) const override {
+    if (!s.live.empty()) {
+      auto& p = s.live[pick % s.live.size()];
+      RC_ASSERT(p.buffer.pass_to(s.holders[static_cast<std::size_t>(holder)]) == errc::ok);
+    }
+    s.check_invariants(m.stopped);
+  }
+  void show(std::ostream& os) const override { os << "pass_on " << pick << " " << holder; }
+};
+
+template <class L>
+struct copy_handle : cmd<L> {
+  unsigned pick = *rc::gen::arbitrary<unsigned>();
+  void run(const model& m, rx_system<L>& s) const override {
+    if (!s.live.empty() && s.live.size() < 200) {
+      auto c = s.live[pick % s.live.size()];
+      s.live.push_back(std::move(c));
+    }
+    s.check_invariants(m.stopped);
+  }
+  void show(std::ostream& os) const override { os << "copy " << pick; }
+};
+
+template <class L>
+struct release : cmd<L> {
+  unsigned pick = *rc::gen::arbitrary<unsigned>();
+  void run(const model& m, rx_system<L>& s) const override {
+    if (!s.live.empty()) {
+      const std::size_t i = pick % s.live.size();
+      RC_ASSERT(s.live[i].buffer.release() == errc::ok);
+      s.live.erase(s.live.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+    s.check_invariants(m.stopped);
+  }
+  void show(std::ostream& os) const override { os << "release " << pick; }
+};
+
+template <class L>
+struct advance : cmd<L> {
+  int ms = *rc::gen::inRange(0, 30);
+  void run(const model& m, rx_system<L>& s) const override {
+    s.rig.time.advance(std::chrono::milliseconds(ms));
+    (void)s.rig.rxq.check_starvation();
+    s.check_invariants(m.stopped);
+  }
+  void show(std::ostream& os) const override { os << "advance " << ms << "ms"; }
+};
+
+template <class L>
+struct shutdown : cmd<L> {
+  void checkPreconditions(const model& m) const override { RC_PRE(!m.stopped); }
+  void apply(model& m) const override { m.stopped = true; }
+  void run(const model& m, rx_system<L>& s) const override {
+    const std::uint32_t posted = s.rig.pool.posted_count();
+    s.rig.qp.device.reset();
+    s.in_device.clear();  // popped by the device, never completed: they come back by reset
+    const auto rep = s.rig.rxq.shutdown(0ms);
+    RC_ASSERT(rep.returned_from_ring == posted);  // exactly once each
+    RC_ASSERT(rep.bad_tokens == 0u);
+    RC_ASSERT(rep.census.conserved);
+    RC_ASSERT(rep.drained == s.live.empty());
+    // Completed but unreaped frames went back with their buffers: dropped by the reset, counted.
+    s.reset_dropped += s.unreaped();
+    s.used_drained = true;
+    (void)m;
+    s.check_invariants(true);
+  }
+  void show(std::ostream& os) const override { os << "shutdown"; }
+};
+
+template <class L, class... Extra>
+auto command_gen() {
+  // Repeats weigh the choice: receiving is common.
+  return rc::state::gen::execOneOfWithArgs<
+      refill<L>, refill<L>, device_pop<L>, device_complete<L>, device_receive<L>, device_receive<L>,
+      device_receive<L>, poll<L>, poll<L>, poll<L>, pass_on<L>, copy_handle<L>, release<L>,
+      release<L>, release<L>, advance<L>, Extra...>();
+}
+
+/// Runs a generated sequence (scaled up to a few hundred steps so pools run dry and the
+/// reserve and the detector come into play), then shuts down and checks everything came back.
+template <class L, bool MidRunShutdown>
+void run_property(std::uint32_t ring, std::uint32_t pool, bool reserve) {
+  rx_system<L> s(ring, pool, reserve);
+  RC_ASSERT(s.rig.rxq.refill().has_value());  // a receive queue starts with its ring posted
+  const auto gen = [] {
+    if constexpr (MidRunShutdown) {
+      return command_gen<L, shutdown<L>>();
+    } else {
+      return command_gen<L>();
+    }
+  }();
+  const auto cmds = *rc::gen::scale(5.0, rc::state::gen::commands(model{}, gen));
+  rc::state::runAll(cmds, model{}, s);
+  if (!s.rig.rxq.stopped()) shutdown<L>{}.run(model{}, s);
+  s.live.clear();
+  RC_ASSERT(s.rig.rxq.census().held == 0u);
+  RC_ASSERT(s.rig.rxq.census().free == pool);
+  RC_CLASSIFY(s.delivered.size() > 50, "more than 50 frames delivered");
+  RC_CLASSIFY(s.rig.rxq.stats().packets_copied > 0, "copies");
+  RC_CLASSIFY(s.rig.rxq.stats().copy_failures > 0, "copy failures");
+  RC_CLASSIFY(s.rig.rxq.stats().starvation_reports > 0, "starvation reported");
+}
+
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE("rx property: conservation and exact accounting under random interleavings",
+                        "[rx_property]", all_layouts) {
+  rc::prop("pool == ring, reserve on", [] { run_property<TestType, false>(8, 8, true); });
+  rc::prop("pool == ring, reserve off", [] { run_property<TestType, false>(8, 8, false); });
+  rc::prop("pool > ring, reserve on", [] { run_property<TestType, false>(8, 20, true); });
+  rc::prop("pool < ring, reserve off", [] { run_property<TestType, false>(16, 6, false); });
+  rc::prop("shutdown mid-run, reserve on", [] { run_property<TestType, true>(8, 12, true); });
+  rc::prop("shutdown mid-run, reserve off", [] { run_property<TestType, true>(8, 8, false); });
+}
