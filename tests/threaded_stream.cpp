@@ -43,7 +43,7 @@ using namespace virtq;
 using clock_type = std::chrono::steady_clock;
 
 #if defined(VIRTQ_TEST_TSAN)
-constexpr std::uint64_t chains_per_run = 30'000;
+constexpr std::uint64_t chains_per_run = 300'000;
 #elif defined(VIRTQ_TEST_ASAN)
 constexpr std::uint64_t chains_per_run = 300'000;
 #else
