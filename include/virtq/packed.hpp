@@ -84,6 +84,10 @@ class packed_driver : public detail::queue_common<P> {
   using detail::queue_common<P>::fail;
 
  public:
+  /// Zeroes the ring (the driver owns it). Throws virtq::error: invalid_argument (a null area,
+  /// indirect_max over the queue size), bad_queue_size, feature_missing / feature_conflict
+  /// (check_features: RING_PACKED, VERSION_1, EVENT_IDX for suppress_event_idx,
+  /// ORDER_PLATFORM; INDIRECT_DESC for indirect_max), or what to_guest returned.
   packed_driver(packed::ring_view v, features f, driver_options o = {})
       : view_(v), size_(v.size), in_order_(f.has(feature::in_order)) {
     detail::check_packed_view(v);
@@ -527,6 +531,8 @@ class packed_device : public detail::queue_common<P> {
   using detail::queue_common<P>::fail;
 
  public:
+  /// Touches no ring memory. Throws virtq::error: invalid_argument (a null area),
+  /// bad_queue_size, feature_missing / feature_conflict (as check_features).
   packed_device(packed::ring_view v, features f, const M& mem, device_options = {})
       : view_(v),
         size_(v.size),
