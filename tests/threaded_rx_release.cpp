@@ -1,0 +1,180 @@
+// Buffers released on other threads while the receive queue polls and reposts (thread-safe pool
+// policies), with a device on its own thread and a watchdog calling check_starvation()/census()
+// concurrently. Every frame is delivered once or counted as a copy failure; every buffer comes
+// back. Run under ThreadSanitizer in CI.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "layouts.hpp"
+#include "test_rx_common.hpp"
+
+using namespace virtq;
+using namespace virtq_test;
+
+namespace {
+
+template <class Packet>
+class mailbox {
+ public:
+  void put(Packet p) {
+    {
+      std::lock_guard g(m_);
+      q_.push_back(std::move(p));
+    }
+    cv_.notify_one();
+  }
+  /// False when closed and empty.
+  bool take(Packet& p) {
+    std::unique_lock g(m_);
+    cv_.wait(g, [&] { return !q_.empty() || closed_; });
+    if (q_.empty()) return false;
+    p = std::move(q_.front());
+    q_.pop_front();
+    return true;
+  }
+  void close() {
+    {
+      std::lock_guard g(m_);
+      closed_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<Packet> q_;
+  bool closed_ = false;
+};
+
+template <class Layout, class PoolPolicy>
+struct case_t {
+  using layout = Layout;
+  using pool_policy = PoolPolicy;
+};
+
+using cases = std::tuple<case_t<split_layout, rx_pool_policy<true, spin_lock>>,
+                         case_t<split_layout, rx_pool_policy<true, mutex_lock>>,
+                         case_t<split_layout, rx_pool_policy<false, spin_lock>>,
+                         case_t<packed_layout, rx_pool_policy<true, spin_lock>>>;
+
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE("rx threaded: consumers release on their threads while the queue polls",
+                        "[rx_threaded]", cases) {
+  using layout = typename TestType::layout;
+  constexpr bool shared_copies = TestType::pool_policy::atomic_refs;
+  constexpr std::uint64_t frames = 20000;
+  constexpr std::size_t consumers = 3;
+
+  using pool_t = rx_pool<typename TestType::pool_policy>;
+  using pair_t = queue_pair<layout>;
+  using rxq_t = rx_queue<typename pair_t::driver_type, pool_t>;
+  using packet = typename rxq_t::packet;
+
+  pair_t qp(64);
+  pool_t pool(96, 256, "rx");
+  rx_queue_options o;
+  o.reserve = 8;
+  o.bounce_buffers = 16;
+  o.repost_batch = 8;
+  rxq_t rxq(qp.driver, pool, o);
+  std::array<holder_id, consumers> ids{};
+  for (std::size_t c = 0; c < consumers; ++c) {
+    ids[c] = rxq.register_holder("consumer-" + std::to_string(c));
+  }
+  REQUIRE(rxq.refill().has_value());
+
+  std::atomic<bool> done{false};
+  // Catch2's assertions are not thread-safe: other threads count failures, the main thread checks.
+  std::atomic<int> thread_failures{0};
+  std::thread device([&] {
+    fake_nic<typename pair_t::device_type> nic{qp.device};
+    std::uint64_t seq = 0;
+    while (seq < frames) {
+      const auto f = make_frame(static_cast<std::uint16_t>(1000 + seq % consumers), seq);
+      if (nic.send(f) == errc::ok) {
+        ++seq;
+        if (seq % 8 == 0) nic.flush();
+      } else {
+        nic.flush();
+        std::this_thread::yield();
+      }
+    }
+    nic.flush();
+  });
+
+  std::array<mailbox<packet>, consumers> boxes;
+  std::array<std::vector<std::uint64_t>, consumers> seen;
+  std::vector<std::thread> workers;
+  for (std::size_t c = 0; c < consumers; ++c) {
+    workers.emplace_back([&, c] {
+      packet p;
+      std::vector<packet> keep;  // hold a few for a while, then release them together
+      while (boxes[c].take(p)) {
+        if (p.buffer.pass_to(ids[c]) != errc::ok) ++thread_failures;
+        seen[c].push_back(frame_seq(p.data()));
+        if (shared_copies && seen[c].size() % 5 == 0) {
+          auto copy = p;  // a second reference, released on this thread first
+          if (copy.buffer.release() != errc::ok) ++thread_failures;
+        }
+        keep.push_back(std::move(p));
+        if (keep.size() >= 4) keep.clear();
+      }
+    });
+  }
+
+  std::thread watchdog([&] {
+    while (!done.load()) {
+      (void)rxq.check_starvation();
+      if (!rxq.census().conserved) ++thread_failures;
+      std::this_thread::yield();
+    }
+  });
+
+  std::uint64_t delivered = 0;
+  std::array<packet, 32> batch;
+  for (;;) {
+    auto r = rxq.poll(batch);
+    REQUIRE(r.has_value());
+    for (std::size_t k = 0; k < r->received; ++k) {
+      const std::size_t c = frame_port(batch[k].data()) % 1000 % consumers;
+      boxes[c].put(std::move(batch[k]));
+      ++delivered;
+    }
+    if (r->received == 0) {
+      REQUIRE(rxq.refill().has_value());  // buffers may have come back since the last poll
+      if (delivered + rxq.stats().copy_failures == frames) break;
+      std::this_thread::yield();
+    }
+  }
+  device.join();
+  for (auto& b : boxes) b.close();
+  for (auto& w : workers) w.join();
+  done.store(true);
+  watchdog.join();
+
+  CHECK(thread_failures.load() == 0);
+  // Every frame once.
+  std::set<std::uint64_t> all;
+  for (auto& v : seen) {
+    for (auto s : v) REQUIRE(all.insert(s).second);
+  }
+  const auto s = rxq.stats();
+  CHECK(all.size() == delivered);
+  CHECK(delivered + s.copy_failures == frames);
+  CHECK(s.packets == delivered);
+  CHECK(pool.misuse_total() == 0);
+  qp.device.reset();
+  const auto rep = rxq.shutdown(std::chrono::seconds(10));
+  CHECK(rep.drained);
+  CHECK(rep.census.conserved);
+  CHECK(rep.census.free == 96);
+  CHECK(rep.bounce.free == 16);
+}
