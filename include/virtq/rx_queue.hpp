@@ -198,8 +198,8 @@ struct rx_queue_options {
   bool copy_reserve = true;
   /// K: buffers never lent. 0 = automatic: an eighth of min(ring size, pool size), at least 2.
   std::uint32_t reserve = 0;
-  /// Bounce buffers for copies (same size as the pool's). 0: copies are impossible, a packet at
-  /// the reserve is dropped (counted) and its buffer reposted.
+  /// Bounce buffers for copies (same size as the pool's; allocated only with the reserve on).
+  /// 0: copies are impossible, a packet at the reserve is dropped (counted), its buffer reposted.
   std::uint32_t bounce_buffers = 32;
   /// Free buffers are posted once this many have come back (or at once when the ring is low).
   std::uint32_t repost_batch = 16;
@@ -239,7 +239,7 @@ class rx_queue {
       detail::throw_error(errc::invalid_argument, "rx_queue: reserve must be below the pool size");
     }
     if (opts_.repost_batch == 0) opts_.repost_batch = 1;
-    if (opts_.bounce_buffers != 0) {
+    if (opts_.copy_reserve && opts_.bounce_buffers != 0) {
       bounce_ = std::make_unique<Pool>(opts_.bounce_buffers, pool.buffer_size(),
                                        pool.name() + "-bounce", &pool.holders());
     }
