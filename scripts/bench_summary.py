@@ -139,7 +139,10 @@ def plot(results):
         sys.exit("plot: bench_dpdk_compare.json missing (run scripts/bench.sh with DPDK)")
     print("# scenario " + " ".join('"%s"' % c for c, _ in CONTENDERS))
     for label, vals in comparison(load(path)):
-        print('"%s" ' % label.replace("2 threads, ", "2T ").replace("1 thread, ", "1T ") +
+        short_label = (label.replace("2 threads, ", "2T ").replace("1 thread, ", "1T ")
+                       .replace("full cycle, ", "cycle ").replace("streaming, ", "stream ")
+                       .replace("batch ", "b").replace(" (1 outstanding)", ""))
+        print('"%s" ' % short_label +
               " ".join("NaN" if v is None else f"{v:.3f}" for v in vals))
 
 if __name__ == "__main__":

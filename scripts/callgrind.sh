@@ -7,7 +7,7 @@
 #
 # Builds bench/count_cycle (Release + -g) in build-callgrind/, runs each scenario for N and 2N
 # cycles and reports (Ir(2N) - Ir(N)) / (N * batch): set-up, teardown and valgrind's own start-up
-# cancel out. Results: build-callgrind/callgrind.json and a table on stdout.
+# cancel out. Results: bench/results/callgrind.json and a table on stdout.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${VIRTQ_CALLGRIND_BUILD:-$root/build-callgrind}"
@@ -31,7 +31,8 @@ instructions() {
   awk '/^totals:/ {print $2}' "$out"
 }
 
-json="$build/callgrind.json"
+json="${VIRTQ_CALLGRIND_JSON:-$root/bench/results/callgrind.json}"
+mkdir -p "$(dirname "$json")"
 echo "[" >"$json"
 first=1
 # Inclusive cost per packet of each phase_* function of count_cycle.cpp in the 2N run. Inlined
