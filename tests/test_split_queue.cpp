@@ -534,3 +534,54 @@ TEST_CASE("split: a locked queue works the same", "[split][lock]") {
   CHECK(q.device.interrupt_prepare());
   CHECK(q.driver.get_used()->token == 5);
 }
+
+TEST_CASE("split: guest addresses that are not host addresses, indirect tables included",
+          "[split][indirect][memory]") {
+  // Guest memory at 0x4000_0000 maps a host block holding the ring and the buffers; the
+  // driver's indirect tables get mapped at 0x4010_0000 by its to_guest callback. The device
+  // sees only guest addresses and translates each one.
+  constexpr std::uint64_t gbase = 0x40000000;
+  constexpr std::uint64_t tables_base = 0x40100000;
+  aligned_buffer host(1 << 16, 4096);
+  guest_memory mem;
+  mem.add_region(gbase, host.size(), host.data());
+  const auto geo = *split_layout::geometry_for(8);
+  const auto view = *split_layout::view_at(host.data(), geo);
+  driver_options o;
+  o.indirect_max = 4;
+  o.to_guest = [](const void* p, void* ctx) -> result<std::uint64_t> {
+    static_cast<guest_memory*>(ctx)->add_region(tables_base, 8 * 4 * 16, const_cast<void*>(p));
+    return tables_base;
+  };
+  o.to_guest_ctx = &mem;
+  split_driver<default_policy> drv(view, f_base(), o);
+  split_device<default_policy, guest_memory> dev(view, f_base(), mem);
+  const std::uint64_t bufs = gbase + 0x8000;  // guest address of host + 0x8000
+  std::memset(host.data() + 0x8000, 0x77, 16);
+  const buffer out[] = {{bufs, 8}, {bufs + 8, 8}};
+  const buffer in[] = {{bufs + 0x100, 32}};
+  REQUIRE(drv.add(out, in, 5) == errc::ok);                   // 3 buffers: indirect
+  REQUIRE(drv.add_inbuf({bufs + 0x200, 16}, 6) == errc::ok);  // direct
+  CHECK(drv.num_free() == 6);
+  CHECK(drv.kick_prepare());
+  chain c;
+  REQUIRE(dev.pop(c) == errc::ok);
+  CHECK(c.ring_slots() == 1);
+  CHECK(c.readable_bytes() == 16);
+  std::byte got[16];
+  CHECK(c.read(got) == 16);
+  CHECK(got[15] == std::byte{0x77});
+  const std::byte reply[4] = {std::byte{1}, std::byte{2}, std::byte{3}, std::byte{4}};
+  CHECK(c.write(reply) == 4);
+  REQUIRE(dev.complete(c, 4) == errc::ok);
+  REQUIRE(dev.pop(c) == errc::ok);
+  CHECK(c.writable_bytes() == 16);
+  REQUIRE(dev.complete(c, 0) == errc::ok);
+  CHECK(dev.interrupt_prepare());
+  const auto u = drv.get_used();
+  REQUIRE(u);
+  CHECK(u->token == 5);
+  CHECK(u->len == 4);
+  CHECK(host.data()[0x8000 + 0x100 + 3] == std::byte{4});
+  CHECK(drv.get_used()->token == 6);
+}

@@ -196,7 +196,7 @@ class split_driver : public detail::queue_common<P> {
     for (const buffer& b : out) total += b.len;
     for (const buffer& b : in) writable += b.len;
     total += writable;
-    // 2.7.5.2: the total length of a chain fits in 32 bits... as 2^32 at most.
+    // 2.7.5.2: a chain's total length is at most 2^32 bytes.
     if (total > (std::uint64_t{1} << 32)) return errc::invalid_argument;
     const bool indirect = n >= indirect_min_ && n <= opts_.indirect_max;
     const std::uint32_t needed = indirect ? 1U : static_cast<std::uint32_t>(n);
@@ -247,14 +247,16 @@ class split_driver : public detail::queue_common<P> {
     }
     num_free_ -= needed;
     slots_[head] = slot{token, writable, detail::u16(needed), last, avail_shadow_};
-    if (!shadow_add(head, needed)) return fail(errc::state_violation);
+    if (!shadow_walk(head, detail::desc_state::free, detail::desc_state::avail)) {
+      return fail(errc::state_violation);
+    }
     stage(head);
     return errc::ok;
   }
 
   /// The receive hot path: one device-writable buffer (no indirect, no loops over spans).
   errc add_inbuf(buffer b, token_t token) {
-    if (indirect_min_ <= 1 && opts_.indirect_max > 0) {
+    if (indirect_min_ <= 1) {  // single buffers go indirect too: the general path
       const buffer one[1] = {b};
       return add({}, one, token);
     }
@@ -274,7 +276,9 @@ class split_driver : public detail::queue_common<P> {
     put<E>(d.flags, split::desc_f_write);
     put<E>(d.next, free_head_);
     slots_[head] = slot{token, b.len, 1, head, avail_shadow_};
-    if (!shadow_add(head, 1)) return fail(errc::state_violation);
+    if (!shadow_walk(head, detail::desc_state::free, detail::desc_state::avail)) {
+      return fail(errc::state_violation);
+    }
     stage(head);
     return errc::ok;
   }
@@ -465,9 +469,6 @@ class split_driver : public detail::queue_common<P> {
       }
     }
     return true;
-  }
-  bool shadow_add(std::uint16_t head, std::uint32_t) noexcept {
-    return shadow_walk(head, detail::desc_state::free, detail::desc_state::avail);
   }
 
   bool is_staged(const slot& s) const noexcept {
