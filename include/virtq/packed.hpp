@@ -112,6 +112,7 @@ class packed_driver : public detail::queue_common<P> {
       }
     }
     ids_.resize(size_);
+    free_ids_.resize(size_);
     this->shadow_.resize(size_);
     init_state();
   }
@@ -238,7 +239,10 @@ class packed_driver : public detail::queue_common<P> {
   result<used_buffer> get_used() {
     guard g(this->lock_);
     if (this->broken()) return errc::broken;
-    return reap_one();
+    used_buffer u{};
+    const errc e = reap_one(u);
+    if (e != errc::ok) return e;
+    return u;
   }
 
   /// Up to out.size() completions. If the device breaks a rule after some were reaped, those
@@ -248,13 +252,14 @@ class packed_driver : public detail::queue_common<P> {
     guard g(this->lock_);
     if (this->broken()) return errc::broken;
     std::size_t n = 0;
-    while (n < out.size()) {
-      const result<used_buffer> r = reap_one();
-      if (!r) {
-        if (r.error() == errc::empty || n != 0) break;
-        return r.error();
+    for (; n < out.size(); ++n) {
+      // Written in place: a used_buffer returned through result<> and copied costs a
+      // store-forwarding stall per completion.
+      const errc e = reap_one(out[n]);
+      if (e != errc::ok) {
+        if (e == errc::empty || n != 0) break;
+        return e;
       }
-      out[n++] = *r;
     }
     return n;
   }
@@ -313,7 +318,7 @@ class packed_driver : public detail::queue_common<P> {
     std::uint64_t batch = 0;     ///< kick generation it was staged in (published once passed)
     std::uint32_t writable = 0;  ///< device-writable bytes, saturated at 2^32-1
     std::uint16_t slots = 0;     ///< ring slots taken; 0 = id free
-    std::uint16_t next = 0;      ///< free list link, or IN_ORDER add-order link while in use
+    std::uint16_t next = 0;      ///< IN_ORDER: the id added after this one
   };
 
   void init_state() {
@@ -324,9 +329,9 @@ class packed_driver : public detail::queue_common<P> {
     std::memset(static_cast<void*>(view_.device_event), 0, sizeof(packed::event_suppress));
     for (std::uint32_t i = 0; i < size_; ++i) {
       ids_[i] = id_info{};
-      ids_[i].next = static_cast<std::uint16_t>(i + 1);
+      free_ids_[i] = static_cast<std::uint16_t>(size_ - 1 - i);  // hands out 0, 1, 2, ...
     }
-    free_head_ = 0;
+    free_top_ = size_;
     num_free_ = size_;
     next_avail_ = last_used_ = pub_off_ = 0;
     avail_wrap_ = used_wrap_ = pub_wrap_ = true;  // 2.8.1: wrap counters start at 1
@@ -343,9 +348,8 @@ class packed_driver : public detail::queue_common<P> {
 
   std::uint16_t take_id() noexcept {
     // Never empty here: each chain holds at least one slot and there are as many ids as slots.
-    const std::uint16_t id = free_head_;
-    free_head_ = ids_[id].next;
-    return id;
+    // A stack, not a linked list: the next id's address does not wait for the previous load.
+    return free_ids_[--free_top_];
   }
 
   packed::desc* table(std::uint16_t id) const noexcept {
@@ -405,9 +409,10 @@ class packed_driver : public detail::queue_common<P> {
     }
   }
 
-  /// One used descriptor, or empty, or a fatal error (queue broken).
-  result<used_buffer> reap_one() {
-    if (in_order_left_ != 0) return reap_in_order();
+  /// One used descriptor into `out`, or empty, or a fatal error (queue broken).
+  [[gnu::always_inline]] inline errc reap_one(used_buffer& out) {
+    if (in_order_left_ != 0) [[unlikely]]
+      return reap_in_order(out);
     const packed::desc& d = view_.ring[last_used_];
     // D3 (2.8.21.2, partner V2): the device wrote id and len before it released these flags.
     const std::uint16_t flags = load_acquire<E>(d.flags);
@@ -424,38 +429,42 @@ class packed_driver : public detail::queue_common<P> {
     if (s.slots == 0 || s.batch == batch_) return fail(errc::used_id_not_outstanding);
     // 2.8.4 / 2.7.8.2: the used length may not exceed the buffer's device-writable space.
     if (len > s.writable) return fail(errc::used_len_too_large);
-    if (in_order_ && id != order_head_) {
-      // 2.8.11: one used descriptor stands for every chain up to and including `id`.
-      std::uint32_t n = 1;
-      for (std::uint16_t i = order_head_; i != id; i = ids_[i].next) ++n;
-      in_order_left_ = n;
-      in_order_last_len_ = len;
-      return reap_in_order();
-    }
-    return reclaim(id, len);
+    if (in_order_ && id != order_head_) [[unlikely]]
+      return start_in_order_batch(id, len, out);
+    return reclaim(id, len, out);
   }
 
-  result<used_buffer> reap_in_order() {
+  [[gnu::noinline]] errc start_in_order_batch(std::uint16_t id, std::uint32_t len,
+                                              used_buffer& out) {
+    // 2.8.11: one used descriptor stands for every chain up to and including `id`.
+    std::uint32_t n = 1;
+    for (std::uint16_t i = order_head_; i != id; i = ids_[i].next) ++n;
+    in_order_left_ = n;
+    in_order_last_len_ = len;
+    return reap_in_order(out);
+  }
+
+  [[gnu::noinline]] errc reap_in_order(used_buffer& out) {
     // Earlier chains of an IN_ORDER batch carry no length of their own (2.8.11): report 0.
     const std::uint32_t len = --in_order_left_ == 0 ? in_order_last_len_ : 0;
-    return reclaim(order_head_, len);
+    return reclaim(order_head_, len, out);
   }
 
-  result<used_buffer> reclaim(std::uint16_t id, std::uint32_t len) {
+  errc reclaim(std::uint16_t id, std::uint32_t len, used_buffer& out) {
     id_info& s = ids_[id];
     if (!this->shadow_.move(id, detail::desc_state::avail, detail::desc_state::free)) {
       return fail(errc::state_violation);
     }
-    const used_buffer u{s.token, len};
+    out.token = s.token;
+    out.len = len;
     num_free_ += s.slots;
     detail::packed_advance(last_used_, used_wrap_, s.slots, size_);
     if (in_order_) order_head_ = s.next;
     s.slots = 0;
-    s.next = free_head_;
-    free_head_ = id;
+    free_ids_[free_top_++] = id;
     --outstanding_;
     ++this->stats_.reaped;
-    return u;
+    return errc::ok;
   }
 
   void set_driver_flags(std::uint16_t f) noexcept {
@@ -492,7 +501,8 @@ class packed_driver : public detail::queue_common<P> {
 
   // Avail side (driver-private).
   std::uint32_t num_free_ = 0;
-  std::uint16_t free_head_ = 0;
+  std::vector<std::uint16_t> free_ids_;  ///< stack of free buffer ids
+  std::uint32_t free_top_ = 0;
   std::uint16_t next_avail_ = 0;
   bool avail_wrap_ = true;
   bool head_pending_ = false;
