@@ -258,3 +258,17 @@ TEST_CASE("rx_pool: copies released on several threads return the buffer exactly
   CHECK(pool.census(0).conserved);
   CHECK(pool.misuse_total() == 0);
 }
+
+TEST_CASE("rx_pool: with the census policy off, counts stay exact and loans are anonymous",
+          "[rx_pool]") {
+  rx_pool<rx_pool_policy<true, spin_lock, false, /*Census=*/false>> pool(8, 64);
+  const holder_id ftp = pool.register_holder("ftp");
+  auto hs = lend_n(pool, 3, ftp, 1'000'000);
+  CHECK(hs[0].pass_to(ftp) == errc::ok);
+  const auto c = pool.census(5'000'000'000);
+  CHECK(c.conserved);
+  CHECK(c.held == 3);
+  REQUIRE(c.holders.size() == 1);
+  CHECK(c.holders[0].name == "stack");
+  CHECK(c.holders[0].oldest == std::chrono::nanoseconds(0));
+}

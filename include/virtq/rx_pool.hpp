@@ -65,12 +65,16 @@ inline constexpr bool debug_build = true;
 ///              fit handles that move between threads but are never shared by two at once.
 ///  Poison      fill returned buffers with a pattern and check it when they are reused, to catch
 ///              writes after release. On by default in debug builds.
+///  Census      record holder and loan time per buffer (two relaxed stores per packet). On by
+///              default, release builds included: that is the point. Off only to measure its
+///              cost; census() then counts by state but attributes every loan to "stack", age 0.
 template <bool AtomicRefs = true, lock_policy FreeLock = spin_lock,
-          bool Poison = detail::debug_build>
+          bool Poison = detail::debug_build, bool Census = true>
 struct rx_pool_policy {
   static constexpr bool atomic_refs = AtomicRefs;
   using lock = FreeLock;
   static constexpr bool poison = Poison;
+  static constexpr bool census = Census;
 };
 
 /// One thread owns the queue and every handle: no atomics, no lock.
@@ -82,6 +86,7 @@ template <class P>
 concept rx_pool_policy_type = requires {
   { P::atomic_refs } -> std::convertible_to<bool>;
   { P::poison } -> std::convertible_to<bool>;
+  { P::census } -> std::convertible_to<bool>;
   typename P::lock;
 }
 &&lock_policy<typename P::lock>;
@@ -426,7 +431,8 @@ class rx_pool {
         const holder_id h = s.holder.load(std::memory_order_relaxed);
         if (h >= by_id.size()) by_id.resize(std::size_t{h} + 1);
         holder_census& hc = by_id[h];
-        const std::chrono::nanoseconds age{now_ns - s.since.load(std::memory_order_relaxed)};
+        const std::chrono::nanoseconds age{
+            Policy::census ? now_ns - s.since.load(std::memory_order_relaxed) : 0};
         ++hc.count;
         hc.oldest = std::max(hc.oldest, age);
         ++hc.ages[age_bucket(age)];
@@ -603,8 +609,10 @@ class rx_pool {
 
   handle make_held(std::uint32_t i, holder_id holder, std::int64_t now_ns) noexcept {
     slot& s = slots_[i];
-    s.holder.store(holder, std::memory_order_relaxed);
-    s.since.store(now_ns, std::memory_order_relaxed);
+    if constexpr (Policy::census) {
+      s.holder.store(holder, std::memory_order_relaxed);
+      s.since.store(now_ns, std::memory_order_relaxed);
+    }
     s.refs.set(1);
     s.state.store(rx_state::held, std::memory_order_relaxed);
     ++loans_;
@@ -655,7 +663,7 @@ class rx_pool {
   errc set_holder(std::uint32_t i, std::uint32_t gen, holder_id h) noexcept {
     if (!holders_->valid(h)) return note(errc::invalid_argument);
     if (const errc e = check(i, gen); e != errc::ok) return e;
-    slots_[i].holder.store(h, std::memory_order_relaxed);
+    if constexpr (Policy::census) slots_[i].holder.store(h, std::memory_order_relaxed);
     return errc::ok;
   }
 
