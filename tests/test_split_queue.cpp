@@ -585,3 +585,26 @@ TEST_CASE("split: guest addresses that are not host addresses, indirect tables i
   CHECK(host.data()[0x8000 + 0x100 + 3] == std::byte{4});
   CHECK(drv.get_used()->token == 6);
 }
+
+TEST_CASE("split: with EVENT_IDX negotiated the flags stay 0 and event indices decide",
+          "[split][event_idx]") {
+  // 2.7.10: with EVENT_IDX the driver keeps the avail flags 0 and the device ignores them (and
+  // vice versa), so even a suppress_flags policy must speak in event indices.
+  queue_pair<split_layout, flags_policy> q(8, f_base());
+  buffer_arena arena(256);
+  const auto& v = q.ring.view();
+  q.driver.disable_interrupts();
+  q.device.disable_notifications();
+  CHECK(load_relaxed<little_endian>(v.avail.flags()) == 0);
+  CHECK(load_relaxed<little_endian>(v.used.flags()) == 0);
+  CHECK(load_relaxed<little_endian>(v.avail.used_event()) == 65535);  // parked behind 0
+  REQUIRE(q.driver.add_inbuf(arena.at(0, 8), 1) == errc::ok);
+  CHECK(q.driver.kick_prepare());  // avail_event 0 is passed by 0 -> 1
+  serve_one(q.device, 1);
+  CHECK_FALSE(q.device.interrupt_prepare());  // used_event parked
+  REQUIRE(q.driver.add_inbuf(arena.at(8, 8), 2) == errc::ok);
+  CHECK_FALSE(q.driver.kick_prepare());  // the device stopped moving avail_event
+  CHECK(q.driver.enable_interrupts());
+  CHECK(load_relaxed<little_endian>(v.avail.used_event()) == 0);
+  CHECK(load_relaxed<little_endian>(v.avail.flags()) == 0);
+}

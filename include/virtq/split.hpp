@@ -178,7 +178,7 @@ class split_driver : public detail::queue_common<P> {
   split_driver& operator=(const split_driver&) = delete;
 
   std::uint32_t size() const noexcept { return size_; }
-  std::uint32_t num_free() const noexcept {
+  std::uint32_t num_free() const {
     guard g(this->lock_);
     return num_free_;
   }
@@ -327,7 +327,7 @@ class split_driver : public detail::queue_common<P> {
   }
 
   /// VIRTIO_F_NOTIFICATION_DATA: vqn | avail idx << 16 (the idx as published by kick_prepare).
-  std::uint32_t notification_data(std::uint16_t vq) const noexcept {
+  std::uint32_t notification_data(std::uint16_t vq) const {
     guard g(this->lock_);
     return encode_split_notification(vq, avail_published_);
   }
