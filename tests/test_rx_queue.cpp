@@ -265,3 +265,28 @@ TEMPLATE_LIST_TEST_CASE("rx_queue: shutdown returns every posted buffer once and
   CHECK(rep2.census.free == 32);
   CHECK(rep2.census.conserved);
 }
+
+TEST_CASE("rx_queue: the single-thread pool policy (no atomics, no lock) behaves the same",
+          "[rx_queue]") {
+  rx_queue_options o;
+  o.reserve = 2;
+  o.bounce_buffers = 2;
+  rx_rig<split_layout, rx_single_thread_policy> rig(8, 8, o);
+  REQUIRE(rig.rxq.refill().has_value());
+  std::vector<rx_rig<split_layout, rx_single_thread_policy>::packet> kept;
+  for (int k = 0; k < 4; ++k) {
+    CHECK(rig.send(2, 80) == 2);
+    for (auto& p : rig.poll_all()) kept.push_back(std::move(p));
+  }
+  const auto s = rig.rxq.stats();
+  CHECK(s.packets_lent == 6);
+  CHECK(s.packets_copied == 2);
+  CHECK(s.min_posted >= 2);
+  CHECK(rig.rxq.census().conserved);
+  auto copy = kept[0];
+  kept.clear();
+  CHECK(rig.pool.held_count() == 1);  // the copy still holds one
+  copy = {};
+  CHECK(rig.pool.held_count() == 0);
+  CHECK(rig.rxq.bounce_census().held == 0);
+}

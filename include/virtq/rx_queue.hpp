@@ -266,7 +266,8 @@ class rx_queue {
   }
 
   /// Reaps up to out.size() completions into out[0..received) and reposts/refills. The packets'
-  /// handles start with holder "stack"; pass them on with handle.pass_to(holder).
+  /// handles start with holder "stack"; pass them on with handle.pass_to(holder). Handles left
+  /// in the overwritten slots of `out` are released by the assignment.
   result<rx_poll_result> poll(std::span<packet> out) {
     pending_callbacks cb;
     rx_poll_result r;
