@@ -145,7 +145,28 @@ def plot(results):
         print('"%s" ' % short_label +
               " ".join("NaN" if v is None else f"{v:.3f}" for v in vals))
 
+# Instruction-count targets of issue 6 (per packet, batch 32): scenario -> target.
+INSTRUCTION_TARGETS = [
+    ("split cycle", "split-event-32", lambda c: 60),
+    ("packed cycle", "packed-event-32", lambda c: 50),
+    # "pool + census add <= 20" on top of the bare split cycle.
+    ("rx split", "rx-split-32", lambda c: c.get("split-event-32", 0) + 20),
+    ("rx packed", "rx-packed-32", lambda c: c.get("packed-event-32", 0) + 20),
+]
+
+def plot_instructions(results):
+    """Data for the second panel: measured instructions per packet vs the issue's target."""
+    path = results / "callgrind.json"
+    if not path.exists():
+        sys.exit("plot: callgrind.json missing (run scripts/callgrind.sh)")
+    counts = {r["scenario"]: r["instructions_per_packet"] for r in json.loads(path.read_text())}
+    print("# scenario measured target")
+    for label, scenario, target in INSTRUCTION_TARGETS:
+        if scenario in counts:
+            print(f'"{label}" {counts[scenario]:.1f} {target(counts):.1f}')
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("table", "plot"):
-        sys.exit("usage: bench_summary.py table|plot <results dir>")
-    {"table": table, "plot": plot}[sys.argv[1]](pathlib.Path(sys.argv[2]))
+    modes = {"table": table, "plot": plot, "plot-instructions": plot_instructions}
+    if len(sys.argv) != 3 or sys.argv[1] not in modes:
+        sys.exit("usage: bench_summary.py table|plot|plot-instructions <results dir>")
+    modes[sys.argv[1]](pathlib.Path(sys.argv[2]))

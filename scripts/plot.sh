@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Draws docs/img/performance.png from the JSON of scripts/bench.sh (bench_dpdk_compare.json).
+# Draws docs/img/performance.png from the JSON of scripts/bench.sh (bench_dpdk_compare.json)
+# and, when present, the instruction counts of scripts/callgrind.sh (callgrind.json).
 #   scripts/plot.sh [results dir]      default: bench/results
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -8,8 +9,16 @@ out="${VIRTQ_PLOT_OUT:-$root/docs/img/performance.png}"
 command -v gnuplot >/dev/null || { echo "plot.sh: gnuplot not installed" >&2; exit 1; }
 mkdir -p "$(dirname "$out")"
 data="$(mktemp)"
-trap 'rm -f "$data"' EXIT
+insn="$(mktemp)"
+trap 'rm -f "$data" "$insn"' EXIT
 python3 "$root/scripts/bench_summary.py" plot "$results" >"$data"
+if [ -f "$results/callgrind.json" ]; then
+  python3 "$root/scripts/bench_summary.py" plot-instructions "$results" >"$insn"
+  insn_arg="$insn"
+else
+  insn_arg=""
+fi
 subtitle="$(sed -n 's/^date: //p' "$results/machine.txt" 2>/dev/null || true), $(nproc) CPUs"
-gnuplot -e "datafile='$data'; outfile='$out'; subtitle='$subtitle'" "$root/scripts/plot.gp"
+gnuplot -e "datafile='$data'; insnfile='$insn_arg'; outfile='$out'; subtitle='$subtitle'" \
+  "$root/scripts/plot.gp"
 echo "plot: $out"
