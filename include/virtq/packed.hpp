@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "virtq/chain.hpp"
@@ -66,6 +67,21 @@ inline void check_packed_view(const packed::ring_view& v) {
 
 /// The policies a packed ring accepts. 2.8: packed rings exist only with VIRTIO_F_VERSION_1,
 /// whose wire is little-endian (1.4), so a big-endian policy is rejected at compile time.
+/// Checked mode: moves the `n` ring slots from `off` on (wrapping) from one state to another.
+/// Slots change hands by position in a packed ring, whichever chain the used descriptor names.
+template <class Shadow>
+bool packed_shadow_slots(Shadow& sh, std::uint32_t off, std::uint32_t n, std::uint32_t size,
+                         detail::desc_state from, detail::desc_state to) noexcept {
+  if constexpr (std::is_same_v<Shadow, detail::shadow_state<false>>) {
+    return true;  // unchecked: no loop at all
+  }
+  for (std::uint32_t i = 0; i < n; ++i) {
+    if (!sh.move(off, from, to)) return false;
+    if (++off == size) off = 0;
+  }
+  return true;
+}
+
 template <class P>
 concept packed_queue_policy = queue_policy_type<P> && P::endian::order == std::endian::little;
 
@@ -186,14 +202,20 @@ class packed_driver : public detail::queue_common<P> {
   /// Publishes the staged batch (D1) and says whether the device wants a notification (D2).
   bool kick_prepare() {
     guard g(this->lock_);
-    if (this->broken() || staged_chains_ == 0)
-      return false;  // nothing new for the device  // nothing new for the device
+    if (this->broken() || staged_chains_ == 0) return false;  // nothing new for the device
     if (head_pending_) {
       B::before_publish();
       // D1 (2.8.21.1, partner V1): every descriptor of the batch, and each indirect table, was
       // written before this release of the first head's flags; the device acquires them.
       store_release<E>(view_.ring[head_slot_].flags, head_flags_);
       head_pending_ = false;
+    }
+    if constexpr (P::checked) {
+      if (!packed_shadow_slots(this->shadow_, pub_off_, staged_slots_, size_,
+                               detail::desc_state::avail, detail::desc_state::device)) {
+        fail(errc::state_violation);
+        return false;
+      }
     }
     outstanding_ += staged_chains_;
     staged_chains_ = 0;
@@ -404,8 +426,14 @@ class packed_driver : public detail::queue_common<P> {
     num_free_ -= slots;
     this->note_free(num_free_);
     ++this->stats_.added;
-    if (!this->shadow_.move(id, detail::desc_state::free, detail::desc_state::avail)) {
-      fail(errc::state_violation);
+    if constexpr (P::checked) {
+      // The chain's slots end at next_avail: each must have been ours (free) to write.
+      std::uint32_t start = next_avail_ + size_ - slots;
+      if (start >= size_) start -= size_;
+      if (!packed_shadow_slots(this->shadow_, start, slots, size_, detail::desc_state::free,
+                               detail::desc_state::avail)) {
+        fail(errc::state_violation);
+      }
     }
   }
 
@@ -452,7 +480,10 @@ class packed_driver : public detail::queue_common<P> {
 
   errc reclaim(std::uint16_t id, std::uint32_t len, used_buffer& out) {
     id_info& s = ids_[id];
-    if (!this->shadow_.move(id, detail::desc_state::avail, detail::desc_state::free)) {
+    // The slots that come back are the next s.slots from last_used, whichever chain took them:
+    // every one of them must have been published.
+    if (!packed_shadow_slots(this->shadow_, last_used_, s.slots, size_, detail::desc_state::device,
+                             detail::desc_state::free)) {
       return fail(errc::state_violation);
     }
     out.token = s.token;
@@ -622,7 +653,9 @@ class packed_device : public detail::queue_common<P> {
     // below the queue size and never reuses one still in flight.
     const std::uint16_t id = get<E>(last->id);
     if (id >= size_ || held_[id].slots != 0) return bad(c, errc::packed_bad_id);
-    if (!this->shadow_.move(id, detail::desc_state::free, detail::desc_state::device)) {
+    // Checked mode: the device never reads a slot it has not given back (as a used skip).
+    if (!packed_shadow_slots(this->shadow_, next_avail_, n, size_, detail::desc_state::free,
+                             detail::desc_state::device)) {
       return bad(c, errc::state_violation);
     }
     c.set_id(id);
@@ -655,9 +688,8 @@ class packed_device : public detail::queue_common<P> {
       if (fifo_[fifo_head_] != id) return errc::invalid_argument;
       fifo_pop();
     }
-    const std::uint32_t slots = release_id(id);
-    if (slots == 0) return fail(errc::state_violation);
-    write_used(id, len, slots);
+    const errc e = write_used(id, len, release_id(id));
+    if (e != errc::ok) return e;
     ++this->stats_.completed;
     return errc::ok;
   }
@@ -678,11 +710,9 @@ class packed_device : public detail::queue_common<P> {
     for (std::uint32_t i = 0; i < count; ++i) {
       id = fifo_[fifo_head_];
       fifo_pop();
-      const std::uint32_t s = release_id(id);
-      if (s == 0) return fail(errc::state_violation);
-      slots += s;
+      slots += release_id(id);
     }
-    write_used(id, len_of_last, slots);
+    if (const errc e = write_used(id, len_of_last, slots); e != errc::ok) return e;
     this->stats_.completed += count;
     return errc::ok;
   }
@@ -813,7 +843,6 @@ class packed_device : public detail::queue_common<P> {
     const std::uint32_t slots = held_[id].slots;
     held_[id] = held{};
     --in_flight_;
-    if (!this->shadow_.move(id, detail::desc_state::device, detail::desc_state::free)) return 0;
     return slots;
   }
 
@@ -824,7 +853,12 @@ class packed_device : public detail::queue_common<P> {
 
   /// 2.8.9: a used descriptor is written at next_used, id and len first, then flags; next_used
   /// skips the chain's slots. The first of a batch keeps its flags for interrupt_prepare().
-  void write_used(std::uint16_t id, std::uint32_t len, std::uint32_t slots) noexcept {
+  errc write_used(std::uint16_t id, std::uint32_t len, std::uint32_t slots) noexcept {
+    // Checked mode: a used descriptor only ever covers slots this device popped.
+    if (!packed_shadow_slots(this->shadow_, next_used_, slots, size_, detail::desc_state::device,
+                             detail::desc_state::free)) {
+      return fail(errc::state_violation);
+    }
     packed::desc& d = view_.ring[next_used_];
     put<E>(d.id, id);
     put<E>(d.len, len);
@@ -838,6 +872,7 @@ class packed_device : public detail::queue_common<P> {
     }
     staged_slots_ += slots;
     detail::packed_advance(next_used_, used_wrap_, slots, size_);
+    return errc::ok;
   }
 
   void set_device_flags(std::uint16_t f) noexcept {
