@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // bench/bench_rx_queue.cpp -- the hot receive path (rx_queue + rx_pool over split and packed),
-// single thread, per batch size: census clock on/off, reserve on/off/engaged, pool policy.
+// single thread, per batch size: census on/off, census clock on/off, reserve on/off/engaged,
+// pool policy.
 // Arguments of each benchmark: batch / copy_reserve / reserve engaged. With the reserve engaged
 // only K - (repost_batch - 1) buffers are in the ring (K = 32 of 256 by default, freed buffers
 // are posted 16 at a time), so that case runs at batch 16, next to a batch-16 healthy run.
@@ -17,6 +18,9 @@ using vb::BM_rx_receive;  // BENCHMARK_TEMPLATE needs an unqualified name
       ->Args({16, 1, 0})                                                                           \
       ->Args({16, 1, 1});                                                                          \
   BENCHMARK_TEMPLATE(BM_rx_receive, layout, vb::p_event, vb::rx_plain, vb::frozen_clock)           \
+      ->Args({1, 1, 0})                                                                            \
+      ->Args({32, 1, 0});                                                                          \
+  BENCHMARK_TEMPLATE(BM_rx_receive, layout, vb::p_event, vb::rx_plain_no_census, vb::frozen_clock) \
       ->Args({1, 1, 0})                                                                            \
       ->Args({32, 1, 0});                                                                          \
   BENCHMARK_TEMPLATE(BM_rx_receive, layout, vb::p_event, vb::rx_atomic,                            \

@@ -101,6 +101,9 @@ std::vector<std::pair<std::string, runner>> scenarios() {
   s.emplace_back("rx-split-noclock-32",
                  rx_scenario<virtq::split_layout, vb::rx_plain, vb::frozen_clock>(32, true));
   s.emplace_back(
+      "rx-split-nocensus-32",
+      rx_scenario<virtq::split_layout, vb::rx_plain_no_census, vb::frozen_clock>(32, true));
+  s.emplace_back(
       "rx-split-noreserve-32",
       rx_scenario<virtq::split_layout, vb::rx_plain, virtq::steady_clock_source>(32, false));
   s.emplace_back(
@@ -109,6 +112,9 @@ std::vector<std::pair<std::string, runner>> scenarios() {
   s.emplace_back(
       "rx-packed-32",
       rx_scenario<virtq::packed_layout, vb::rx_plain, virtq::steady_clock_source>(32, true));
+  s.emplace_back(
+      "rx-packed-nocensus-32",
+      rx_scenario<virtq::packed_layout, vb::rx_plain_no_census, vb::frozen_clock>(32, true));
   return s;
 }
 

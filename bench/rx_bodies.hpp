@@ -4,11 +4,10 @@
 // releases them, and the next poll reposts them with one kick decision per batch.
 // bench_rx_queue.cpp registers the benchmarks; count_cycle.cpp counts their instructions.
 //
-// Knobs, as far as the public API exposes them:
-//  * census clock: the census itself is always on (every lent buffer gets a holder tag and a
-//    time; that is its point). What can be switched is the clock read per poll:
-//    steady_clock_source vs frozen_clock below (no clock read). The bare queue cycle
-//    (BM_queue_cycle) is the "no pool, no census" baseline.
+// Knobs:
+//  * census on vs off (rx_pool_policy's Census switch: off, no holder tag and no time per lent
+//    buffer), and the clock read once per poll: steady_clock_source vs frozen_clock below. The
+//    bare queue cycle (BM_queue_cycle) is the "no pool at all" baseline.
 //  * reserve: rx_queue_options::copy_reserve on vs off (on costs a comparison per packet while
 //    the pool is healthy), and the reserve engaged (consumers hold everything else, so every
 //    packet is copied into a bounce buffer and its ring buffer reposted).
@@ -34,8 +33,9 @@ struct frozen_clock {
   std::chrono::nanoseconds now() const noexcept { return std::chrono::nanoseconds(1'000'000); }
 };
 
-using rx_plain = virtq::rx_pool_policy<false, virtq::no_lock, false>;
-using rx_atomic = virtq::rx_pool_policy<true, virtq::spin_lock, false>;
+using rx_plain = virtq::rx_pool_policy<false, virtq::no_lock, false, true>;
+using rx_plain_no_census = virtq::rx_pool_policy<false, virtq::no_lock, false, false>;
+using rx_atomic = virtq::rx_pool_policy<true, virtq::spin_lock, false, true>;
 
 inline constexpr std::uint32_t rx_pool_buffers = 512;  // twice the ring: refills never run dry
 inline constexpr std::uint32_t rx_frame_bytes = 64;    // what the device reports per packet
