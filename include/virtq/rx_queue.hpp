@@ -225,7 +225,8 @@ class rx_queue {
   using packet = rx_packet<Pool>;
   using lock_type = typename Pool::policy::lock;
 
-  /// The queue and the pool must outlive this object. Posts nothing yet: call refill().
+  /// The queue and the pool must outlive this object, and this object its resources_low packets
+  /// (their bounce buffers are its own). Posts nothing yet: call refill().
   rx_queue(Queue& q, Pool& pool, rx_queue_options opts = {}, Clock clock = {})
       : q_(q),
         pool_(pool),
