@@ -109,6 +109,8 @@ TEST_CASE("device: a chain whose continuation after the wrap keeps the old wrap 
   put_desc(h.v(), 1, hostile_driver::ga(64), 16, 1, A | WRITE);
   put_desc(h.v(), 0, hostile_driver::ga(0), 16, 1, A | NEXT);
   REQUIRE(h.device.pop(c) == errc::ok);
+  REQUIRE(h.device.complete(c, 0) == errc::ok);  // slots 0-1 come back to the driver
+  (void)h.device.interrupt_prepare();
   put_desc(h.v(), 0, hostile_driver::ga(0), 16, 2, A | WRITE);  // wrong: the old counter
   put_desc(h.v(), 2, hostile_driver::ga(128), 16, 2, A | NEXT);
   h.expect_pop(errc::packed_bad_flags);
@@ -147,6 +149,50 @@ TEST_CASE("device: a chain that does not end within the queue size is packed_cha
       put_desc(h.v(), i, hostile_driver::ga(16U * i), 16, 0, A | NEXT);
     }
     h.expect_pop(errc::packed_chain_overrun);
+  }
+}
+
+TEST_CASE("device: a head in a slot the device still holds is packed_chain_overrun") {
+  // size 3: A takes slots 0-1 (id 0), B slot 2 (id 1); the device holds both, so no slot has
+  // come back. The driver re-offers slot 0 in the next lap under the free id 2.
+  hostile_driver h(3);
+  chain a, b;
+  put_desc(h.v(), 1, hostile_driver::ga(64), 16, 0, A | WRITE);
+  put_desc(h.v(), 0, hostile_driver::ga(0), 16, 0, A | NEXT);
+  put_desc(h.v(), 2, hostile_driver::ga(128), 16, 1, A | WRITE);
+  REQUIRE(h.device.pop(a) == errc::ok);
+  REQUIRE(h.device.pop(b) == errc::ok);
+  put_desc(h.v(), 0, hostile_driver::ga(0), 16, 2, U | WRITE);  // lap 2: AVAIL 0, USED 1
+  h.expect_pop(errc::packed_chain_overrun);
+}
+
+TEST_CASE("device: a chain running into slots the device still holds is packed_chain_overrun") {
+  // size 4: A (slots 0-1) is completed, B (slots 2-3) is held. Slots 0-1 came back, so a
+  // 2-slot chain there is fine; a 3-slot one would reach B's slot 2.
+  for (const std::uint32_t len : {2U, 3U}) {
+    CAPTURE(len);
+    hostile_driver h(4);
+    chain a, b, c;
+    put_desc(h.v(), 1, hostile_driver::ga(64), 16, 0, A | WRITE);
+    put_desc(h.v(), 0, hostile_driver::ga(0), 16, 0, A | NEXT);
+    put_desc(h.v(), 3, hostile_driver::ga(192), 16, 1, A | WRITE);
+    put_desc(h.v(), 2, hostile_driver::ga(128), 16, 1, A | NEXT);
+    REQUIRE(h.device.pop(a) == errc::ok);
+    REQUIRE(h.device.pop(b) == errc::ok);
+    REQUIRE(h.device.complete(a, 0) == errc::ok);
+    (void)h.device.interrupt_prepare();
+    // Lap 2 (counter 0): AVAIL 0, USED 1; slot 2 is still B's.
+    for (std::uint32_t i = len; i-- > 0;) {
+      const bool more = i + 1 < len;
+      put_desc(h.v(), i % 4, hostile_driver::ga(16U * i), 16, 2,
+               static_cast<std::uint16_t>(U | WRITE | (more ? NEXT : 0)));
+    }
+    if (len == 2) {
+      REQUIRE(h.device.pop(c) == errc::ok);
+      REQUIRE(c.ring_slots() == 2);
+    } else {
+      h.expect_pop(errc::packed_chain_overrun);
+    }
   }
 }
 

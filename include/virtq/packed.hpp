@@ -616,7 +616,12 @@ class packed_device : public detail::queue_common<P> {
     std::uint16_t flags = f0;
     std::uint32_t n = 0;
     const packed::desc* last = &head;
+    // 2.8.4: a chain is at most Queue Size descriptors, and the driver can only reuse slots the
+    // device gave back with used descriptors: the chain must end before the slots still held.
+    const std::uint32_t room =
+        size_ - (next_avail_ + (avail_wrap_ == used_wrap_ ? 0U : size_) - next_used_);
     for (;;) {
+      if (n == room) return bad(c, errc::packed_chain_overrun);
       const packed::desc& d = view_.ring[slot];
       if (n != 0) {
         flags = load_relaxed<E>(d.flags);
@@ -646,8 +651,6 @@ class packed_device : public detail::queue_common<P> {
       }
       detail::packed_advance(slot, wrap, 1, size_);
       if ((flags & packed::desc_f_next) == 0) break;
-      // 2.8.4: a chain is at most Queue Size descriptors: it must end within one lap.
-      if (n == size_) return bad(c, errc::packed_chain_overrun);
     }
     // 2.8.6: the buffer id sits in the chain's last descriptor. 2.8.4: the driver picks ids
     // below the queue size and never reuses one still in flight.
