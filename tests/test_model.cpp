@@ -183,7 +183,9 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
     enable_irq_delayed,
     disable_notif,
     enable_notif,
-    reset
+    reset,
+    corrupt_used,
+    corrupt_avail
   };
   int kind = add;
   std::vector<std::uint32_t> rd, wr;
@@ -205,6 +207,10 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
                                                   {2, enable_notif},
                                                   {1, reset}};
     if (m.in_order) w.push_back({3, complete_batch});
+    if (!m.packed) {  // hand-made corruption speaks the split ring's wire format
+      w.push_back({1, corrupt_used});
+      w.push_back({1, corrupt_avail});
+    }
     std::size_t total = 0;
     for (const auto& [weight, k] : w) total += weight;
     std::size_t r = *rc::gen::inRange<std::size_t>(0, total);
@@ -226,6 +232,7 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
 
   void checkPreconditions(const model& m) const override {
     if (kind == complete || kind == complete_batch) RC_PRE(!m.held.empty());
+    if (kind == corrupt_used) RC_PRE(m.used.empty());
   }
   void apply(model& m) const override { step(m, nullptr); }
   void run(const model& m0, S& s) const override {
@@ -240,7 +247,8 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
                                   "pop",           "complete",     "complete_batch",
                                   "irq",           "reap_one",     "reap_many",
                                   "disable_irq",   "enable_irq",   "enable_irq_delayed",
-                                  "disable_notif", "enable_notif", "reset"};
+                                  "disable_notif", "enable_notif", "reset",
+                                  "corrupt_used",  "corrupt_avail"};
     os << names[kind] << " rd=" << rd.size() << " wr=" << wr.size() << " pick=" << pick
        << " len%=" << len_pct << " count=" << count;
   }
@@ -319,6 +327,32 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
     if (m.mode == smode::none || (m.mode == smode::event && m.irq_on && !m.delayed)) {
       m.used_event = m.consumed;
     }
+  }
+
+  // Resets both sides: every outstanding token comes back exactly once.
+  static void reset_both(model& m, S* s) {
+    std::vector<token_t> expect;
+    for (const auto& c : m.staged) expect.push_back(c.token);
+    for (const auto& c : m.published) expect.push_back(c.token);
+    for (const auto& c : m.held) expect.push_back(c.token);
+    for (const auto& e : m.completed) {
+      for (const auto& u : e) expect.push_back(u.token);
+    }
+    for (std::size_t k = 0; k < m.used.size(); ++k) {
+      for (std::size_t j = (k == 0 ? m.front_reaped : 0); j < m.used[k].size(); ++j) {
+        expect.push_back(m.used[k][j].token);
+      }
+    }
+    if (s != nullptr) {
+      std::vector<token_t> got;
+      s->q.device.reset();
+      s->q.driver.reset([&](token_t t) { got.push_back(t); });
+      std::sort(got.begin(), got.end());
+      std::sort(expect.begin(), expect.end());
+      RC_ASSERT(got == expect);
+      for (token_t t : got) s->give_back(t);
+    }
+    m.reset_state();
   }
 
   // One transition: of the model alone (apply), or of the model and the system under test
@@ -509,29 +543,56 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
         break;
       }
       case reset: {
-        std::vector<token_t> expect;
-        for (const auto& c : m.staged) expect.push_back(c.token);
-        for (const auto& c : m.published) expect.push_back(c.token);
-        for (const auto& c : m.held) expect.push_back(c.token);
-        for (const auto& e : m.completed) {
-          for (const auto& u : e) expect.push_back(u.token);
-        }
-        for (std::size_t k = 0; k < m.used.size(); ++k) {
-          for (std::size_t j = (k == 0 ? m.front_reaped : 0); j < m.used[k].size(); ++j) {
-            expect.push_back(m.used[k][j].token);
+        reset_both(m, s);
+        break;
+      }
+      case corrupt_used: {
+        // A hostile device publishes a used element with an id out of range (precondition: the
+        // driver has reaped every published one, so it reads the used idx afresh). The driver
+        // fails with the specific errc, stays broken and recovers by reset.
+        std::size_t with_device = m.published.size() + m.held.size();
+        for (const auto& e : m.completed) with_device += e.size();
+        // Nothing left with the device: one more used element is more than it holds.
+        const errc expect = with_device == 0 ? errc::used_idx_jump : errc::used_id_out_of_range;
+        if (s != nullptr) {
+          if constexpr (!Layout::is_packed) {
+            const auto& v = s->q.ring.view();
+            auto& e = v.used.ring(m.used_pub & (v.size - 1));
+            put<little_endian>(e.id, v.size);
+            put<little_endian>(e.len, 0);
+            store_release<little_endian>(v.used.idx(), add16(m.used_pub, 1));
+            RC_ASSERT(s->q.driver.get_used().error() == expect);
+            RC_ASSERT(s->q.driver.broken());
+            RC_ASSERT(s->q.driver.get_used().error() == errc::broken);
           }
         }
+        reset_both(m, s);
+        break;
+      }
+      case corrupt_avail: {
+        // A hostile driver moves avail idx by more than the queue size. The device pops at most
+        // the chains it had already seen, then fails with avail_idx_jump, and recovers by reset.
         if (s != nullptr) {
-          std::vector<token_t> got;
-          s->q.device.reset();
-          s->q.driver.reset([&](token_t t) { got.push_back(t); });
-          std::sort(got.begin(), got.end());
-          std::vector<token_t> sorted = expect;
-          std::sort(sorted.begin(), sorted.end());
-          RC_ASSERT(got == sorted);
-          for (token_t t : got) s->give_back(t);
+          if constexpr (!Layout::is_packed) {
+            const auto& v = s->q.ring.view();
+            // Past everything published by more than the queue size, wherever the device's
+            // cached idx leaves it.
+            store_release<little_endian>(v.avail.idx(),
+                                         add16(m.last_avail, m.published.size() + m.size + 1));
+            std::size_t k = 0;
+            chain c;
+            errc e = errc::ok;
+            while ((e = s->q.device.pop(c)) == errc::ok) {
+              RC_ASSERT(k < m.published.size());
+              RC_ASSERT(c.writable_bytes() == m.published[k].wbytes);
+              ++k;
+            }
+            RC_ASSERT(e == errc::avail_idx_jump);
+            RC_ASSERT(s->q.device.broken());
+            // Chains popped here are outstanding like any other: reset must return them.
+          }
         }
-        m.reset_state();
+        reset_both(m, s);
         break;
       }
       default:
