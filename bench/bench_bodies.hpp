@@ -17,6 +17,8 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
@@ -67,6 +69,18 @@ void serve_until_stopped(P& p, std::size_t batch, const std::atomic<bool>& stop)
   }
 }
 
+/// Counter "device_cpu": the share of a CPU the polling device thread got while the benchmark
+/// ran (near 1 on an idle machine; well under 1 when another tenant shared its CPU).
+inline void report_device_share(benchmark::State& state, const peer_thread& device,
+                                std::chrono::steady_clock::time_point wall0) {
+  const auto wall = std::chrono::steady_clock::now() - wall0;
+  if (wall.count() > 0) {
+    state.counters["device_cpu"] =
+        static_cast<double>(device.cpu_time().count()) /
+        static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(wall).count());
+  }
+}
+
 /// Waits (bounded) until every outstanding item has come back; false on timeout.
 template <bench_pair P>
 bool drain(P& p, std::size_t& outstanding) {
@@ -89,6 +103,7 @@ void stream_two(benchmark::State& state, P& p, std::size_t batch) {
   std::size_t outstanding = 0;
   std::int64_t reaped_total = 0;
   bool ok = true;
+  const auto wall0 = std::chrono::steady_clock::now();
   {
     peer_thread device(1,
                        [&](const std::atomic<bool>& stop) { serve_until_stopped(p, batch, stop); });
@@ -114,6 +129,8 @@ void stream_two(benchmark::State& state, P& p, std::size_t batch) {
     const std::size_t before = outstanding;
     if (ok) ok = drain(p, outstanding);
     reaped_total += static_cast<std::int64_t>(before - outstanding);
+    device.stop();
+    report_device_share(state, device, wall0);
   }
   if (!ok) state.SkipWithError("device thread stalled (spin bound reached)");
   report_items(state, reaped_total);
@@ -127,6 +144,7 @@ void round_trip(benchmark::State& state, P& p) {
   begin_polling(p);
   bool ok = true;
   std::int64_t items = 0;
+  const auto wall0 = std::chrono::steady_clock::now();
   {
     peer_thread device(1, [&](const std::atomic<bool>& stop) { serve_until_stopped(p, 1, stop); });
     for (auto _ : state) {
@@ -146,6 +164,8 @@ void round_trip(benchmark::State& state, P& p) {
     }
     std::size_t outstanding = ok ? 0 : 1;
     if (!ok) drain(p, outstanding);
+    device.stop();
+    report_device_share(state, device, wall0);
   }
   if (!ok) state.SkipWithError("device thread stalled (spin bound reached)");
   report_items(state, items);

@@ -10,6 +10,7 @@
 #include <benchmark/benchmark.h>
 #include <pthread.h>
 #include <sched.h>
+#include <time.h>
 
 #include <atomic>
 #include <chrono>
@@ -91,26 +92,43 @@ class spin_budget {
   std::uint32_t n_ = 0;
 };
 
+/// CPU time the calling thread has consumed.
+inline std::chrono::nanoseconds thread_cpu_time() noexcept {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
+
 /// A peer thread pinned to `cpu` that runs `body(stop)` until stop is set; joined on
-/// destruction, so a benchmark that bails out early never leaks a spinning thread.
+/// destruction, so a benchmark that bails out early never leaks a spinning thread. It records
+/// the CPU time it got: a polling peer that got much less than its wall time was descheduled
+/// (another tenant on its CPU), and the benchmark's figure says more about the machine than
+/// about the queue.
 class peer_thread {
  public:
   template <class F>
   peer_thread(unsigned cpu, F&& body)
       : thread_([this, cpu, b = std::forward<F>(body)]() mutable {
           pin_to_cpu(cpu);
+          const auto t0 = thread_cpu_time();
           b(stop_);
+          cpu_ns_.store((thread_cpu_time() - t0).count(), std::memory_order_relaxed);
         }) {}
   ~peer_thread() { stop(); }
   void stop() {
     stop_.store(true, std::memory_order_relaxed);
     if (thread_.joinable()) thread_.join();
   }
+  /// After stop(): the CPU time the peer consumed.
+  std::chrono::nanoseconds cpu_time() const noexcept {
+    return std::chrono::nanoseconds(cpu_ns_.load(std::memory_order_relaxed));
+  }
   peer_thread(const peer_thread&) = delete;
   peer_thread& operator=(const peer_thread&) = delete;
 
  private:
   std::atomic<bool> stop_{false};
+  std::atomic<std::int64_t> cpu_ns_{0};
   std::thread thread_;
 };
 

@@ -32,11 +32,11 @@ def load(path):
         ips = b.get("items_per_second")
         if not ips:
             continue
-        rep = reps.setdefault(name, {"ns": [], "cpu": [], "kicks": [], "irqs": []})
+        rep = reps.setdefault(name, {"ns": [], "cpu": [], "kicks": [], "irqs": [], "dev": []})
         rep["ns"].append(1e9 / ips)
         if b.get("real_time"):
             rep["cpu"].append(b["cpu_time"] / b["real_time"])
-        for k, key in (("kicks/item", "kicks"), ("irqs/item", "irqs")):
+        for k, key in (("kicks/item", "kicks"), ("irqs/item", "irqs"), ("device_cpu", "dev")):
             if k in b:
                 rep[key].append(b[k])
     for name, rep in reps.items():
@@ -53,6 +53,8 @@ def load(path):
             r["kicks/item"] = statistics.median(rep["kicks"])
         if rep["irqs"]:
             r["irqs/item"] = statistics.median(rep["irqs"])
+        if rep["dev"]:
+            r["dev"] = statistics.median(rep["dev"])
     return rows
 
 def short(name):
@@ -117,19 +119,21 @@ def table(results):
             continue
         print(f"### {path.stem}\n")
         print("ns/item: median of the repetitions; best: the fastest one; cv: their spread; "
-              "cpu: CPU time / real time of the benchmark thread.\n")
-        print("| benchmark | ns/item | best | cv | cpu | kicks/item | irqs/item |")
-        print("|---|---|---|---|---|---|---|")
+              "cpu: CPU time / real time of the benchmark thread; dev cpu: the same for the "
+              "polling device thread of the two-thread cases (near 1 on an idle machine).\n")
+        print("| benchmark | ns/item | best | cv | cpu | dev cpu | kicks/item | irqs/item |")
+        print("|---|---|---|---|---|---|---|---|")
         for name, r in rows.items():
             if "error" in r:
-                print(f"| {short(name)} | error: {r['error']} | | | | | |")
+                print(f"| {short(name)} | error: {r['error']} | | | | | | |")
                 continue
             cv = f"{100 * r['cv']:.0f}%" if r.get("cv") is not None else "-"
             cpu = f"{r['cpu']:.2f}" if "cpu" in r else "-"
             k = f"{r['kicks/item']:.3g}" if "kicks/item" in r else ""
             i = f"{r['irqs/item']:.3g}" if "irqs/item" in r else ""
+            dev = f"{r['dev']:.2f}" if "dev" in r else ""
             print(f"| {short(name)} | {fmt(r.get('ns'))} | {fmt(r.get('best'))} | {cv} | {cpu} "
-                  f"| {k} | {i} |")
+                  f"| {dev} | {k} | {i} |")
         print()
 
 def plot(results):
