@@ -290,3 +290,37 @@ TEST_CASE("rx_queue: the single-thread pool policy (no atomics, no lock) behaves
   CHECK(rig.pool.held_count() == 0);
   CHECK(rig.rxq.bounce_census().held == 0);
 }
+
+TEMPLATE_LIST_TEST_CASE("rx_queue: buffers carved from guest memory reach a translating device",
+                        "[rx_queue]", all_layouts) {
+  using policy = default_policy;
+  ring_memory<TestType> ring(8);
+  aligned_buffer region(16 * 512);
+  guest_memory gm;
+  gm.add_region(0x4000'0000, region.size(), region.data());
+  const auto f = features_for<TestType, policy>();
+  typename TestType::template driver<policy> driver(ring.view(), f);
+  typename TestType::template device<policy, guest_memory> device(ring.view(), f, gm);
+  rx_pool<> pool(16, 512, region.span(), gm, "guest");
+  rx_queue_options o;
+  o.copy_reserve = false;
+  rx_queue rxq(driver, pool, o);
+  REQUIRE(rxq.refill().has_value());
+
+  fake_nic<decltype(device)> nic{device};
+  for (std::uint64_t s = 0; s < 20; ++s) {
+    const auto frame = make_frame(80, s);
+    REQUIRE(nic.send(frame) == errc::ok);  // the device translated a guest address
+    nic.flush();
+    std::array<typename decltype(rxq)::packet, 4> out;
+    auto r = rxq.poll(out);
+    REQUIRE(r.has_value());
+    REQUIRE(r->received == 1);
+    CHECK(frame_seq(out[0].data()) == s);
+    // The bytes landed in the region, where the pool's guest address says.
+    const std::uint64_t ga = out[0].buffer.guest_address();
+    CHECK(ga >= 0x4000'0000);
+    CHECK(out[0].data().data() == region.data() + (ga - 0x4000'0000));
+  }
+  CHECK(rxq.census().conserved);
+}
