@@ -266,7 +266,7 @@ class rx_buffer {
     return std::exchange(pool_, nullptr)->release_ref(index_, gen_);
   }
 
-  /// The whole buffer; empty (and counted as stale_handle) when the handle is stale.
+  /// The whole buffer; empty (and counted as misuse) when the handle is stale.
   std::span<std::byte> data() const noexcept {
     return pool_ == nullptr ? std::span<std::byte>{} : pool_->checked_data(index_, gen_);
   }
