@@ -58,13 +58,25 @@ TEST_CASE("event policy: desc mode fires once when the named slot is passed") {
   REQUIRE(load_relaxed<le>(v.device_event->off_wrap) == packed::make_off_wrap(0, true));
   REQUIRE_FALSE(q.driver.enable_interrupts());
   REQUIRE(load_relaxed<le>(v.driver_event->flags) == packed::event_flags_desc);
-  round_trip(q, a, true, true);    // both events at slot 0: passed
-  round_trip(q, a, false, false);  // nobody re-armed: the events lie behind
-  // Re-arm at the current positions (slot 2, wrap 1).
-  REQUIRE_FALSE(q.device.enable_notifications());
-  REQUIRE_FALSE(q.driver.enable_interrupts());
-  REQUIRE(load_relaxed<le>(v.device_event->off_wrap) == packed::make_off_wrap(2, true));
-  REQUIRE(load_relaxed<le>(v.driver_event->off_wrap) == packed::make_off_wrap(2, true));
+  round_trip(q, a, true, true);  // both events at slot 0: passed
+  // While enabled, each event follows its side's position (the device's on pop, the driver's
+  // on reap), so the next publish is signalled again without a new enable call.
+  REQUIRE(load_relaxed<le>(v.device_event->off_wrap) == packed::make_off_wrap(1, true));
+  REQUIRE(load_relaxed<le>(v.driver_event->off_wrap) == packed::make_off_wrap(1, true));
+  round_trip(q, a, true, true);
+  // An event left behind (as a peer that does not follow would leave it) is not signalled.
+  store_relaxed<le>(v.device_event->off_wrap, packed::make_off_wrap(1, true));
+  store_relaxed<le>(v.driver_event->off_wrap, packed::make_off_wrap(1, true));
+  REQUIRE(q.driver.add_inbuf(a.at(0, 8), 1) == errc::ok);
+  REQUIRE_FALSE(q.driver.kick_prepare());
+  chain c;
+  REQUIRE(q.device.pop(c) == errc::ok);  // the device's event follows again: slot 3
+  store_relaxed<le>(v.driver_event->off_wrap, packed::make_off_wrap(1, true));
+  REQUIRE(q.device.complete(c, 0) == errc::ok);
+  REQUIRE_FALSE(q.device.interrupt_prepare());
+  REQUIRE(q.driver.get_used());  // and the driver's: slot 3
+  REQUIRE(load_relaxed<le>(v.device_event->off_wrap) == packed::make_off_wrap(3, true));
+  REQUIRE(load_relaxed<le>(v.driver_event->off_wrap) == packed::make_off_wrap(3, true));
   round_trip(q, a, true, true);
   // Flags still override desc mode: disable wins.
   q.device.disable_notifications();
@@ -122,6 +134,27 @@ TEST_CASE("re-enabling reports work that arrived while disabled (no lost wake-up
   REQUIRE(q.device.complete(c, 0) == errc::ok);
   (void)q.device.interrupt_prepare();
   REQUIRE(q.driver.enable_interrupts_delayed());
+}
+
+TEST_CASE("delayed enable: the event does not follow reaps") {
+  pair<> q(16);
+  virtq_test::buffer_arena a(4096);
+  const auto& v = q.ring.view();
+  for (token_t t = 0; t < 8; ++t) REQUIRE(q.driver.add_inbuf(a.at(0, 8), t) == errc::ok);
+  (void)q.driver.kick_prepare();
+  REQUIRE_FALSE(q.driver.enable_interrupts_delayed());  // event at slot 6
+  chain c;
+  REQUIRE(q.device.pop(c) == errc::ok);
+  REQUIRE(q.device.complete(c, 0) == errc::ok);
+  (void)q.device.interrupt_prepare();
+  REQUIRE(q.driver.get_used());
+  REQUIRE(load_relaxed<le>(v.driver_event->off_wrap) == packed::make_off_wrap(6, true));
+  REQUIRE_FALSE(q.driver.enable_interrupts());  // a plain enable follows again
+  REQUIRE(q.device.pop(c) == errc::ok);
+  REQUIRE(q.device.complete(c, 0) == errc::ok);
+  (void)q.device.interrupt_prepare();
+  REQUIRE(q.driver.get_used());
+  REQUIRE(load_relaxed<le>(v.driver_event->off_wrap) == packed::make_off_wrap(2, true));
 }
 
 TEST_CASE("delayed enable: the interrupt comes after ~3/4 of the outstanding slots") {

@@ -264,6 +264,7 @@ class packed_driver : public detail::queue_common<P> {
     used_buffer u{};
     const errc e = reap_one(u);
     if (e != errc::ok) return e;
+    after_reap();
     return u;
   }
 
@@ -283,6 +284,7 @@ class packed_driver : public detail::queue_common<P> {
         return e;
       }
     }
+    if (n != 0) after_reap();
     return n;
   }
 
@@ -298,6 +300,7 @@ class packed_driver : public detail::queue_common<P> {
   bool enable_interrupts() {
     guard g(this->lock_);
     if (this->broken()) return false;
+    delayed_ = false;
     return enable_at(last_used_, used_wrap_);
   }
 
@@ -312,6 +315,7 @@ class packed_driver : public detail::queue_common<P> {
       const std::uint32_t busy = size_ - num_free_ - staged_slots_;
       detail::packed_advance(off, wrap, (busy * 3U) >> 2U, size_);
     }
+    delayed_ = true;
     return enable_at(off, wrap);
   }
 
@@ -362,6 +366,7 @@ class packed_driver : public detail::queue_common<P> {
     outstanding_ = 0;
     batch_ = 1;
     driver_flags_ = packed::event_flags_enable;
+    delayed_ = false;
     order_head_ = order_tail_ = 0;
     in_order_left_ = 0;
     this->shadow_.reset();
@@ -505,6 +510,18 @@ class packed_driver : public detail::queue_common<P> {
     }
   }
 
+  /// While interrupts are enabled in desc mode (not delayed), the event follows the reaped
+  /// position, so the next used descriptor interrupts again without a new enable call (as the
+  /// split ring's used_event does).
+  void after_reap() noexcept {
+    if constexpr (S::uses_event_idx) {
+      if (driver_flags_ == packed::event_flags_desc && !delayed_) {
+        store_relaxed<E>(view_.driver_event->off_wrap,
+                         packed::make_off_wrap(last_used_, used_wrap_));
+      }
+    }
+  }
+
   bool enable_at(std::uint16_t off, bool wrap) {
     if constexpr (S::uses_event_idx) {
       // 2.8.10: off_wrap first, then flags: the device reads flags, then off_wrap.
@@ -545,6 +562,7 @@ class packed_driver : public detail::queue_common<P> {
   std::uint16_t pub_off_ = 0;
   bool pub_wrap_ = true;
   std::uint16_t driver_flags_ = 0;
+  bool delayed_ = false;  ///< the desc-mode event is a delayed one: it does not follow reaps
 
   // Used side (driver-private).
   std::uint16_t last_used_ = 0;
@@ -674,6 +692,13 @@ class packed_device : public detail::queue_common<P> {
     next_avail_ = slot;
     avail_wrap_ = wrap;
     ++this->stats_.popped;
+    if constexpr (S::uses_event_idx) {
+      // While notifications are enabled in desc mode the event follows the popped position,
+      // so the driver's next publish notifies again (as the split ring's avail_event does).
+      if (device_flags_ == packed::event_flags_desc) {
+        store_relaxed<E>(view_.device_event->off_wrap, packed::make_off_wrap(next_avail_, wrap));
+      }
+    }
     return errc::ok;
   }
 
