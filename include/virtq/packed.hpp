@@ -55,6 +55,24 @@ constexpr void packed_advance(std::uint16_t& off, bool& wrap, std::uint32_t n,
   off = static_cast<std::uint16_t>(o);
 }
 
+// Compile-time proof against the definition (position = linear count mod size, counter = 1 on
+// even laps): every advance of 1..size slots from every position of three laps, for small odd
+// and even sizes, lands where division says, with the counter flipped iff a lap was crossed.
+constexpr bool packed_advance_matches_division() {
+  for (std::uint32_t size = 1; size <= 7; ++size) {
+    for (std::uint32_t lin = 0; lin < 3 * size; ++lin) {
+      for (std::uint32_t n = 1; n <= size; ++n) {
+        auto off = static_cast<std::uint16_t>(lin % size);
+        bool wrap = (lin / size) % 2 == 0;
+        packed_advance(off, wrap, n, size);
+        if (off != (lin + n) % size || wrap != (((lin + n) / size) % 2 == 0)) return false;
+      }
+    }
+  }
+  return true;
+}
+static_assert(packed_advance_matches_division());
+
 /// The ring view a queue is built on must have come from packed::ring_view::make.
 inline void check_packed_view(const packed::ring_view& v) {
   if (v.ring == nullptr || v.driver_event == nullptr || v.device_event == nullptr) {
@@ -146,11 +164,6 @@ class packed_driver : public detail::queue_common<P> {
     const bool indirect = indirect_max_ != 0 && n >= indirect_threshold_ && n <= indirect_max_;
     // 2.8.4: "A driver MUST NOT create a descriptor chain longer than the Queue Size".
     if (!indirect && n > size_) return errc::invalid_argument;
-    const auto slots = static_cast<std::uint32_t>(indirect ? 1 : n);
-    if (slots > num_free_) {
-      ++this->stats_.ring_full;
-      return errc::no_space;
-    }
     std::uint64_t total = 0;
     std::uint64_t writable = 0;
     for (const buffer& b : out) total += b.len;
@@ -158,6 +171,11 @@ class packed_driver : public detail::queue_common<P> {
     total += writable;
     // 2.7.5.2 (applies to packed chains through 2.8.4): at most 2^32 bytes in total.
     if (total > (std::uint64_t{1} << 32)) return errc::invalid_argument;
+    const auto slots = static_cast<std::uint32_t>(indirect ? 1 : n);
+    if (slots > num_free_) {
+      ++this->stats_.ring_full;
+      return errc::no_space;
+    }
 
     const std::uint16_t id = take_id();
     if (indirect) {
