@@ -306,6 +306,24 @@ class rx_buffer {
 /// The state of one buffer.
 enum class rx_state : std::uint8_t { free, posted, held };
 
+namespace detail {
+/// A field another thread may read while its owner writes it: a relaxed atomic when the pool is
+/// shared between threads, a plain value otherwise (so the compiler may keep it in a register
+/// and merge stores on the single-threaded hot path).
+template <class T, bool Shared>
+struct rx_cell {
+  std::atomic<T> v;
+  T load() const noexcept { return v.load(std::memory_order_relaxed); }
+  void store(T x) noexcept { v.store(x, std::memory_order_relaxed); }
+};
+template <class T>
+struct rx_cell<T, false> {
+  T v;
+  T load() const noexcept { return v; }
+  void store(T x) noexcept { v = x; }
+};
+}  // namespace detail
+
 template <rx_pool_policy_type Policy = rx_thread_safe_policy>
 class rx_pool {
  public:
@@ -361,10 +379,10 @@ class rx_pool {
       std::lock_guard g(lock_);
       while (n < out.size() && free_top_ != 0) {
         const std::uint32_t i = free_stack_[--free_top_];
-        slots_[i].state.store(rx_state::posted, std::memory_order_relaxed);
+        slots_[i].state.store(rx_state::posted);
         out[n++] = i;
       }
-      free_count_.store(free_top_, std::memory_order_relaxed);
+      free_count_.store(free_top_);
     }
     posted_ += static_cast<std::uint32_t>(n);
     if constexpr (Policy::poison) {
@@ -376,18 +394,47 @@ class rx_pool {
   /// A posted buffer came back from the device: lend it to `holder` (refcount 1).
   /// invalid_argument (and an empty handle) if it was not posted.
   handle lend(std::uint32_t i, holder_id holder, std::int64_t now_ns) noexcept {
-    if (i >= count_ || slots_[i].state.load(std::memory_order_relaxed) != rx_state::posted) {
+    if (!is_posted(i)) {
       note(errc::invalid_argument);
       return {};
     }
-    --posted_;
-    return make_held(i, holder, now_ns);
+    handle h;
+    lend_posted(i, holder, now_ns, h);
+    end_lending(1);
+    return h;
+  }
+
+  /// Is buffer `i` (any value, e.g. a token from the device) one of ours and posted?
+  bool is_posted(std::uint64_t i) const noexcept {
+    return i < count_ && slots_[i].state.load() == rx_state::posted;
+  }
+
+  /// The receive queue's per-packet call: lends buffer `i`, which the caller just checked with
+  /// is_posted(), into `out` (whose previous reference, if any, is released first). The
+  /// counters follow in bulk: call end_lending(n) once the batch of n loans is done, before
+  /// anything else uses the pool (take, census, ...).
+  void lend_posted(std::uint32_t i, holder_id holder, std::int64_t now_ns, handle& out) noexcept {
+    out.reset();
+    slot& s = slots_[i];
+    if constexpr (Policy::census) {
+      s.holder.store(holder);
+      s.since.store(now_ns);
+    }
+    s.refs.set(1);
+    s.state.store(rx_state::held);
+    out.pool_ = this;
+    out.index_ = i;
+    out.gen_ = s.gen.load();
+  }
+  void end_lending(std::uint32_t n) noexcept {
+    posted_ -= n;
+    loans_ += n;
   }
 
   /// A posted buffer came back without being used (ring reset): it goes back to the free list.
   errc unpost(std::uint32_t i) noexcept {
     if (i >= count_) return note(errc::foreign_buffer);
-    if (slots_[i].state.load(std::memory_order_relaxed) != rx_state::posted) {
+    if (slots_[i].state.load() != rx_state::posted) {
       return note(errc::double_release);
     }
     --posted_;
@@ -404,10 +451,13 @@ class rx_pool {
       std::lock_guard g(lock_);
       if (free_top_ == 0) return {};
       i = free_stack_[--free_top_];
-      free_count_.store(free_top_, std::memory_order_relaxed);
+      free_count_.store(free_top_);
     }
     if constexpr (Policy::poison) check_poison(i);
-    return make_held(i, holder, now_ns);
+    handle h;
+    lend_posted(i, holder, now_ns, h);
+    ++loans_;
+    return h;
   }
 
   /// Counts by state and per-holder loans at `now_ns` (the cold path: walks every buffer).
@@ -425,14 +475,13 @@ class rx_pool {
       returns = returns_;
       for (std::uint32_t i = 0; i < count_; ++i) {
         const slot& s = slots_[i];
-        const rx_state st = s.state.load(std::memory_order_relaxed);
+        const rx_state st = s.state.load();
         ++tally[static_cast<std::size_t>(st)];
         if (st != rx_state::held) continue;
-        const holder_id h = s.holder.load(std::memory_order_relaxed);
+        const holder_id h = s.holder.load();
         if (h >= by_id.size()) by_id.resize(std::size_t{h} + 1);
         holder_census& hc = by_id[h];
-        const std::chrono::nanoseconds age{
-            Policy::census ? now_ns - s.since.load(std::memory_order_relaxed) : 0};
+        const std::chrono::nanoseconds age{Policy::census ? now_ns - s.since.load() : 0};
         ++hc.count;
         hc.oldest = std::max(hc.oldest, age);
         ++hc.ages[age_bucket(age)];
@@ -471,7 +520,7 @@ class rx_pool {
 
   /// Gives back a detached reference. foreign_buffer, double_release or stale_handle on misuse.
   errc release(rx_ref r) noexcept {
-    if (r.pool != this) return note(errc::foreign_buffer);
+    if (r.pool != this || r.index >= count_) return note(errc::foreign_buffer);
     return release_ref(r.index, r.generation);
   }
   /// Gives back a handle's reference (the handle becomes empty); foreign_buffer if the handle is
@@ -483,7 +532,7 @@ class rx_pool {
   }
   /// A detached reference as a handle again (no new reference). Empty handle on misuse.
   handle adopt(rx_ref r) noexcept {
-    if (r.pool != this) {
+    if (r.pool != this || r.index >= count_) {
       note(errc::foreign_buffer);
       return {};
     }
@@ -495,7 +544,7 @@ class rx_pool {
   std::uint32_t buffer_size() const noexcept { return buffer_size_; }
   const std::string& name() const noexcept { return name_; }
   /// Free buffers (any thread; a relaxed snapshot).
-  std::uint32_t free_count() const noexcept { return free_count_.load(std::memory_order_relaxed); }
+  std::uint32_t free_count() const noexcept { return free_count_.load(); }
   /// Posted buffers (owner thread).
   std::uint32_t posted_count() const noexcept { return posted_; }
   /// Held buffers (owner thread).
@@ -503,13 +552,11 @@ class rx_pool {
     std::lock_guard g(lock_);
     return loans_ - returns_;
   }
-  std::uint64_t guest_address(std::uint32_t i) const noexcept { return slots_[i].guest_addr; }
+  std::uint64_t guest_address(std::uint32_t i) const noexcept { return guest_addr_[i]; }
   std::byte* host_address(std::uint32_t i) const noexcept {
     return base_ + std::size_t{i} * buffer_size_;
   }
-  rx_state state(std::uint32_t i) const noexcept {
-    return slots_[i].state.load(std::memory_order_relaxed);
-  }
+  rx_state state(std::uint32_t i) const noexcept { return slots_[i].state.load(); }
   /// Caller misuse seen so far, by errc (double_release, foreign_buffer, stale_handle, ...).
   std::uint64_t misuse(errc e) const noexcept {
     return misuse_[static_cast<std::size_t>(e)].load(std::memory_order_relaxed);
@@ -563,15 +610,21 @@ class rx_pool {
     }
   };
 
-  /// Per-buffer metadata. state/holder/since are relaxed atomics only so that census() on the
-  /// owner thread may read them while a holder thread passes a buffer on: plain stores on x86.
+  /// Other threads touch the pool (atomic counts or a real lock): its per-buffer fields are
+  /// relaxed atomics so that census() on the owner thread may read them while a holder thread
+  /// passes a buffer on (plain moves on x86). With one thread they are plain fields.
+  static constexpr bool shared = Policy::atomic_refs || Policy::lock::is_locking;
+  template <class T>
+  using cell = detail::rx_cell<T, shared>;
+
+  /// Per-buffer metadata touched on every loan and release: 24 bytes with the census, together
+  /// on one cache line. The guest address (read only when posting) lives in its own array.
   struct slot {
     refcount refs;
-    std::atomic<std::uint32_t> gen{0};  // bumped each time the buffer returns to the free list
-    std::atomic<rx_state> state{rx_state::free};
-    std::atomic<holder_id> holder{holder_stack};
-    std::atomic<std::int64_t> since{0};  // when it was lent (clock ns)
-    std::uint64_t guest_addr = 0;
+    cell<std::uint32_t> gen{0};  // bumped each time the buffer returns to the free list
+    cell<rx_state> state{rx_state::free};
+    cell<holder_id> holder{holder_stack};
+    cell<std::int64_t> since{0};  // when it was lent (clock ns)
   };
 
   static std::size_t bytes(std::uint32_t count, std::uint32_t size) {
@@ -589,12 +642,13 @@ class rx_pool {
         owned_(std::move(owned)),
         base_(owned_.data()),
         slots_(std::make_unique<slot[]>(count)),
+        guest_addr_(std::make_unique<std::uint64_t[]>(count)),
         free_stack_(std::make_unique<std::uint32_t[]>(count)) {
     (void)bytes(count, buffer_size);
     // Stack order: the lowest index is taken first.
     for (std::uint32_t i = 0; i < count; ++i) free_stack_[i] = count - 1 - i;
     free_top_ = count;
-    free_count_.store(count, std::memory_order_relaxed);
+    free_count_.store(count);
   }
 
   template <class Memory>
@@ -602,37 +656,26 @@ class rx_pool {
     for (std::uint32_t i = 0; i < count_; ++i) {
       const result<std::uint64_t> a = mem.guest_address(host_address(i));
       if (!a) detail::throw_error(a.error(), "rx_pool: buffer outside guest memory");
-      slots_[i].guest_addr = *a;
+      guest_addr_[i] = *a;
       if constexpr (Policy::poison) poison(i);
     }
   }
 
-  handle make_held(std::uint32_t i, holder_id holder, std::int64_t now_ns) noexcept {
-    slot& s = slots_[i];
-    if constexpr (Policy::census) {
-      s.holder.store(holder, std::memory_order_relaxed);
-      s.since.store(now_ns, std::memory_order_relaxed);
-    }
-    s.refs.set(1);
-    s.state.store(rx_state::held, std::memory_order_relaxed);
-    ++loans_;
-    return handle(this, i, s.gen.load(std::memory_order_relaxed));
-  }
-
-  /// Is (i, gen) a live loan? The error says how it is not.
+  /// Is (i, gen) a live loan? The error says how it is not. `i` is in range: handles are made
+  /// by the pool, and rx_refs (plain values from outside) are range-checked on the way in.
   errc check(std::uint32_t i, std::uint32_t gen) noexcept {
-    if (i >= count_) return note(errc::foreign_buffer);
     const slot& s = slots_[i];
-    if (s.gen.load(std::memory_order_relaxed) == gen &&
-        s.state.load(std::memory_order_relaxed) == rx_state::held) {
+    if (s.gen.load() == gen && s.state.load() == rx_state::held) [[likely]] {
       return errc::ok;
     }
+    return not_live(i, gen);
+  }
+  [[gnu::cold]] errc not_live(std::uint32_t i, std::uint32_t gen) noexcept {
+    const slot& s = slots_[i];
     // The buffer came back since this reference was made: still free means this is a second
     // release of the same loan; otherwise it was lent again and this handle is stale.
-    return note(s.state.load(std::memory_order_relaxed) == rx_state::free &&
-                        s.gen.load(std::memory_order_relaxed) == gen + 1
-                    ? errc::double_release
-                    : errc::stale_handle);
+    return note(s.state.load() == rx_state::free && s.gen.load() == gen + 1 ? errc::double_release
+                                                                            : errc::stale_handle);
   }
 
   errc add_ref(std::uint32_t i, std::uint32_t gen) noexcept {
@@ -647,8 +690,9 @@ class rx_pool {
     if constexpr (Policy::poison) poison(i);
     std::lock_guard g(lock_);
     // Re-checked under the lock: two racing "last" releases (a misuse) must not free it twice.
-    if (slots_[i].state.load(std::memory_order_relaxed) != rx_state::held) {
-      return note(errc::double_release);
+    // Only atomic counts can race; with plain counts check() above was the last word.
+    if constexpr (Policy::atomic_refs) {
+      if (slots_[i].state.load() != rx_state::held) return note(errc::double_release);
     }
     ++returns_;
     push_free(i);
@@ -663,17 +707,17 @@ class rx_pool {
   errc set_holder(std::uint32_t i, std::uint32_t gen, holder_id h) noexcept {
     if (!holders_->valid(h)) return note(errc::invalid_argument);
     if (const errc e = check(i, gen); e != errc::ok) return e;
-    if constexpr (Policy::census) slots_[i].holder.store(h, std::memory_order_relaxed);
+    if constexpr (Policy::census) slots_[i].holder.store(h);
     return errc::ok;
   }
 
   /// Under lock_.
   void push_free(std::uint32_t i) noexcept {
     slot& s = slots_[i];
-    s.gen.store(s.gen.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    s.state.store(rx_state::free, std::memory_order_relaxed);
+    s.gen.store(s.gen.load() + 1);
+    s.state.store(rx_state::free);
     free_stack_[free_top_++] = i;
-    free_count_.store(free_top_, std::memory_order_relaxed);
+    free_count_.store(free_top_);
   }
 
   void poison(std::uint32_t i) noexcept {
@@ -702,13 +746,14 @@ class rx_pool {
   aligned_buffer owned_;
   std::byte* base_;
   std::unique_ptr<slot[]> slots_;
+  std::unique_ptr<std::uint64_t[]> guest_addr_;
   // Free list: a stack of indices (LIFO keeps recently used buffers warm in the cache).
   std::unique_ptr<std::uint32_t[]> free_stack_;
-  std::uint32_t free_top_ = 0;                // under lock_
-  std::uint32_t returns_ = 0;                 // under lock_: loans that came back
-  std::atomic<std::uint32_t> free_count_{0};  // free_top_, readable without the lock
-  std::uint32_t posted_ = 0;                  // owner only
-  std::uint32_t loans_ = 0;                   // owner only (wraps together with returns_)
+  std::uint32_t free_top_ = 0;         // under lock_
+  std::uint32_t returns_ = 0;          // under lock_: loans that came back
+  cell<std::uint32_t> free_count_{0};  // free_top_, readable without the lock
+  std::uint32_t posted_ = 0;           // owner only
+  std::uint32_t loans_ = 0;            // owner only (wraps together with returns_)
   [[no_unique_address]] mutable typename Policy::lock lock_;
   mutable std::array<std::atomic<std::uint64_t>, errc_count> misuse_{};
 };

@@ -32,6 +32,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -279,6 +280,7 @@ class rx_queue {
       const std::int64_t now = clock_.now().count();  // once per batch: ages are coarse
       ++stats_.polls;
       std::array<used_buffer, 32> used;
+      batch b{lendable()};
       while (r.received < out.size()) {
         const std::size_t want = std::min(used.size(), out.size() - r.received);
         const result<std::size_t> got = q_.get_used(std::span(used.data(), want));
@@ -288,10 +290,14 @@ class rx_queue {
           break;
         }
         for (std::size_t k = 0; k < *got; ++k) {
-          if (deliver(used[k], out[r.received], now)) ++r.received;
+          if (deliver(used[k], out[r.received], now, b)) ++r.received;
         }
         if (*got < want) break;
       }
+      pool_.end_lending(b.lent);
+      stats_.packets_lent += b.lent;
+      stats_.packets += r.received;
+      stats_.packets_copied += r.received - b.lent;
       if (failure == errc::ok) r.notify = post_locked();
       evaluate_locked(now, cb);
     }
@@ -404,31 +410,52 @@ class rx_queue {
     return pool_.held_count() + (bounce_ ? bounce_->held_count() : 0);
   }
 
+  /// A poll()'s running tallies (counters are updated once per poll, not per packet).
+  struct batch {
+    /// Buffers that may still be lent before the reserve is reached: free + posted - K, minus
+    /// those lent since it was computed. Posted falls by one per loan and free never falls
+    /// during a poll (only this thread takes), so it is recomputed only when it reaches 0.
+    std::int64_t lendable;
+    std::uint32_t lent = 0;
+  };
+
+  /// free + posted - K with the lends not yet booked by end_lending() (none at the start).
+  std::int64_t lendable() const noexcept {
+    if (!opts_.copy_reserve) return std::numeric_limits<std::int64_t>::max();
+    return std::int64_t{pool_.free_count()} + pool_.posted_count() - reserve_;
+  }
+
   /// One completion into `pkt`; false when nothing was delivered (dropped or bad token).
-  bool deliver(const used_buffer& ub, packet& pkt, std::int64_t now) noexcept {
-    if (ub.token >= pool_.size() ||
-        pool_.state(static_cast<std::uint32_t>(ub.token)) != rx_state::posted) {
+  bool deliver(const used_buffer& ub, packet& pkt, std::int64_t now, batch& b) noexcept {
+    if (!pool_.is_posted(ub.token)) [[unlikely]] {
       ++stats_.bad_tokens;  // cannot come from a virtqueue that checks its used ids
       return false;
     }
     const auto i = static_cast<std::uint32_t>(ub.token);
     const std::uint32_t len = std::min(ub.len, pool_.buffer_size());
     // free + posted counts the buffer in hand: lending it would leave fewer than K.
-    if (opts_.copy_reserve && pool_.free_count() + pool_.posted_count() <= reserve_) {
-      repost_[n_repost_++] = i;
-      auto b = bounce_ ? bounce_->allocate(holder_stack, now) : typename Pool::handle{};
-      if (!b) {
-        ++stats_.copy_failures;
-        return false;
-      }
-      std::memcpy(b.data().data(), pool_.host_address(i), len);
-      pkt = packet{std::move(b), len, rx_flag_resources_low};
-      ++stats_.packets_copied;
-    } else {
-      pkt = packet{pool_.lend(i, holder_stack, now), len, rx_flag_none};
-      ++stats_.packets_lent;
+    if (b.lendable <= 0) [[unlikely]] {
+      b.lendable = lendable() - b.lent;
+      if (b.lendable <= 0) return deliver_copy(i, len, pkt, now);
     }
-    ++stats_.packets;
+    pool_.lend_posted(i, holder_stack, now, pkt.buffer);
+    pkt.len = len;
+    pkt.flags = rx_flag_none;
+    --b.lendable;
+    ++b.lent;
+    return true;
+  }
+
+  /// At the reserve: the packet goes up as a copy and its ring buffer back to the ring.
+  bool deliver_copy(std::uint32_t i, std::uint32_t len, packet& pkt, std::int64_t now) noexcept {
+    repost_[n_repost_++] = i;
+    auto c = bounce_ ? bounce_->allocate(holder_stack, now) : typename Pool::handle{};
+    if (!c) {
+      ++stats_.copy_failures;
+      return false;
+    }
+    std::memcpy(c.data().data(), pool_.host_address(i), len);
+    pkt = packet{std::move(c), len, rx_flag_resources_low};
     return true;
   }
 
