@@ -154,11 +154,12 @@ class features {
   constexpr features() noexcept = default;
   constexpr explicit features(std::uint64_t bits) noexcept : bits_(bits) {}
   constexpr bool has(unsigned bit) const noexcept { return bit < 64 && ((bits_ >> bit) & 1U); }
+  /// Feature bits are 0..63; a larger bit number is ignored rather than shifted out of range.
   constexpr features with(unsigned bit) const noexcept {
-    return features(bits_ | (std::uint64_t{1} << bit));
+    return bit < 64 ? features(bits_ | (std::uint64_t{1} << bit)) : *this;
   }
   constexpr features without(unsigned bit) const noexcept {
-    return features(bits_ & ~(std::uint64_t{1} << bit));
+    return bit < 64 ? features(bits_ & ~(std::uint64_t{1} << bit)) : *this;
   }
   constexpr std::uint64_t bits() const noexcept { return bits_; }
   friend constexpr bool operator==(features, features) noexcept = default;
@@ -189,7 +190,7 @@ struct desc {
   wire<std::uint16_t> flags;
   wire<std::uint16_t> next;
 };
-static_assert(sizeof(desc) == 16 && alignof(desc) == 8);
+static_assert(sizeof(desc) == 16 && alignof(desc) == alignof(std::uint64_t));
 static_assert(offsetof(desc, addr) == 0 && offsetof(desc, len) == 8);
 static_assert(offsetof(desc, flags) == 12 && offsetof(desc, next) == 14);
 
@@ -292,7 +293,7 @@ inline constexpr std::uint16_t desc_f_indirect = 4;
 inline constexpr std::uint16_t desc_f_avail = 1U << 7;   // VIRTQ_DESC_F_AVAIL
 inline constexpr std::uint16_t desc_f_used = 1U << 15;   // VIRTQ_DESC_F_USED
 
-// 2.8.10 Event Suppression Structure Format: flags values.
+// 2.8.14 Event Suppression Structure Format: flags values (their use: 2.8.10).
 inline constexpr std::uint16_t event_flags_enable = 0;   // RING_EVENT_FLAGS_ENABLE
 inline constexpr std::uint16_t event_flags_disable = 1;  // RING_EVENT_FLAGS_DISABLE
 inline constexpr std::uint16_t event_flags_desc = 2;     // RING_EVENT_FLAGS_DESC (EVENT_IDX only)
@@ -304,11 +305,11 @@ struct desc {
   wire<std::uint16_t> id;
   wire<std::uint16_t> flags;
 };
-static_assert(sizeof(desc) == 16 && alignof(desc) == 8);
+static_assert(sizeof(desc) == 16 && alignof(desc) == alignof(std::uint64_t));
 static_assert(offsetof(desc, addr) == 0 && offsetof(desc, len) == 8);
 static_assert(offsetof(desc, id) == 12 && offsetof(desc, flags) == 14);
 
-/// 2.8.10 Driver and device event suppression areas: {off_wrap, flags}, 4-byte aligned.
+/// 2.8.14: the driver and device event suppression areas {off_wrap, flags}, 4-byte aligned.
 struct event_suppress {
   wire<std::uint16_t> off_wrap;  // desc_event_off : 15 | desc_event_wrap : 1
   wire<std::uint16_t> flags;
@@ -527,7 +528,8 @@ inline result<packed::ring_view> packed_view_at(void* base, const packed_geometr
 }
 
 // Geometry facts proved at compile time.
-static_assert(split_geometry::make(256, 4096)->total == 10246);  // 4096+518 -> 8192, + 2054
+static_assert(split_geometry::make(256, 4096)->total == 10246);
+static_assert(features{}.with(64).bits() == 0 && !features{}.with(63).has(64));  // 4096+518 -> 8192, + 2054
 static_assert(split_geometry::make(1, 4)->used_offset == 24);
 static_assert(split_geometry::make(3).error() == errc::bad_queue_size);
 static_assert(split_geometry::make(65536).error() == errc::bad_queue_size);
