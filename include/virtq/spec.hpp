@@ -528,8 +528,8 @@ inline result<packed::ring_view> packed_view_at(void* base, const packed_geometr
 }
 
 // Geometry facts proved at compile time.
-static_assert(split_geometry::make(256, 4096)->total == 10246);
-static_assert(features{}.with(64).bits() == 0 && !features{}.with(63).has(64));  // 4096+518 -> 8192, + 2054
+static_assert(split_geometry::make(256, 4096)->total == 10246);  // 4096+518 -> 8192, + 2054
+static_assert(features{}.with(64).bits() == 0 && !features{}.with(63).has(64));
 static_assert(split_geometry::make(1, 4)->used_offset == 24);
 static_assert(split_geometry::make(3).error() == errc::bad_queue_size);
 static_assert(split_geometry::make(65536).error() == errc::bad_queue_size);
