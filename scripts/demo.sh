@@ -5,6 +5,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
+# On a fresh machine this is one of the README's two commands: bring what it needs.
+"$root/scripts/install-deps.sh"
+
 jobs="${VIRTQ_JOBS:-$(nproc)}"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 # Build only the example targets (one per examples/*.cpp).
