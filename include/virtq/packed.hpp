@@ -620,6 +620,7 @@ class packed_device : public detail::queue_common<P> {
     detail::check_features<P>(f, true);
     held_.assign(size_, held{});
     if (in_order_) fifo_.assign(size_, 0);
+    staged_.resize(size_);
     this->shadow_.resize(size_);
     init_state();
   }
@@ -768,13 +769,12 @@ class packed_device : public detail::queue_common<P> {
   bool interrupt_prepare() {
     guard g(this->lock_);
     if (this->broken() || staged_slots_ == 0) return false;
-    if (head_pending_) {
-      B::before_publish();
-      // V2 (2.8.21.2, partner D3): ids and lens of the whole batch were written before this
-      // release of the first used descriptor's flags.
-      store_release<E>(view_.ring[head_slot_].flags, head_flags_);
-      head_pending_ = false;
-    }
+    // 2.8.9: id and len, then flags. The driver reads used descriptors in ring order and
+    // cannot pass the first one before its flags change, so only that one needs the release;
+    // it goes last.
+    for (std::uint32_t i = 1; i < staged_count_; ++i) write_used_desc(staged_[i], false);
+    write_used_desc(staged_[0], true);
+    staged_count_ = 0;
     const std::uint32_t added = staged_slots_;
     staged_slots_ = 0;
     bool notify = true;
@@ -845,7 +845,7 @@ class packed_device : public detail::queue_common<P> {
     fifo_head_ = fifo_count_ = 0;
     next_avail_ = next_used_ = 0;
     avail_wrap_ = used_wrap_ = true;  // 2.8.1: wrap counters start at 1
-    head_pending_ = false;
+    staged_count_ = 0;
     staged_slots_ = 0;
     in_flight_ = 0;
     // Ring memory is not touched (after a reset the device neither uses buffers nor notifies;
@@ -899,23 +899,37 @@ class packed_device : public detail::queue_common<P> {
 
   /// 2.8.9: a used descriptor is written at next_used, id and len first, then flags; next_used
   /// skips the chain's slots. The first of a batch keeps its flags for interrupt_prepare().
+  struct staged_used {
+    std::uint16_t id;
+    std::uint16_t slot;
+    std::uint32_t len;
+    bool wrap;
+  };
+
+  void write_used_desc(const staged_used& u, bool publish) noexcept {
+    packed::desc& d = view_.ring[u.slot];
+    put<E>(d.id, u.id);
+    put<E>(d.len, u.len);
+    if (publish) {
+      B::before_publish();
+      // V2 (2.8.21.2, partner D3): ids and lens of the whole batch were written before this
+      // release of the first used descriptor's flags.
+      store_release<E>(d.flags, packed::used_bits(u.wrap));
+    } else {
+      store_relaxed<E>(d.flags, packed::used_bits(u.wrap));
+    }
+  }
+
   errc write_used(std::uint16_t id, std::uint32_t len, std::uint32_t slots) noexcept {
     // Checked mode: a used descriptor only ever covers slots this device popped.
     if (!packed_shadow_slots(this->shadow_, next_used_, slots, size_, detail::desc_state::device,
                              detail::desc_state::free)) {
       return fail(errc::state_violation);
     }
-    packed::desc& d = view_.ring[next_used_];
-    put<E>(d.id, id);
-    put<E>(d.len, len);
-    const std::uint16_t f = packed::used_bits(used_wrap_);
-    if (staged_slots_ == 0) {
-      head_pending_ = true;
-      head_slot_ = next_used_;
-      head_flags_ = f;
-    } else {
-      store_relaxed<E>(d.flags, f);
-    }
+    // Kept private until interrupt_prepare(): written to the ring in one burst there, the
+    // batch's lines move to the driver once instead of bouncing between a device writing one
+    // used descriptor at a time and a driver polling the same line.
+    staged_[staged_count_++] = staged_used{id, next_used_, len, used_wrap_};
     staged_slots_ += slots;
     detail::packed_advance(next_used_, used_wrap_, slots, size_);
     return errc::ok;
@@ -947,9 +961,8 @@ class packed_device : public detail::queue_common<P> {
   bool avail_wrap_ = true;
   std::uint16_t next_used_ = 0;
   bool used_wrap_ = true;
-  bool head_pending_ = false;
-  std::uint16_t head_slot_ = 0;
-  std::uint16_t head_flags_ = 0;
+  std::vector<staged_used> staged_;  ///< used descriptors not yet written (at most size)
+  std::uint32_t staged_count_ = 0;
   std::uint32_t staged_slots_ = 0;
   std::uint16_t device_flags_ = 0xFFFF;
 };
