@@ -15,7 +15,8 @@
 // FIRST head; kick_prepare() publishes that one with the D1 release store. The device cannot
 // look past a slot it does not own, so the other flags of the batch (later heads included) are
 // stored relaxed: they become visible through the first head's release/acquire edge. The device
-// does the same with the first used descriptor of a batch (V2, in interrupt_prepare()).
+// keeps the used descriptors of a batch private and writes them in one burst in
+// interrupt_prepare(), the first one's flags last (V2).
 //
 // Barrier labels (table in virtqueue.hpp): D1 publish head flags; V1 acquire a head's flags;
 // D2 full before reading the device event area; V2 publish used flags; D3 acquire used flags;
