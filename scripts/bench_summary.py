@@ -105,20 +105,38 @@ def table(results):
             print(f"| {label} | " + " | ".join(fmt(v) for v in vals) +
                   f" | {ratio(vals[0], vals[2])} | {ratio(vals[1], vals[2])} |")
         print()
-        print("Fastest repetition of each (what the machine can do when the other tenants "
-              "leave both CPUs to us):\n")
+        short_path = results / "bench_dpdk_compare.2t.json"
+        best_rows = dict(rows)
+        note = "fastest of the 5 repetitions"
+        if short_path.exists():
+            short_rows = load(short_path)
+            best_rows.update(short_rows)
+            n = max((r.get("n", 0) for r in short_rows.values()), default=0)
+            note = (f"single thread: fastest of the 5 repetitions; two threads: fastest of {n} "
+                    "short runs")
+        print(f"Fastest run of each ({note}): what the queues do when the other tenants of "
+              "this machine leave both CPUs to the benchmark.\n")
         print("| scenario | " + " | ".join(cols) + " | split / rte_ring | packed / rte_ring |")
         print("|---" * (len(cols) + 3) + "|")
-        for label, vals in comparison(rows, "best"):
+        for label, vals in comparison(best_rows, "best"):
             print(f"| {label} | " + " | ".join(fmt(v) for v in vals) +
                   f" | {ratio(vals[0], vals[2])} | {ratio(vals[1], vals[2])} |")
         print()
     for path in sorted(results.glob("bench_*.json")):
+        if path.name.endswith(".2t.json"):
+            continue
         rows = load(path)
         if not rows:
             continue
+        short_path = path.with_name(path.stem + ".2t.json")
+        if short_path.exists():
+            for name, r in load(short_path).items():
+                if name in rows and "best" in r:
+                    rows[name]["best"] = r["best"]
+                    rows[name]["short"] = r.get("n", 0)
         print(f"### {path.stem}\n")
-        print("ns/item: median of the repetitions; best: the fastest one; cv: their spread; "
+        print("ns/item: median of the repetitions; best: the fastest one (for two-thread cases "
+              "the fastest of the short runs, marked *); cv: their spread; "
               "cpu: CPU time / real time of the benchmark thread; dev cpu: the same for the "
               "polling device thread of the two-thread cases (near 1 on an idle machine).\n")
         print("| benchmark | ns/item | best | cv | cpu | dev cpu | kicks/item | irqs/item |")
@@ -132,7 +150,8 @@ def table(results):
             k = f"{r['kicks/item']:.3g}" if "kicks/item" in r else ""
             i = f"{r['irqs/item']:.3g}" if "irqs/item" in r else ""
             dev = f"{r['dev']:.2f}" if "dev" in r else ""
-            print(f"| {short(name)} | {fmt(r.get('ns'))} | {fmt(r.get('best'))} | {cv} | {cpu} "
+            best = fmt(r.get("best")) + ("*" if r.get("short") else "")
+            print(f"| {short(name)} | {fmt(r.get('ns'))} | {best} | {cv} | {cpu} "
                   f"| {dev} | {k} | {i} |")
         print()
 
