@@ -326,6 +326,8 @@ struct rx_cell<T, false> {
 
 template <rx_pool_policy_type Policy = rx_thread_safe_policy>
 class rx_pool {
+  struct slot;
+
  public:
   using policy = Policy;
   using handle = rx_buffer<rx_pool>;
@@ -377,12 +379,18 @@ class rx_pool {
     std::size_t n = 0;
     {
       std::lock_guard g(lock_);
-      while (n < out.size() && free_top_ != 0) {
-        const std::uint32_t i = free_stack_[--free_top_];
-        slots_[i].state.store(rx_state::posted);
-        out[n++] = i;
+      // Locals: the stores into `out` could otherwise alias the pool's fields.
+      std::uint32_t top = free_top_;
+      const std::uint32_t* const stack = free_stack_.get();
+      slot* const slots = slots_.get();
+      n = std::min<std::size_t>(out.size(), top);
+      for (std::size_t k = 0; k < n; ++k) {
+        const std::uint32_t i = stack[--top];
+        slots[i].state.store(rx_state::posted);
+        out[k] = i;
       }
-      free_count_.store(free_top_);
+      free_top_ = top;
+      free_count_.store(top);
     }
     posted_ += static_cast<std::uint32_t>(n);
     if constexpr (Policy::poison) {
@@ -394,42 +402,75 @@ class rx_pool {
   /// A posted buffer came back from the device: lend it to `holder` (refcount 1).
   /// invalid_argument (and an empty handle) if it was not posted.
   handle lend(std::uint32_t i, holder_id holder, std::int64_t now_ns) noexcept {
-    if (!is_posted(i)) {
-      note(errc::invalid_argument);
-      return {};
-    }
+    lender l = lend_batch(holder, now_ns);
     handle h;
-    lend_posted(i, holder, now_ns, h);
-    end_lending(1);
+    if (!l.is_posted(i)) {
+      note(errc::invalid_argument);
+      return h;
+    }
+    l.lend(i, h);
+    l.finish();
     return h;
   }
 
-  /// Is buffer `i` (any value, e.g. a token from the device) one of ours and posted?
-  bool is_posted(std::uint64_t i) const noexcept {
-    return i < count_ && slots_[i].state.load() == rx_state::posted;
+  class lender;
+  /// The receive queue's hot path: lends the completions of one poll() (see lender).
+  lender lend_batch(holder_id holder, std::int64_t now_ns) noexcept {
+    return lender(this, holder, now_ns);
   }
 
-  /// The receive queue's per-packet call: lends buffer `i`, which the caller just checked with
-  /// is_posted(), into `out` (whose previous reference, if any, is released first). The
-  /// counters follow in bulk: call end_lending(n) once the batch of n loans is done, before
-  /// anything else uses the pool (take, census, ...).
-  void lend_posted(std::uint32_t i, holder_id holder, std::int64_t now_ns, handle& out) noexcept {
-    out.reset();
-    slot& s = slots_[i];
-    if constexpr (Policy::census) {
-      s.holder.store(holder);
-      s.since.store(now_ns);
+  /// Lends a batch of posted buffers to one holder at one time. It keeps the pool's hot fields
+  /// in registers (a store into a packet cannot make the compiler reload them) and books the
+  /// counters once, in finish(). The owner's other calls (take, census...) must wait for
+  /// finish(); handles may be released meanwhile.
+  class lender {
+   public:
+    /// Is buffer `i` (any value, e.g. a token from the device) one of ours and posted?
+    bool is_posted(std::uint64_t i) const noexcept {
+      return i < count_ && slots_[i].state.load() == rx_state::posted;
     }
-    s.refs.set(1);
-    s.state.store(rx_state::held);
-    out.pool_ = this;
-    out.index_ = i;
-    out.gen_ = s.gen.load();
-  }
-  void end_lending(std::uint32_t n) noexcept {
-    posted_ -= n;
-    loans_ += n;
-  }
+    /// Lends buffer `i`, just checked with is_posted(), into `out`; the reference `out` had
+    /// before, if any, is released first.
+    void lend(std::uint32_t i, handle& out) noexcept {
+      out.reset();
+      slot& s = slots_[i];
+      if constexpr (Policy::census) {
+        s.holder.store(holder_);
+        s.since.store(now_);
+      }
+      s.refs.set(1);
+      s.state.store(rx_state::held);
+      out.pool_ = pool_;
+      out.index_ = i;
+      out.gen_ = s.gen.load();
+      ++lent_;
+    }
+    std::uint32_t buffer_size() const noexcept { return buffer_size_; }
+    std::uint32_t lent() const noexcept { return lent_; }
+    /// Books the loans: posted falls and held rises by lent().
+    void finish() noexcept {
+      pool_->posted_ -= lent_;
+      pool_->loans_ += lent_;
+      lent_ = 0;
+    }
+
+   private:
+    friend class rx_pool;
+    lender(rx_pool* p, holder_id h, std::int64_t now) noexcept
+        : pool_(p),
+          slots_(p->slots_.get()),
+          count_(p->count_),
+          buffer_size_(p->buffer_size_),
+          holder_(h),
+          now_(now) {}
+    rx_pool* pool_;
+    slot* slots_;
+    std::uint32_t count_;
+    std::uint32_t buffer_size_;
+    std::uint32_t lent_ = 0;
+    holder_id holder_;
+    std::int64_t now_;
+  };
 
   /// A posted buffer came back without being used (ring reset): it goes back to the free list.
   errc unpost(std::uint32_t i) noexcept {
@@ -455,8 +496,9 @@ class rx_pool {
     }
     if constexpr (Policy::poison) check_poison(i);
     handle h;
-    lend_posted(i, holder, now_ns, h);
-    ++loans_;
+    lender l = lend_batch(holder, now_ns);
+    l.lend(i, h);
+    ++loans_;  // not posted before: only the loan is booked
     return h;
   }
 
@@ -553,6 +595,10 @@ class rx_pool {
     return loans_ - returns_;
   }
   std::uint64_t guest_address(std::uint32_t i) const noexcept { return guest_addr_[i]; }
+  /// Every buffer's guest address, by index (computed once at construction).
+  std::span<const std::uint64_t> guest_addresses() const noexcept {
+    return {guest_addr_.get(), count_};
+  }
   std::byte* host_address(std::uint32_t i) const noexcept {
     return base_ + std::size_t{i} * buffer_size_;
   }

@@ -280,7 +280,7 @@ class rx_queue {
       const std::int64_t now = clock_.now().count();  // once per batch: ages are coarse
       ++stats_.polls;
       std::array<used_buffer, 32> used;
-      batch b{lendable()};
+      batch b{lendable(), pool_.lend_batch(holder_stack, now)};
       while (r.received < out.size()) {
         const std::size_t want = std::min(used.size(), out.size() - r.received);
         const result<std::size_t> got = q_.get_used(std::span(used.data(), want));
@@ -294,10 +294,11 @@ class rx_queue {
         }
         if (*got < want) break;
       }
-      pool_.end_lending(b.lent);
-      stats_.packets_lent += b.lent;
+      const std::uint32_t lent = b.lender.lent();
+      b.lender.finish();
+      stats_.packets_lent += lent;
       stats_.packets += r.received;
-      stats_.packets_copied += r.received - b.lent;
+      stats_.packets_copied += r.received - lent;
       if (failure == errc::ok) r.notify = post_locked();
       evaluate_locked(now, cb);
     }
@@ -416,10 +417,10 @@ class rx_queue {
     /// those lent since it was computed. Posted falls by one per loan and free never falls
     /// during a poll (only this thread takes), so it is recomputed only when it reaches 0.
     std::int64_t lendable;
-    std::uint32_t lent = 0;
+    typename Pool::lender lender;
   };
 
-  /// free + posted - K with the lends not yet booked by end_lending() (none at the start).
+  /// free + posted - K with the lends not yet booked by lender::finish() (none at the start).
   std::int64_t lendable() const noexcept {
     if (!opts_.copy_reserve) return std::numeric_limits<std::int64_t>::max();
     return std::int64_t{pool_.free_count()} + pool_.posted_count() - reserve_;
@@ -427,22 +428,21 @@ class rx_queue {
 
   /// One completion into `pkt`; false when nothing was delivered (dropped or bad token).
   bool deliver(const used_buffer& ub, packet& pkt, std::int64_t now, batch& b) noexcept {
-    if (!pool_.is_posted(ub.token)) [[unlikely]] {
+    if (!b.lender.is_posted(ub.token)) [[unlikely]] {
       ++stats_.bad_tokens;  // cannot come from a virtqueue that checks its used ids
       return false;
     }
     const auto i = static_cast<std::uint32_t>(ub.token);
-    const std::uint32_t len = std::min(ub.len, pool_.buffer_size());
+    const std::uint32_t len = std::min(ub.len, b.lender.buffer_size());
     // free + posted counts the buffer in hand: lending it would leave fewer than K.
     if (b.lendable <= 0) [[unlikely]] {
-      b.lendable = lendable() - b.lent;
+      b.lendable = lendable() - b.lender.lent();
       if (b.lendable <= 0) return deliver_copy(i, len, pkt, now);
     }
-    pool_.lend_posted(i, holder_stack, now, pkt.buffer);
+    b.lender.lend(i, pkt.buffer);
     pkt.len = len;
     pkt.flags = rx_flag_none;
     --b.lendable;
-    ++b.lent;
     return true;
   }
 
@@ -480,12 +480,17 @@ class rx_queue {
     const bool low = in_ring < std::max(opts_.repost_batch, opts_.low_watermark + 1);
     if (free_n != 0 && (free_n >= opts_.repost_batch || low)) {
       const std::uint32_t room = q_.num_free();
+      const std::uint32_t* const taken = scratch_.get();
       const std::size_t n = pool_.take(std::span(scratch_.get(), std::min(free_n, room)));
+      // Locals: add_inbuf() is a call, after which members would be reloaded.
+      const std::uint64_t* const addr = pool_.guest_addresses().data();
+      const std::uint32_t size = pool_.buffer_size();
       std::size_t j = 0;
       for (; j < n; ++j) {
-        if (q_.add_inbuf(buffer_of(scratch_[j]), scratch_[j]) != errc::ok) break;
+        const std::uint32_t i = taken[j];
+        if (q_.add_inbuf(buffer{addr[i], size}, i) != errc::ok) break;
       }
-      for (std::size_t u = j; u < n; ++u) (void)pool_.unpost(scratch_[u]);
+      for (std::size_t u = j; u < n; ++u) (void)pool_.unpost(taken[u]);
       added += static_cast<std::uint32_t>(j);
       stats_.allocations += j;
     }
