@@ -160,8 +160,16 @@ def plot(results):
     path = results / "bench_dpdk_compare.json"
     if not path.exists():
         sys.exit("plot: bench_dpdk_compare.json missing (run scripts/bench.sh with DPDK)")
+    rows = load(path)
+    short_path = results / "bench_dpdk_compare.2t.json"
+    if short_path.exists():
+        # Two-thread medians on a shared machine measure the other tenants: draw the fastest of
+        # the short runs for them (the tables give both).
+        for name, r in load(short_path).items():
+            if "best" in r:
+                rows.setdefault(name, {})["ns"] = r["best"]
     print("# scenario " + " ".join('"%s"' % c for c, _ in CONTENDERS))
-    for label, vals in comparison(load(path)):
+    for label, vals in comparison(rows):
         short_label = (label.replace("2 threads, ", "2T ").replace("1 thread, ", "1T ")
                        .replace("full cycle, ", "cycle ").replace("streaming, ", "stream ")
                        .replace("batch ", "b").replace(" (1 outstanding)", ""))

@@ -12,7 +12,7 @@ set key top left
 set xtics scale 0 font ",9"
 set multiplot layout 1,2 columns title "virtq vs peers (" . subtitle . ")"
 
-set title "ns per buffer, median of repetitions (lower is better)"
+set title "ns per buffer, lower is better\n1 thread: median of 5 runs; 2 threads: fastest of 30 short runs"
 set logscale y
 set yrange [0.5:*]
 set ylabel "ns per buffer (log scale)"
@@ -29,7 +29,8 @@ if (insnfile ne '') {
   plot insnfile using 2:xtic(1) title "measured" lc rgb "#1f77b4", \
        ''       using 3 title "target (issue 6)" lc rgb "#aaaaaa"
 } else {
-  set label 1 "run scripts/callgrind.sh" at graph 0.3, graph 0.5
-  plot NaN notitle
+  set label 1 "no callgrind.json: run scripts/callgrind.sh" at graph 0.25, graph 0.5
+  set yrange [0:1]
+  plot 2 notitle
 }
 unset multiplot
