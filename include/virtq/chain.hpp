@@ -34,10 +34,10 @@ class chain {
   std::uint16_t id() const noexcept { return id_; }
   std::span<const segment> readable() const noexcept { return {segs_.data(), n_readable_}; }
   std::span<const segment> writable() const noexcept {
-    return {segs_.data() + n_readable_, segs_.size() - n_readable_};
+    return {segs_.data() + n_readable_, std::size_t{n_segs_} - n_readable_};
   }
   std::uint64_t readable_bytes() const noexcept { return readable_bytes_; }
-  std::uint64_t writable_bytes() const noexcept { return writable_bytes_; }
+  std::uint64_t writable_bytes() const noexcept { return total_bytes_ - readable_bytes_; }
   /// Descriptors the chain took in the ring (an indirect table counts as one): the packed
   /// ring's used descriptor skips ahead by this much (2.8.6).
   std::uint16_t ring_slots() const noexcept { return ring_slots_; }
@@ -64,9 +64,8 @@ class chain {
 
   /// Starts a new chain. `max_descriptors` is the queue size (2.7.5.2 / 2.8.4).
   void begin(std::uint16_t id, std::uint32_t max_descriptors) noexcept {
-    segs_.clear();
-    n_readable_ = 0;
-    readable_bytes_ = writable_bytes_ = 0;
+    n_segs_ = n_readable_ = 0;
+    readable_bytes_ = total_bytes_ = 0;
     descriptors_ = 0;
     max_descriptors_ = max_descriptors;
     ring_slots_ = 0;
@@ -78,31 +77,61 @@ class chain {
   void set_id(std::uint16_t id) noexcept { id_ = id; }
 
   /// Validates and translates one descriptor's buffer and adds it to the chain.
+  ///
+  /// Every rule is tested on every call, but the common case (in order, in bounds, non-empty,
+  /// room in the storage) costs one branch; anything else takes append_slow, which checks the
+  /// rules one by one to name the one broken (and grows the storage).
   template <memory_map M>
   errc append(const M& mem, std::uint64_t addr, std::uint32_t len, bool device_writable) {
-    // 2.7.5.2: "A driver MUST NOT create a descriptor chain longer than the Queue Size".
-    if (++descriptors_ > max_descriptors_) return errc::chain_too_long;
-    // 2.7.4.2: "The driver MUST place any device-writable descriptor elements after any
-    // device-readable descriptor elements."
-    if (!device_writable && segs_.size() != n_readable_) return errc::write_before_read;
-    // 2.7.5.2: total chain length at most 2^32 (each len is 32 bits, so 64-bit sums are exact).
-    if (readable_bytes_ + writable_bytes_ + len > (std::uint64_t{1} << 32)) {
-      return errc::chain_too_large;
-    }
-    if (len == 0) return errc::ok;  // nothing to touch; not even the address is used
+    const std::uint64_t total = total_bytes_ + len;
+    const bool unusual = (descriptors_ >= max_descriptors_) |
+                         (!device_writable & (n_segs_ != n_readable_)) | (total > max_total) |
+                         (len == 0) | (n_segs_ == capacity_);
+    if (unusual) [[unlikely]]
+      return append_slow(mem, addr, len, device_writable);
+    ++descriptors_;
     const result<std::byte*> host = mem.translate(addr, len);
-    if (!host) return host.error();
-    segs_.emplace_back(*host, len);
-    if (device_writable) {
-      writable_bytes_ += len;
-    } else {
-      ++n_readable_;
-      readable_bytes_ += len;
-    }
+    if (!host) [[unlikely]]
+      return host.error();
+    push(*host, len, device_writable);
     return errc::ok;
   }
 
  private:
+  // 2.7.5.2: total chain length at most 2^32 (each len is 32 bits, so 64-bit sums are exact).
+  static constexpr std::uint64_t max_total = std::uint64_t{1} << 32;
+
+  template <memory_map M>
+  [[gnu::noinline]] errc append_slow(const M& mem, std::uint64_t addr, std::uint32_t len,
+                                     bool device_writable) {
+    // 2.7.5.2: "A driver MUST NOT create a descriptor chain longer than the Queue Size".
+    if (++descriptors_ > max_descriptors_) return errc::chain_too_long;
+    // 2.7.4.2: "The driver MUST place any device-writable descriptor elements after any
+    // device-readable descriptor elements."
+    if (!device_writable && n_segs_ != n_readable_) return errc::write_before_read;
+    // 2.7.5.2: at most 2^32 bytes in one chain.
+    if (total_bytes_ + len > max_total) return errc::chain_too_large;
+    if (len == 0) return errc::ok;  // nothing to touch; not even the address is used
+    const result<std::byte*> host = mem.translate(addr, len);
+    if (!host) return host.error();
+    if (n_segs_ == capacity_) {
+      // Grows once per new longest chain; a reused chain object stops allocating.
+      segs_.resize(std::max<std::size_t>(std::size_t{capacity_} * 2, 8));
+      capacity_ = static_cast<std::uint32_t>(segs_.size());
+    }
+    push(*host, len, device_writable);
+    return errc::ok;
+  }
+
+  void push(std::byte* host, std::uint32_t len, bool device_writable) noexcept {
+    segs_[n_segs_++] = segment(host, len);
+    total_bytes_ += len;
+    if (!device_writable) {
+      ++n_readable_;
+      readable_bytes_ += len;
+    }
+  }
+
   template <class F>
   static std::size_t copy_segments(std::span<const segment> segs, std::uint64_t offset,
                                    std::size_t want, F&& f) noexcept {
@@ -121,10 +150,14 @@ class chain {
     return done;
   }
 
+  // Storage: segs_ is sized (not just reserved) to capacity_, and n_segs_ of it are in use, so
+  // appending is a plain store with no growth bookkeeping.
   std::vector<segment> segs_;
-  std::size_t n_readable_ = 0;
   std::uint64_t readable_bytes_ = 0;
-  std::uint64_t writable_bytes_ = 0;
+  std::uint64_t total_bytes_ = 0;
+  std::uint32_t n_segs_ = 0;
+  std::uint32_t n_readable_ = 0;
+  std::uint32_t capacity_ = 0;
   std::uint32_t descriptors_ = 0;
   std::uint32_t max_descriptors_ = 0;
   std::uint16_t ring_slots_ = 0;

@@ -23,6 +23,7 @@
 // driver, V1..V4 on the device) with the spec rule and its partner.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -261,20 +262,20 @@ class split_driver : public detail::queue_common<P> {
       return add({}, one, token);
     }
     guard g(this->lock_);
-    if (this->broken()) [[unlikely]]
-      return errc::broken;
-    if (num_free_ == 0) [[unlikely]] {
+    if (this->broken() | (num_free_ == 0)) [[unlikely]] {
+      if (this->broken()) return errc::broken;
       ++this->stats_.ring_full;
       return errc::no_space;
     }
     const std::uint16_t head = free_head_;
     free_head_ = next_[head];
     --num_free_;
+    // No NEXT flag, so the device never reads `next` (2.7.5): it is not written. The free
+    // list lives in next_, never in the shared table.
     split::desc& d = ring_.table[head];
     put<E>(d.addr, b.addr);
     put<E>(d.len, b.len);
     put<E>(d.flags, split::desc_f_write);
-    put<E>(d.next, free_head_);
     slots_[head] = slot{token, b.len, 1, head, avail_shadow_};
     if (!shadow_walk(head, detail::desc_state::free, detail::desc_state::avail)) {
       return fail(errc::state_violation);
@@ -346,6 +347,9 @@ class split_driver : public detail::queue_common<P> {
   /// that count (error() says why; the next call returns errc::broken).
   result<std::size_t> get_used(std::span<used_buffer> out) {
     guard g(this->lock_);
+    if constexpr (!P::checked) {
+      if (!in_order_) return reap_batch(out);
+    }
     std::size_t n = 0;
     for (; n < out.size(); ++n) {
       const errc e = reap_one(out[n]);
@@ -499,6 +503,78 @@ class split_driver : public detail::queue_common<P> {
     if (len > s.writable) return fail(errc::used_len_too_large);
     ++last_used_;
     return errc::ok;
+  }
+
+  // get_used(span) without IN_ORDER batches or checked mode: the same checks as read_used and
+  // reap_one, with the driver's indices in locals for the whole batch (stores through the
+  // private arrays would otherwise force reloads) and one branch per element for the usual case.
+  result<std::size_t> reap_batch(std::span<used_buffer> out) {
+    if (this->broken()) [[unlikely]] {
+      if (out.empty()) return std::size_t{0};
+      return errc::broken;
+    }
+    std::size_t n = 0;
+    errc bad = errc::ok;
+    std::uint16_t last = last_used_;
+    std::uint16_t cache = used_cache_;
+    std::uint16_t free_head = free_head_;
+    std::uint32_t freed = 0;
+    const std::uint32_t size = size_;
+    const std::uint16_t published = avail_published_;
+    const std::uint16_t staged = detail::u16(avail_shadow_ - avail_published_);
+    while (n < out.size()) {
+      if (last == cache) {
+        // D3 (pairs with V2) 2.7.14: the acquire load of used idx orders our reads of the used
+        // elements after the device's writes of them.
+        const std::uint16_t idx = load_acquire<E>(ring_.used.idx());
+        B::after_observe();
+        // The device cannot have used more chains than it holds.
+        if (detail::u16(idx - last) > device_chains_ - n) {
+          bad = errc::used_idx_jump;
+          break;
+        }
+        cache = idx;
+        if (idx == last) break;
+      }
+      const std::size_t todo = std::min<std::size_t>(detail::u16(cache - last), out.size() - n);
+      for (std::size_t k = 0; k < todo; ++k) {
+        const split::used_elem& e = ring_.used.ring(last & mask_);
+        const std::uint32_t id = get<E>(e.id);
+        const std::uint32_t len = get<E>(e.len);
+        if (id >= size) [[unlikely]] {
+          bad = errc::used_id_out_of_range;
+          break;
+        }
+        slot& s = slots_[id];
+        // Outstanding (published, not yet used) and within its writable bytes (2.7.8.2).
+        if ((s.ndesc == 0) | (detail::u16(s.seq - published) < staged) | (len > s.writable))
+            [[unlikely]] {
+          bad = len > s.writable && s.ndesc != 0 && !is_staged(s) ? errc::used_len_too_large
+                                                                  : errc::used_id_not_outstanding;
+          break;
+        }
+        out[n] = used_buffer{s.token, len};
+        next_[s.last] = free_head;
+        free_head = detail::u16(id);
+        freed += s.ndesc;
+        s.ndesc = 0;
+        ++last;
+        ++n;
+      }
+      if (bad != errc::ok) break;
+    }
+    last_used_ = last;
+    used_cache_ = cache;
+    free_head_ = free_head;
+    num_free_ += freed;
+    device_chains_ -= static_cast<std::uint32_t>(n);
+    this->stats_.reaped += n;
+    if (bad != errc::ok) {
+      fail(bad);
+      if (n == 0) return bad;
+    }
+    if (n > 0) after_reap();
+    return n;
   }
 
   errc reap_one(used_buffer& out) {
@@ -655,18 +731,32 @@ class split_device : public detail::queue_common<P> {
     if (head >= size_) return fail(errc::desc_index_out_of_range);
     // A chain the device still holds cannot be made available again (2.7.13.1: the driver
     // gives buffers, the device gives them back; a re-offered head would be completed twice).
-    if (held_[head].active) return fail(errc::state_violation);
-    const errc e = walk(c, head);
-    if (e != errc::ok) return fail(e);
+    if (held_[head] != 0) return fail(errc::state_violation);
+    // The driver may rewrite the descriptor under us: copy it out once, decide on the copy.
+    const split::desc d = ring_.table[head];
+    const std::uint16_t flags = get<E>(d.flags);
+    errc e;
+    if ((flags & (split::desc_f_next | split::desc_f_indirect)) == 0) [[likely]] {
+      // One descriptor, no linking to follow: the walk below would do the same in one turn.
+      c.begin(head, size_);
+      links_.start();
+      links_.visit(head);
+      e = c.append(*mem_, get<E>(d.addr), get<E>(d.len), (flags & split::desc_f_write) != 0);
+      c.set_ring_slots(1);
+    } else {
+      e = walk(c, head, d);
+    }
+    if (e != errc::ok) [[unlikely]]
+      return fail(e);
     if (!links_.commit(this->shadow_, head)) return fail(errc::state_violation);
-    held_[head] = held_chain{c.writable_bytes(), true};
+    held_[head] = c.writable_bytes() + 1;
     if (in_order_) {
       order_[(order_head_ + order_count_) & mask_] = head;
       ++order_count_;
     }
     ++last_avail_;
     ++this->stats_.popped;
-    if (event_negotiated_ && notifications_on_) {
+    if (follow_avail_) {
       // 2.7.10: with EVENT_IDX the driver reads only avail_event. While notifications are
       // enabled (always with suppress_none) keep it at the next entry we will read.
       store_relaxed<E>(ring_.used.avail_event(), last_avail_);
@@ -680,9 +770,9 @@ class split_device : public detail::queue_common<P> {
   errc complete(std::uint16_t id, std::uint32_t len) {
     guard g(this->lock_);
     if (this->broken()) return errc::broken;
-    if (id >= size_ || !held_[id].active || len > held_[id].writable) {
+    // Not held (0) and too long both fail the one comparison: held_ is writable bytes + 1.
+    if (id >= size_ || len >= held_[id]) [[unlikely]]
       return errc::invalid_argument;
-    }
     if (in_order_) {
       // 2.7.9: "the device MUST use buffers in the same order in which they have been
       // available".
@@ -703,7 +793,7 @@ class split_device : public detail::queue_common<P> {
     if (this->broken()) return errc::broken;
     if (!in_order_ || count == 0 || count > order_count_) return errc::invalid_argument;
     const std::uint16_t last = order_[(order_head_ + count - 1U) & mask_];
-    if (len_of_last > held_[last].writable) return errc::invalid_argument;
+    if (len_of_last >= held_[last]) return errc::invalid_argument;
     for (std::uint32_t i = 0; i < count; ++i) {
       if (!release(order_[order_head_])) return fail(errc::state_violation);
       order_head_ = (order_head_ + 1) & mask_;
@@ -745,7 +835,7 @@ class split_device : public detail::queue_common<P> {
   void disable_notifications() {
     guard g(this->lock_);
     if (this->broken() || mode_ == mode::none) return;  // none: never hold the driver back
-    notifications_on_ = false;
+    follow_avail_ = false;
     if (mode_ == mode::flags) store_relaxed<E>(ring_.used.flags(), split::used_f_no_notify);
   }
 
@@ -754,7 +844,7 @@ class split_device : public detail::queue_common<P> {
   bool enable_notifications() {
     guard g(this->lock_);
     if (this->broken()) return false;
-    notifications_on_ = true;
+    follow_avail_ = event_negotiated_;
     if (mode_ == mode::flags) {
       store_relaxed<E>(ring_.used.flags(), 0);
     } else if (event_negotiated_) {
@@ -783,21 +873,16 @@ class split_device : public detail::queue_common<P> {
   using base::stats;
 
  private:
-  struct held_chain {
-    std::uint64_t writable = 0;  ///< bound for its used len (2.7.8.2)
-    bool active = false;
-  };
-
   void init() {
-    for (held_chain& h : held_) h = held_chain{};
+    for (std::uint64_t& h : held_) h = 0;
     last_avail_ = avail_cache_ = opts_.initial_index;
     used_shadow_ = used_published_ = opts_.initial_index;
     order_head_ = order_count_ = 0;
-    notifications_on_ = true;
+    follow_avail_ = event_negotiated_;
   }
 
   bool release(std::uint16_t id) noexcept {
-    held_[id].active = false;
+    held_[id] = 0;
     return links_.release(this->shadow_, id);
   }
 
@@ -811,7 +896,8 @@ class split_device : public detail::queue_common<P> {
 
   // The bounded walk of one chain (2.7.5.2, 2.7.5.3). Every buffer goes through chain::append;
   // this function checks only what is about the linking.
-  errc walk(chain& c, std::uint16_t head) {
+  // `first` is the head descriptor, already copied out of the table by pop.
+  errc walk(chain& c, std::uint16_t head, const split::desc& first) {
     c.begin(head, size_);
     links_.start();
     const split::desc* table = ring_.table;
@@ -826,7 +912,7 @@ class split_device : public detail::queue_common<P> {
         // The table is driver memory at any alignment: copy each entry out, once.
         std::memcpy(static_cast<void*>(&d), table + i, sizeof d);
       } else {
-        d = table[i];
+        d = i == head && ring_slots == 0 ? first : table[i];
         links_.visit(i);
         ++ring_slots;
       }
@@ -875,7 +961,8 @@ class split_device : public detail::queue_common<P> {
   bool event_negotiated_;
   bool indirect_ok_;
   bool in_order_;
-  bool notifications_on_ = true;
+  /// 2.7.10: with EVENT_IDX and notifications enabled, avail_event follows every pop.
+  bool follow_avail_ = false;
   device_options opts_;
   std::uint32_t size_ = 0;
   std::uint32_t mask_ = 0;
@@ -883,7 +970,9 @@ class split_device : public detail::queue_common<P> {
   std::uint16_t avail_cache_ = 0;     ///< last avail idx read from the ring
   std::uint16_t used_shadow_ = 0;     ///< next used element to write (private)
   std::uint16_t used_published_ = 0;  ///< used idx at the last interrupt_prepare
-  std::vector<held_chain> held_;      ///< per head
+  /// Per head: 0 if the device does not hold it, else its writable bytes + 1 (the used len
+  /// must be below this, 2.7.8.2). One compare checks both in complete().
+  std::vector<std::uint64_t> held_;
   std::vector<std::uint16_t> order_;  ///< IN_ORDER: held heads in pop order (a ring)
   std::uint32_t order_head_ = 0;
   std::uint32_t order_count_ = 0;
