@@ -297,6 +297,8 @@ class rx_buffer {
   void reset() noexcept {
     if (pool_ != nullptr) (void)std::exchange(pool_, nullptr)->release_ref(index_, gen_);
   }
+  /// reset() kept out of a caller's loop that rarely finds a reference to drop.
+  [[gnu::noinline]] void reset_outlined() noexcept { reset(); }
 
   Pool* pool_ = nullptr;
   std::uint32_t index_ = 0;
@@ -432,7 +434,8 @@ class rx_pool {
     /// Lends buffer `i`, just checked with is_posted(), into `out`; the reference `out` had
     /// before, if any, is released first.
     void lend(std::uint32_t i, handle& out) noexcept {
-      out.reset();
+      if (out.pool_ != nullptr) [[unlikely]]
+        out.reset_outlined();
       slot& s = slots_[i];
       if constexpr (Policy::census) {
         s.holder.store(holder_);

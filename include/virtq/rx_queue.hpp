@@ -482,14 +482,8 @@ class rx_queue {
       const std::uint32_t room = q_.num_free();
       const std::uint32_t* const taken = scratch_.get();
       const std::size_t n = pool_.take(std::span(scratch_.get(), std::min(free_n, room)));
-      // Locals: add_inbuf() is a call, after which members would be reloaded.
-      const std::uint64_t* const addr = pool_.guest_addresses().data();
-      const std::uint32_t size = pool_.buffer_size();
-      std::size_t j = 0;
-      for (; j < n; ++j) {
-        const std::uint32_t i = taken[j];
-        if (q_.add_inbuf(buffer{addr[i], size}, i) != errc::ok) break;
-      }
+      const std::size_t j =
+          post_each(q_, taken, n, pool_.guest_addresses().data(), pool_.buffer_size());
       for (std::size_t u = j; u < n; ++u) (void)pool_.unpost(taken[u]);
       added += static_cast<std::uint32_t>(j);
       stats_.allocations += j;
@@ -500,6 +494,19 @@ class rx_queue {
     const bool notify = q_.kick_prepare();
     ++(notify ? stats_.kicks : stats_.kicks_suppressed);
     return notify;
+  }
+
+  /// add_inbuf() for each of taken[0..n); how many went in. Out of line, so that the loop
+  /// has few live values: they stay in registers across the add_inbuf() calls.
+  [[gnu::noinline]] static std::size_t post_each(Queue& q, const std::uint32_t* taken,
+                                                 std::size_t n, const std::uint64_t* addr,
+                                                 std::uint32_t size) {
+    std::size_t j = 0;
+    for (; j < n; ++j) {
+      const std::uint32_t i = taken[j];
+      if (q.add_inbuf(buffer{addr[i], size}, i) != errc::ok) break;
+    }
+    return j;
   }
 
   buffer buffer_of(std::uint32_t i) const noexcept {
