@@ -81,6 +81,35 @@ class chain {
   /// Every rule is tested on every call, but the common case (in order, in bounds, non-empty,
   /// room in the storage) costs one branch; anything else takes append_slow, which checks the
   /// rules one by one to name the one broken (and grows the storage).
+  /// begin() and append() of a chain's only descriptor, in one step (the common receive
+  /// case). For one descriptor the order and total-length rules hold by construction; the
+  /// rest is append's, which this falls back to for anything unusual.
+  template <memory_map M>
+  errc begin_one(const M& mem, std::uint16_t id, std::uint32_t max_descriptors, std::uint64_t addr,
+                 std::uint32_t len, bool device_writable) {
+    if ((max_descriptors == 0) | (len == 0) | (capacity_ == 0)) [[unlikely]] {
+      begin(id, max_descriptors);
+      return append(mem, addr, len, device_writable);
+    }
+    const result<std::byte*> host = mem.translate(addr, len);
+    if (!host) [[unlikely]] {
+      begin(id, max_descriptors);
+      descriptors_ = 1;
+      return host.error();
+    }
+    // The segment first: it is stored through a pointer the fields below may not alias.
+    segs_[0] = segment(*host, len);
+    n_segs_ = 1;
+    n_readable_ = device_writable ? 0U : 1U;
+    readable_bytes_ = device_writable ? 0U : len;
+    total_bytes_ = len;
+    descriptors_ = 1;
+    max_descriptors_ = max_descriptors;
+    ring_slots_ = 0;
+    id_ = id;
+    return errc::ok;
+  }
+
   template <memory_map M>
   errc append(const M& mem, std::uint64_t addr, std::uint32_t len, bool device_writable) {
     const std::uint64_t total = total_bytes_ + len;

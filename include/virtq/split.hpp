@@ -276,7 +276,13 @@ class split_driver : public detail::queue_common<P> {
     put<E>(d.addr, b.addr);
     put<E>(d.len, b.len);
     put<E>(d.flags, split::desc_f_write);
-    slots_[head] = slot{token, b.len, 1, head, avail_shadow_};
+    // Field by field: a whole-struct store makes the compiler assemble the small fields.
+    slot& s = slots_[head];
+    s.token = token;
+    s.writable = b.len;
+    s.ndesc = 1;
+    s.last = head;
+    s.seq = avail_shadow_;
     if (!shadow_walk(head, detail::desc_state::free, detail::desc_state::avail)) {
       return fail(errc::state_violation);
     }
@@ -738,10 +744,10 @@ class split_device : public detail::queue_common<P> {
     errc e;
     if ((flags & (split::desc_f_next | split::desc_f_indirect)) == 0) [[likely]] {
       // One descriptor, no linking to follow: the walk below would do the same in one turn.
-      c.begin(head, size_);
       links_.start();
       links_.visit(head);
-      e = c.append(*mem_, get<E>(d.addr), get<E>(d.len), (flags & split::desc_f_write) != 0);
+      e = c.begin_one(*mem_, head, size_, get<E>(d.addr), get<E>(d.len),
+                      (flags & split::desc_f_write) != 0);
       c.set_ring_slots(1);
     } else {
       e = walk(c, head, d);
