@@ -404,75 +404,62 @@ class rx_pool {
   /// A posted buffer came back from the device: lend it to `holder` (refcount 1).
   /// invalid_argument (and an empty handle) if it was not posted.
   handle lend(std::uint32_t i, holder_id holder, std::int64_t now_ns) noexcept {
-    lender l = lend_batch(holder, now_ns);
+    lender l = lend_batch();
     handle h;
     if (!l.is_posted(i)) {
       note(errc::invalid_argument);
       return h;
     }
-    l.lend(i, h);
-    l.finish();
+    l.lend(i, holder, now_ns, h);
+    l.finish(1);
     return h;
   }
 
   class lender;
   /// The receive queue's hot path: lends the completions of one poll() (see lender).
-  lender lend_batch(holder_id holder, std::int64_t now_ns) noexcept {
-    return lender(this, holder, now_ns);
-  }
+  lender lend_batch() noexcept { return lender(this); }
 
-  /// Lends a batch of posted buffers to one holder at one time. It keeps the pool's hot fields
-  /// in registers (a store into a packet cannot make the compiler reload them) and books the
-  /// counters once, in finish(). The owner's other calls (take, census...) must wait for
-  /// finish(); handles may be released meanwhile.
+  /// Lends a batch of posted buffers. A small value holding the pool's hot fields, so that they
+  /// stay in registers (a store into a packet cannot make the compiler reload them); the
+  /// counters are booked once, by finish(). The owner's other calls (take, census...) must
+  /// wait for finish(); handles may be released meanwhile.
   class lender {
    public:
     /// Is buffer `i` (any value, e.g. a token from the device) one of ours and posted?
     bool is_posted(std::uint64_t i) const noexcept {
       return i < count_ && slots_[i].state.load() == rx_state::posted;
     }
-    /// Lends buffer `i`, just checked with is_posted(), into `out`; the reference `out` had
-    /// before, if any, is released first.
-    void lend(std::uint32_t i, handle& out) noexcept {
+    /// Lends buffer `i`, just checked with is_posted(), to `holder` into `out`; the reference
+    /// `out` had before, if any, is released first.
+    void lend(std::uint32_t i, holder_id holder, std::int64_t now_ns, handle& out) const noexcept {
       if (out.pool_ != nullptr) [[unlikely]]
         out.reset_outlined();
       slot& s = slots_[i];
       if constexpr (Policy::census) {
-        s.holder.store(holder_);
-        s.since.store(now_);
+        s.holder.store(holder);
+        s.since.store(now_ns);
       }
       s.refs.set(1);
       s.state.store(rx_state::held);
       out.pool_ = pool_;
       out.index_ = i;
       out.gen_ = s.gen.load();
-      ++lent_;
     }
     std::uint32_t buffer_size() const noexcept { return buffer_size_; }
-    std::uint32_t lent() const noexcept { return lent_; }
-    /// Books the loans: posted falls and held rises by lent().
-    void finish() noexcept {
-      pool_->posted_ -= lent_;
-      pool_->loans_ += lent_;
-      lent_ = 0;
+    /// Books `lent` loans made by lend(): posted falls and held rises by that much.
+    void finish(std::uint32_t lent) noexcept {
+      pool_->posted_ -= lent;
+      pool_->loans_ += lent;
     }
 
    private:
     friend class rx_pool;
-    lender(rx_pool* p, holder_id h, std::int64_t now) noexcept
-        : pool_(p),
-          slots_(p->slots_.get()),
-          count_(p->count_),
-          buffer_size_(p->buffer_size_),
-          holder_(h),
-          now_(now) {}
+    explicit lender(rx_pool* p) noexcept
+        : pool_(p), slots_(p->slots_.get()), count_(p->count_), buffer_size_(p->buffer_size_) {}
     rx_pool* pool_;
     slot* slots_;
     std::uint32_t count_;
     std::uint32_t buffer_size_;
-    std::uint32_t lent_ = 0;
-    holder_id holder_;
-    std::int64_t now_;
   };
 
   /// A posted buffer came back without being used (ring reset): it goes back to the free list.
@@ -499,8 +486,7 @@ class rx_pool {
     }
     if constexpr (Policy::poison) check_poison(i);
     handle h;
-    lender l = lend_batch(holder, now_ns);
-    l.lend(i, h);
+    lend_batch().lend(i, holder, now_ns, h);
     ++loans_;  // not posted before: only the loan is booked
     return h;
   }

@@ -280,7 +280,7 @@ class rx_queue {
       const std::int64_t now = clock_.now().count();  // once per batch: ages are coarse
       ++stats_.polls;
       std::array<used_buffer, 32> used;
-      batch b{lendable(), pool_.lend_batch(holder_stack, now)};
+      batch b{lendable(), 0, 0, pool_.lend_batch()};
       while (r.received < out.size()) {
         const std::size_t want = std::min(used.size(), out.size() - r.received);
         const result<std::size_t> got = q_.get_used(std::span(used.data(), want));
@@ -289,13 +289,11 @@ class rx_queue {
           ++stats_.queue_errors;
           break;
         }
-        for (std::size_t k = 0; k < *got; ++k) {
-          if (deliver(used[k], out[r.received], now, b)) ++r.received;
-        }
+        r.received += deliver(used.data(), *got, out.data() + r.received, now, b);
         if (*got < want) break;
       }
-      const std::uint32_t lent = b.lender.lent();
-      b.lender.finish();
+      const auto lent = static_cast<std::uint32_t>(r.received - b.copied);
+      b.lender.finish(lent);
       stats_.packets_lent += lent;
       stats_.packets += r.received;
       stats_.packets_copied += r.received - lent;
@@ -417,6 +415,8 @@ class rx_queue {
     /// those lent since it was computed. Posted falls by one per loan and free never falls
     /// during a poll (only this thread takes), so it is recomputed only when it reaches 0.
     std::int64_t lendable;
+    std::size_t delivered;  // packets written so far
+    std::size_t copied;     // ...of which copies (the others were lent)
     typename Pool::lender lender;
   };
 
@@ -426,28 +426,47 @@ class rx_queue {
     return std::int64_t{pool_.free_count()} + pool_.posted_count() - reserve_;
   }
 
-  /// One completion into `pkt`; false when nothing was delivered (dropped or bad token).
-  bool deliver(const used_buffer& ub, packet& pkt, std::int64_t now, batch& b) noexcept {
-    if (!b.lender.is_posted(ub.token)) [[unlikely]] {
-      ++stats_.bad_tokens;  // cannot come from a virtqueue that checks its used ids
-      return false;
+  /// Completions used[0..n) into packets out[0..); returns how many packets were written
+  /// (dropped copies and bad tokens write none). Out of line with the batch state in locals,
+  /// so the per-packet loop runs in registers.
+  [[gnu::noinline]] std::size_t deliver(const used_buffer* used, std::size_t n, packet* out,
+                                        std::int64_t now, batch& b) noexcept {
+    const typename Pool::lender l = b.lender;
+    std::int64_t lendable = b.lendable;
+    packet* pkt = out;
+    for (const used_buffer* ub = used; ub != used + n; ++ub) {
+      if (!l.is_posted(ub->token)) [[unlikely]] {
+        ++stats_.bad_tokens;  // cannot come from a virtqueue that checks its used ids
+        continue;
+      }
+      const auto i = static_cast<std::uint32_t>(ub->token);
+      const std::uint32_t len = std::min(ub->len, l.buffer_size());
+      // free + posted counts the buffer in hand: lending it would leave fewer than K.
+      if (lendable <= 0) [[unlikely]] {
+        const std::size_t lent = b.delivered + static_cast<std::size_t>(pkt - out) - b.copied;
+        lendable = this->lendable() - static_cast<std::int64_t>(lent);
+        if (lendable <= 0) {
+          if (deliver_copy(i, len, *pkt, now)) {
+            ++b.copied;
+            ++pkt;
+          }
+          continue;
+        }
+      }
+      l.lend(i, holder_stack, now, pkt->buffer);
+      pkt->len = len;
+      pkt->flags = rx_flag_none;
+      --lendable;
+      ++pkt;
     }
-    const auto i = static_cast<std::uint32_t>(ub.token);
-    const std::uint32_t len = std::min(ub.len, b.lender.buffer_size());
-    // free + posted counts the buffer in hand: lending it would leave fewer than K.
-    if (b.lendable <= 0) [[unlikely]] {
-      b.lendable = lendable() - b.lender.lent();
-      if (b.lendable <= 0) return deliver_copy(i, len, pkt, now);
-    }
-    b.lender.lend(i, pkt.buffer);
-    pkt.len = len;
-    pkt.flags = rx_flag_none;
-    --b.lendable;
-    return true;
+    b.lendable = lendable;
+    b.delivered += static_cast<std::size_t>(pkt - out);
+    return static_cast<std::size_t>(pkt - out);
   }
 
   /// At the reserve: the packet goes up as a copy and its ring buffer back to the ring.
-  bool deliver_copy(std::uint32_t i, std::uint32_t len, packet& pkt, std::int64_t now) noexcept {
+  [[gnu::noinline]] bool deliver_copy(std::uint32_t i, std::uint32_t len, packet& pkt,
+                                      std::int64_t now) noexcept {
     repost_[n_repost_++] = i;
     auto c = bounce_ ? bounce_->allocate(holder_stack, now) : typename Pool::handle{};
     if (!c) {
