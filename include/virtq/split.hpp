@@ -257,16 +257,13 @@ class split_driver : public detail::queue_common<P> {
 
   /// The receive hot path: one device-writable buffer (no indirect, no loops over spans).
   errc add_inbuf(buffer b, token_t token) {
-    if (indirect_min_ <= 1) {  // single buffers go indirect too: the general path
-      const buffer one[1] = {b};
-      return add({}, one, token);
-    }
+    // Single buffers go indirect too, or no room: the general path (out of line, so that
+    // this one stays small enough to inline into the caller's loop).
+    if (indirect_min_ <= 1) [[unlikely]]
+      return add_inbuf_general(b, token);
     guard g(this->lock_);
-    if (this->broken() | (num_free_ == 0)) [[unlikely]] {
-      if (this->broken()) return errc::broken;
-      ++this->stats_.ring_full;
-      return errc::no_space;
-    }
+    if (this->broken() | (num_free_ == 0)) [[unlikely]]
+      return refuse();
     const std::uint16_t head = free_head_;
     free_head_ = next_[head];
     --num_free_;
@@ -425,6 +422,17 @@ class split_driver : public detail::queue_common<P> {
   using base::stats;
 
  private:
+  [[gnu::noinline]] errc add_inbuf_general(buffer b, token_t token) {
+    const buffer one[1] = {b};
+    return add({}, one, token);
+  }
+  // With the lock held: why add_inbuf cannot add.
+  [[gnu::cold, gnu::noinline]] errc refuse() noexcept {
+    if (this->broken()) return errc::broken;
+    ++this->stats_.ring_full;
+    return errc::no_space;
+  }
+
   struct slot {
     token_t token = 0;
     std::uint64_t writable = 0;  ///< bytes the device may write: bound for used len (2.7.8.2)
@@ -526,6 +534,10 @@ class split_driver : public detail::queue_common<P> {
     std::uint16_t free_head = free_head_;
     std::uint32_t freed = 0;
     const std::uint32_t size = size_;
+    const std::uint32_t mask = mask_;
+    const split::used_ring used = ring_.used;
+    slot* const slots = slots_.data();
+    std::uint16_t* const next = next_.data();
     const std::uint16_t published = avail_published_;
     const std::uint16_t staged = detail::u16(avail_shadow_ - avail_published_);
     while (n < out.size()) {
@@ -544,14 +556,14 @@ class split_driver : public detail::queue_common<P> {
       }
       const std::size_t todo = std::min<std::size_t>(detail::u16(cache - last), out.size() - n);
       for (std::size_t k = 0; k < todo; ++k) {
-        const split::used_elem& e = ring_.used.ring(last & mask_);
+        const split::used_elem& e = used.ring(last & mask);
         const std::uint32_t id = get<E>(e.id);
         const std::uint32_t len = get<E>(e.len);
         if (id >= size) [[unlikely]] {
           bad = errc::used_id_out_of_range;
           break;
         }
-        slot& s = slots_[id];
+        slot& s = slots[id];
         // Outstanding (published, not yet used) and within its writable bytes (2.7.8.2).
         if ((s.ndesc == 0) | (detail::u16(s.seq - published) < staged) | (len > s.writable))
             [[unlikely]] {
@@ -560,7 +572,7 @@ class split_driver : public detail::queue_common<P> {
           break;
         }
         out[n] = used_buffer{s.token, len};
-        next_[s.last] = free_head;
+        next[s.last] = free_head;
         free_head = detail::u16(id);
         freed += s.ndesc;
         s.ndesc = 0;
