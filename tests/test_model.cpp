@@ -11,8 +11,18 @@
 // driver checks that on reap.
 //
 // Queue sizes 1..16 and (split) starting indices near 65535 make every run cross the 16-bit wrap.
-// The exact kick/interrupt decisions are the split ring's (2.7.10); for a packed layout only the
-// layout-independent facts are checked (nothing published: no kick; suppress_none: always).
+// Kick and interrupt decisions are predicted exactly for both layouts. Split: 2.7.10 on the
+// 16-bit indices. Packed: the model counts ring slots linearly from the last reset (driver
+// published, device popped, device used, driver reaped), keeps the flags and the event position
+// each side last wrote into its event suppression area (2.8.14), and applies 2.8.10 to them: an
+// off_wrap names a slot and a lap parity (2.8.1), i.e. a linear position modulo 2 * size, and a
+// notification is due iff one of the positions just published has it. The areas in ring memory
+// are compared with the model after every step. Packed sizes include non-powers of 2.
+//
+// Hostile peers (both layouts): corrupt_used writes a used element/descriptor by hand that the
+// driver must reject, corrupt_avail an avail idx/descriptor the device must reject; each checks
+// the specific errc and broken(), then a reset of both sides returns every outstanding token
+// exactly once.
 #include <algorithm>
 #include <cstdint>
 #include <deque>
@@ -37,6 +47,7 @@ enum class smode { none, flags, event };
 
 struct mchain {
   token_t token = 0;
+  std::uint64_t at = 0;  ///< packed: linear ring position of its first slot
   std::vector<std::uint32_t> rd, wr;
   std::uint32_t ndesc = 0;  ///< ring descriptors it takes (1 if indirect)
   std::uint64_t rbytes = 0, wbytes = 0;
@@ -45,6 +56,7 @@ struct mused {
   token_t token;
   std::uint32_t len;
   std::uint32_t ndesc;  ///< descriptors it gives back when reaped
+  std::uint64_t at;     ///< packed: linear ring position of its first slot
 };
 using mentry = std::vector<mused>;  // one used element: one chain, or an IN_ORDER batch
 
@@ -53,6 +65,42 @@ bool passes(std::uint16_t event, std::uint16_t new_idx, std::uint16_t old_idx) {
   const std::uint32_t moved = static_cast<std::uint16_t>(new_idx - old_idx);
   const std::uint32_t dist = static_cast<std::uint16_t>(event - old_idx);  // event - old, mod 2^16
   return dist < moved;
+}
+
+/// 2.8.14 flags of an event suppression area, as the model knows them.
+enum class area : std::uint16_t { enable = 0, disable = 1, desc = 2 };
+
+/// What one side last wrote into its event suppression area: flags, and (desc mode) the linear
+/// ring position its off_wrap names.
+struct event_area {
+  area flags = area::enable;
+  std::uint64_t at = 0;
+};
+
+/// 2.8.1 from a linear slot count: the slot, and the wrap counter (1 on even laps).
+std::uint16_t off_at(std::uint64_t lin, std::uint32_t size) {
+  return static_cast<std::uint16_t>(lin % size);
+}
+bool wrap_at(std::uint64_t lin, std::uint32_t size) {
+  return (lin / size) % 2 == 0;
+}
+
+/// 2.8.10, written out independently of spec.hpp's packed_need_event: off_wrap pins a position
+/// modulo 2 * size (slot and lap parity); the publisher of the positions [from, to) notifies iff
+/// one of them is that position.
+bool packed_passes(std::uint64_t event, std::uint64_t from, std::uint64_t to, std::uint32_t size) {
+  const std::uint64_t period = 2ULL * size;
+  for (std::uint64_t k = from; k < to; ++k) {
+    if (k % period == event % period) return true;
+  }
+  return false;
+}
+
+bool packed_decision(const event_area& a, std::uint64_t from, std::uint64_t to, smode mode,
+                     std::uint32_t size) {
+  if (mode == smode::none) return true;
+  if (a.flags == area::desc) return packed_passes(a.at, from, to, size);
+  return a.flags != area::disable;
 }
 
 std::uint16_t add16(std::uint16_t a, std::size_t b) {
@@ -84,6 +132,28 @@ struct model {
   // what the driver asked of the device
   bool irq_on = true, delayed = false, no_interrupt = false;
   std::uint16_t used_event = 0;
+  // packed (2.8): linear slot positions since the last reset
+  std::uint64_t p_avail = 0;      // published by the driver
+  std::uint64_t p_popped = 0;     // the device's next avail position
+  std::uint64_t p_used_pub = 0;   // covered by used descriptors the device published
+  std::uint64_t p_reaped = 0;     // the driver's next used position
+  event_area dev_area, drv_area;  // device event area (device writes), driver event area
+  bool p_delayed = false;         // the driver's desc event is a delayed one: no follow
+
+  static std::uint64_t slots_of(const std::deque<mchain>& q) {
+    std::uint64_t n = 0;
+    for (const auto& c : q) n += c.ndesc;
+    return n;
+  }
+  std::uint64_t completed_slots() const {
+    std::uint64_t n = 0;
+    for (const auto& e : completed) {
+      for (const auto& u : e) n += u.ndesc;
+    }
+    return n;
+  }
+  /// The device's next used position: published plus staged used descriptors.
+  std::uint64_t p_used() const { return p_used_pub + completed_slots(); }
 
   void reset_state() {
     staged.clear();
@@ -101,6 +171,11 @@ struct model {
     delayed = false;
     no_interrupt = false;
     used_event = initial;
+    p_avail = p_popped = p_used_pub = p_reaped = 0;
+    // The driver zeroes the ring on reset: both areas say RING_EVENT_FLAGS_ENABLE.
+    dev_area = event_area{};
+    drv_area = event_area{};
+    p_delayed = false;
   }
   std::size_t outstanding() const {
     std::size_t n = staged.size() + published.size() + held.size();
@@ -109,6 +184,7 @@ struct model {
     return n - front_reaped;
   }
   bool kick_decision() const {
+    if (packed) return packed_decision(dev_area, p_avail, p_avail + slots_of(staged), mode, size);
     const std::uint16_t new_idx = add16(avail_pub, staged.size());
     switch (mode) {
       case smode::none:
@@ -121,6 +197,9 @@ struct model {
     return true;
   }
   bool irq_decision() const {
+    if (packed) {
+      return packed_decision(drv_area, p_used_pub, p_used_pub + completed_slots(), mode, size);
+    }
     const std::uint16_t new_idx = add16(used_pub, completed.size());
     switch (mode) {
       case smode::none:
@@ -207,10 +286,8 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
                                                   {2, enable_notif},
                                                   {1, reset}};
     if (m.in_order) w.push_back({3, complete_batch});
-    if (!m.packed) {  // hand-made corruption speaks the split ring's wire format
-      w.push_back({1, corrupt_used});
-      w.push_back({1, corrupt_avail});
-    }
+    w.push_back({1, corrupt_used});
+    w.push_back({1, corrupt_avail});
     std::size_t total = 0;
     for (const auto& [weight, k] : w) total += weight;
     std::size_t r = *rc::gen::inRange<std::size_t>(0, total);
@@ -233,6 +310,9 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
   void checkPreconditions(const model& m) const override {
     if (kind == complete || kind == complete_batch) RC_PRE(!m.held.empty());
     if (kind == corrupt_used) RC_PRE(m.used.empty());
+    // Packed: the device has popped everything published, so the hostile descriptor is the
+    // very next one it reads.
+    if (kind == corrupt_avail && m.packed) RC_PRE(m.published.empty());
   }
   void apply(model& m) const override { step(m, nullptr); }
   void run(const model& m0, S& s) const override {
@@ -241,6 +321,7 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
     RC_ASSERT(!s.q.driver.broken());
     RC_ASSERT(!s.q.device.broken());
     RC_ASSERT(s.q.driver.num_free() == m.num_free);
+    if constexpr (Layout::is_packed) check_areas(m, s);
   }
   void show(std::ostream& os) const override {
     static const char* names[] = {"add",           "add_inbuf",    "kick",
@@ -254,6 +335,22 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
   }
 
  private:
+  /// The event suppression areas in ring memory hold what the model says each side wrote:
+  /// the flags, and in desc mode the off_wrap of the model's linear position (2.8.1, 2.8.14).
+  static void check_areas(const model& m, S& s) {
+    const auto& v = s.q.ring.view();
+    const auto check = [&](const packed::event_suppress& a, const event_area& want) {
+      RC_ASSERT(get<little_endian>(a.flags) == static_cast<std::uint16_t>(want.flags));
+      if (want.flags == area::desc) {
+        const std::uint16_t ow = get<little_endian>(a.off_wrap);
+        RC_ASSERT((ow & 0x7FFFU) == off_at(want.at, m.size));
+        RC_ASSERT(((ow & 0x8000U) != 0) == wrap_at(want.at, m.size));
+      }
+    };
+    check(*v.device_event, m.dev_area);
+    check(*v.driver_event, m.drv_area);
+  }
+
   static std::uint64_t sum(const std::vector<std::uint32_t>& v) {
     std::uint64_t s = 0;
     for (auto x : v) s += x;
@@ -295,7 +392,8 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
       if (got != errc::ok) s->give_back(token);
     }
     if (expect == errc::ok) {
-      m.staged.push_back(mchain{token, r, w, needed, sum(r), sum(w)});
+      m.staged.push_back(
+          mchain{token, m.p_avail + model::slots_of(m.staged), r, w, needed, sum(r), sum(w)});
       m.num_free -= needed;
     }
   }
@@ -311,6 +409,7 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
       m.front_reaped = 0;
     }
     m.num_free += out.ndesc;
+    m.p_reaped += out.ndesc;
     return true;
   }
 
@@ -323,6 +422,11 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
   }
 
   void after_reap(model& m) const {
+    // Packed desc mode, not delayed: the driver's event follows its next used position.
+    if (m.packed) {
+      if (m.drv_area.flags == area::desc && !m.p_delayed) m.drv_area.at = m.p_reaped;
+      return;
+    }
     if (!m.event_negotiated) return;
     if (m.mode == smode::none || (m.mode == smode::event && m.irq_on && !m.delayed)) {
       m.used_event = m.consumed;
@@ -355,6 +459,129 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
     m.reset_state();
   }
 
+  // 2.8.1: the AVAIL (bit 7) and USED (bit 15) flags a writer sets under wrap counter `wrap`.
+  static std::uint16_t avail_flags(bool wrap) { return wrap ? 0x0080 : 0x8000; }
+  static std::uint16_t used_flags(bool wrap) { return wrap ? 0x8080 : 0x0000; }
+
+  static void write_desc(const packed::ring_view& v, std::uint64_t lin, std::uint32_t size,
+                         std::uint64_t addr, std::uint32_t len, std::uint16_t id,
+                         std::uint16_t flags) {
+    packed::desc& d = v.ring[off_at(lin, size)];
+    put<little_endian>(d.addr, addr);
+    put<little_endian>(d.len, len);
+    put<little_endian>(d.id, id);
+    store_release<little_endian>(d.flags, flags);
+  }
+
+  // 2.8.6: a chain's buffer id is in its last descriptor, where the driver wrote it.
+  static std::uint16_t id_in_ring(const model& m, S& s, std::uint64_t at, std::uint32_t ndesc) {
+    return get<little_endian>(s.q.ring.view().ring[off_at(at + ndesc - 1, m.size)].id);
+  }
+
+  // A hostile device writes one used descriptor at the driver's next used position (the driver
+  // has reaped every published one). Checked in the order a driver must: a used descriptor
+  // with no chain published cannot be (used_unexpected), else its id must be below the queue
+  // size, name a published chain, and state no more than its writable bytes. A descriptor whose
+  // bits do not say "used" under the driver's wrap counter is no used descriptor at all.
+  void packed_corrupt_used(const model& m, S& s) const {
+    std::vector<std::uint16_t> in_use, staged_ids;
+    std::vector<std::pair<std::uint16_t, std::uint64_t>> sent;  // published: id, writable bytes
+    for (const auto& c : m.staged) {
+      staged_ids.push_back(id_in_ring(m, s, c.at, c.ndesc));
+      in_use.push_back(staged_ids.back());
+    }
+    for (const auto& c : m.published) sent.push_back({id_in_ring(m, s, c.at, c.ndesc), c.wbytes});
+    for (const auto& c : m.held) sent.push_back({id_in_ring(m, s, c.at, c.ndesc), c.wbytes});
+    const std::size_t with_len = sent.size();  // completed chains: length bound not kept here
+    for (const auto& e : m.completed) {
+      for (const auto& u : e) sent.push_back({id_in_ring(m, s, u.at, u.ndesc), 0});
+    }
+    for (const auto& e : sent) in_use.push_back(e.first);
+    std::uint16_t free_id = 0;
+    while (free_id < m.size && std::find(in_use.begin(), in_use.end(), free_id) != in_use.end()) {
+      ++free_id;
+    }
+    std::uint16_t id = static_cast<std::uint16_t>(m.size + pick % 7);
+    std::uint32_t len = 0;
+    std::uint16_t flags = used_flags(wrap_at(m.p_reaped, m.size));
+    errc expect = errc::used_id_out_of_range;
+    const std::uint32_t variant = pick % 5;
+    if (variant == 1 && free_id < m.size) {
+      id = free_id;
+      expect = errc::used_id_not_outstanding;
+    } else if (variant == 2 && !staged_ids.empty()) {
+      id = staged_ids[pick % staged_ids.size()];  // not published yet: not the device's
+      expect = errc::used_id_not_outstanding;
+    } else if (variant == 3 && with_len != 0) {
+      const auto& [pid, wbytes] = sent[pick % with_len];
+      id = pid;
+      len = static_cast<std::uint32_t>(wbytes + 1);  // 2.7.8.2: more than it could write
+      expect = errc::used_len_too_large;
+    } else if (variant == 4) {
+      flags = avail_flags(wrap_at(m.p_reaped, m.size));  // AVAIL != USED: not used
+      expect = errc::empty;
+    }
+    if (expect != errc::empty && sent.empty()) expect = errc::used_unexpected;
+    write_desc(s.q.ring.view(), m.p_reaped, m.size, 0, len, id, flags);
+    RC_ASSERT(s.q.driver.get_used().error() == expect);
+    if (expect == errc::empty) {
+      RC_ASSERT(!s.q.driver.broken());
+    } else {
+      RC_ASSERT(s.q.driver.broken());
+      RC_ASSERT(s.q.driver.error() == expect);
+      RC_ASSERT(s.q.driver.get_used().error() == errc::broken);
+    }
+  }
+
+  // A hostile driver writes the descriptor(s) at the device's next avail position (the device
+  // has popped everything published). The device may only read the slots it does not hold: a
+  // chain reaching past them is an overrun (2.8.4), checked descriptor by descriptor before
+  // anything else about that descriptor; a head whose AVAIL == USED == the device's wrap
+  // counter, or a continuation not available under its own slot's counter, has bad flags
+  // (2.8.1); the id must be below the queue size and not in flight (2.8.4).
+  void packed_corrupt_avail(const model& m, S& s) const {
+    const auto& v = s.q.ring.view();
+    const std::uint64_t at = m.p_popped;
+    const std::uint64_t room = m.size - (m.p_popped - m.p_used());
+    const std::uint64_t addr = reinterpret_cast<std::uintptr_t>(s.arena.data());
+    const std::uint32_t variant = pick % 5;
+    errc expect = errc::packed_bad_id;
+    if (variant == 0) {
+      write_desc(v, at, m.size, addr, 16, 0, used_flags(wrap_at(at, m.size)));
+      expect = errc::packed_bad_flags;
+    } else if (variant == 1 || (variant == 2 && m.held.empty())) {
+      write_desc(v, at, m.size, addr, 16, static_cast<std::uint16_t>(m.size + pick % 7),
+                 avail_flags(wrap_at(at, m.size)));
+      expect = room == 0 ? errc::packed_chain_overrun : errc::packed_bad_id;
+    } else if (variant == 2) {
+      const std::uint16_t id = s.held_chains.at(m.held[pick % m.held.size()].token).id();
+      write_desc(v, at, m.size, addr, 16, id, avail_flags(wrap_at(at, m.size)));
+      expect = room == 0 ? errc::packed_chain_overrun : errc::packed_bad_id;
+    } else if (variant == 3) {
+      // A head with NEXT, then a slot made available for the other lap.
+      write_desc(v, at + 1, m.size, addr, 16, 0, avail_flags(!wrap_at(at + 1, m.size)));
+      write_desc(v, at, m.size, addr, 16, 0,
+                 static_cast<std::uint16_t>(avail_flags(wrap_at(at, m.size)) | 1U));
+      expect = room <= 1 ? errc::packed_chain_overrun : errc::packed_bad_flags;
+    } else {
+      // Every slot the device does not hold, each available and each with NEXT.
+      for (std::uint64_t k = room; k-- > 0;) {
+        write_desc(v, at + k, m.size, addr, 16, 0,
+                   static_cast<std::uint16_t>(avail_flags(wrap_at(at + k, m.size)) | 1U));
+      }
+      if (room == 0) {
+        write_desc(v, at, m.size, addr, 16, 0,
+                   static_cast<std::uint16_t>(avail_flags(wrap_at(at, m.size)) | 1U));
+      }
+      expect = errc::packed_chain_overrun;
+    }
+    chain c;
+    RC_ASSERT(s.q.device.pop(c) == expect);
+    RC_ASSERT(s.q.device.broken());
+    RC_ASSERT(s.q.device.error() == expect);
+    RC_ASSERT(s.q.device.pop(c) == errc::broken);
+  }
+
   // One transition: of the model alone (apply), or of the model and the system under test
   // with every answer checked against the model's prediction (run).
   void step(model& m, S* s) const {
@@ -369,20 +596,20 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
       }
       case kick: {
         const bool expect = m.staged.empty() ? false : m.kick_decision();
-        if (s != nullptr) {
-          const bool got = s->q.driver.kick_prepare();
-          if constexpr (!Layout::is_packed) {
-            RC_ASSERT(got == expect);
-          } else {
-            if (m.staged.empty()) RC_ASSERT(!got);
-            if (!m.staged.empty() && m.mode == smode::none) RC_ASSERT(got);
-          }
-        }
+        if (s != nullptr) RC_ASSERT(s->q.driver.kick_prepare() == expect);
+        m.p_avail += model::slots_of(m.staged);
         m.avail_pub = add16(m.avail_pub, m.staged.size());
         for (auto& c : m.staged) m.published.push_back(c);
         m.staged.clear();
-        if (s != nullptr && !Layout::is_packed) {
-          RC_ASSERT(split_notification_idx(s->q.driver.notification_data(3)) == m.avail_pub);
+        if (s != nullptr) {
+          if constexpr (Layout::is_packed) {
+            // NOTIFICATION_DATA names the position after the last published slot (2.8.1 wrap).
+            const notification n = decode_notification(s->q.driver.notification_data(3));
+            RC_ASSERT(n.next_off == off_at(m.p_avail, m.size));
+            RC_ASSERT(n.next_wrap == wrap_at(m.p_avail, m.size));
+          } else {
+            RC_ASSERT(split_notification_idx(s->q.driver.notification_data(3)) == m.avail_pub);
+          }
         }
         break;
       }
@@ -410,6 +637,9 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
           m.published.pop_front();
           m.last_avail = add16(m.last_avail, 1);
           if (m.event_negotiated && m.notif_on) m.avail_event = m.last_avail;
+          // Packed desc mode: the device's event follows its next avail position.
+          m.p_popped += m.held.back().ndesc;
+          if (m.dev_area.flags == area::desc) m.dev_area.at = m.p_popped;
         }
         break;
       }
@@ -425,7 +655,7 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
           RC_ASSERT(s->q.device.complete(ch, len) == errc::ok);
         }
         m.held.erase(m.held.begin() + static_cast<std::ptrdiff_t>(i));
-        m.completed.push_back(mentry{mused{c.token, len, c.ndesc}});
+        m.completed.push_back(mentry{mused{c.token, len, c.ndesc, c.at}});
         break;
       }
       case complete_batch: {
@@ -444,7 +674,7 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
         }
         mentry e;
         for (std::size_t k = 0; k < n; ++k) {
-          e.push_back(mused{m.held[k].token, k + 1 == n ? len : 0U, m.held[k].ndesc});
+          e.push_back(mused{m.held[k].token, k + 1 == n ? len : 0U, m.held[k].ndesc, m.held[k].at});
         }
         m.held.erase(m.held.begin(), m.held.begin() + static_cast<std::ptrdiff_t>(n));
         m.completed.push_back(e);
@@ -452,15 +682,8 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
       }
       case irq: {
         const bool expect = m.completed.empty() ? false : m.irq_decision();
-        if (s != nullptr) {
-          const bool got = s->q.device.interrupt_prepare();
-          if constexpr (!Layout::is_packed) {
-            RC_ASSERT(got == expect);
-          } else {
-            if (m.completed.empty()) RC_ASSERT(!got);
-            if (!m.completed.empty() && m.mode == smode::none) RC_ASSERT(got);
-          }
-        }
+        if (s != nullptr) RC_ASSERT(s->q.device.interrupt_prepare() == expect);
+        m.p_used_pub += m.completed_slots();
         m.used_pub = add16(m.used_pub, m.completed.size());
         for (auto& e : m.completed) m.used.push_back(e);
         m.completed.clear();
@@ -493,6 +716,7 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
       }
       case disable_irq: {
         if (s != nullptr) s->q.driver.disable_interrupts();
+        if (m.mode != smode::none) m.drv_area.flags = area::disable;
         if (m.mode != smode::none && m.irq_on) {
           m.irq_on = false;
           if (m.mode == smode::flags) m.no_interrupt = true;
@@ -505,6 +729,9 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
         m.delayed = false;
         if (m.mode == smode::flags) m.no_interrupt = false;
         if (m.mode == smode::event) m.used_event = m.consumed;
+        m.p_delayed = false;
+        if (m.mode == smode::event) m.drv_area = event_area{area::desc, m.p_reaped};
+        if (m.mode == smode::flags) m.drv_area.flags = area::enable;
         // Pending iff a published used element is unread, or a batch is half reaped.
         const bool expect = m.used_pub != m.consumed || m.front_reaped > 0;
         if (s != nullptr) RC_ASSERT(s->q.driver.enable_interrupts() == expect);
@@ -517,12 +744,23 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
         m.delayed = true;
         if (m.mode == smode::flags) m.no_interrupt = false;
         if (m.mode == smode::event) m.used_event = add16(m.consumed, ahead);
+        // Packed: the event lies 3/4 of the way through the slots with the device.
+        m.p_delayed = true;
+        if (m.mode == smode::event) {
+          m.drv_area = event_area{area::desc, m.p_reaped + (m.p_avail - m.p_reaped) * 3 / 4};
+        }
+        if (m.mode == smode::flags) m.drv_area.flags = area::enable;
         const std::uint32_t unread = static_cast<std::uint16_t>(m.used_pub - m.consumed);
         if (s != nullptr) {
           const bool got = s->q.driver.enable_interrupts_delayed();
-          // Must report work past the requested point; must not invent work when there is none.
-          if (m.front_reaped > 0 || unread > ahead) RC_ASSERT(got);
-          if (m.front_reaped == 0 && unread == 0) RC_ASSERT(!got);
+          if constexpr (Layout::is_packed) {
+            // The packed driver looks at the very next used slot: pending iff anything unread.
+            RC_ASSERT(got == (m.front_reaped > 0 || unread > 0));
+          } else {
+            // Must report work past the requested point; must not invent work when none.
+            if (m.front_reaped > 0 || unread > ahead) RC_ASSERT(got);
+            if (m.front_reaped == 0 && unread == 0) RC_ASSERT(!got);
+          }
         }
         break;
       }
@@ -531,6 +769,7 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
         if (m.mode != smode::none) {
           m.notif_on = false;
           if (m.mode == smode::flags) m.no_notify = true;
+          m.dev_area.flags = area::disable;
         }
         break;
       }
@@ -538,6 +777,8 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
         m.notif_on = true;
         if (m.mode == smode::flags) m.no_notify = false;
         if (m.event_negotiated) m.avail_event = m.last_avail;
+        if (m.mode == smode::event) m.dev_area = event_area{area::desc, m.p_popped};
+        if (m.mode == smode::flags) m.dev_area.flags = area::enable;
         const bool expect = m.avail_pub != m.last_avail;
         if (s != nullptr) RC_ASSERT(s->q.device.enable_notifications() == expect);
         break;
@@ -555,7 +796,9 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
         // Nothing left with the device: one more used element is more than it holds.
         const errc expect = with_device == 0 ? errc::used_idx_jump : errc::used_id_out_of_range;
         if (s != nullptr) {
-          if constexpr (!Layout::is_packed) {
+          if constexpr (Layout::is_packed) {
+            packed_corrupt_used(m, *s);
+          } else {
             const auto& v = s->q.ring.view();
             auto& e = v.used.ring(m.used_pub & (v.size - 1));
             put<little_endian>(e.id, v.size);
@@ -573,7 +816,9 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
         // A hostile driver moves avail idx by more than the queue size. The device pops at most
         // the chains it had already seen, then fails with avail_idx_jump, and recovers by reset.
         if (s != nullptr) {
-          if constexpr (!Layout::is_packed) {
+          if constexpr (Layout::is_packed) {
+            packed_corrupt_avail(m, *s);
+          } else {
             const auto& v = s->q.ring.view();
             // Past everything published by more than the queue size, wherever the device's
             // cached idx leaves it.
@@ -611,7 +856,10 @@ void run_model(bool in_order) {
                     : std::is_same_v<typename Policy::suppression, suppress_flags> ? smode::flags
                                                                                    : smode::event;
   const bool ok = rc::check([&] {
-    const std::uint32_t size = *rc::gen::element(1U, 2U, 4U, 8U, 16U);
+    // Packed sizes need not be powers of 2 (2.8): odd ones exercise the compare-and-subtract wrap.
+    const std::uint32_t size = Layout::is_packed
+                                   ? *rc::gen::element(1U, 2U, 3U, 4U, 5U, 7U, 8U, 16U)
+                                   : *rc::gen::element(1U, 2U, 4U, 8U, 16U);
     std::uint16_t initial = 0;
     if constexpr (!Layout::is_packed) {
       initial =
