@@ -633,93 +633,37 @@ class packed_device : public detail::queue_common<P> {
   /// errc (queue broken, chain left empty).
   errc pop(chain& c) {
     guard g(this->lock_);
-    if (this->broken()) {
+    if (this->broken()) [[unlikely]] {
       c.begin(0, 0);
       return errc::broken;
     }
-    const packed::desc& head = view_.ring[next_avail_];
+    const packed::desc& d = view_.ring[next_avail_];
     // V1 (2.8.21.1, partner D1): the head's flags are acquired before any other field of the
     // chain is read; the continuation descriptors were published by the same release.
-    const std::uint16_t f0 = load_acquire<E>(head.flags);
-    if (!packed::is_avail(f0, avail_wrap_)) {
-      // 2.8.1: AVAIL == USED == our wrap is neither available nor anything this device wrote
-      // (its used descriptors at this slot carry the previous lap's counter).
-      if (packed::is_used(f0, avail_wrap_)) return bad(c, errc::packed_bad_flags);
-      return errc::empty;
-    }
+    const std::uint16_t f0 = load_acquire<E>(d.flags);
+    if (!packed::is_avail(f0, avail_wrap_)) [[unlikely]]
+      return not_available(c, f0);
     B::after_observe();
-    c.begin(0, size_);
+    // The receive case: one descriptor, direct. Anything else (NEXT, INDIRECT), or a head slot
+    // the device still holds (a chain overrun, 2.8.4), takes the general walk.
+    if (((f0 & (packed::desc_f_next | packed::desc_f_indirect)) != 0) | (held_slots_ == size_))
+        [[unlikely]]
+      return pop_walk(c, f0);
+    const std::uint64_t addr = get<E>(d.addr);
+    const std::uint32_t len = get<E>(d.len);
+    // 2.8.6: the buffer id sits in the chain's last descriptor, here the only one.
+    const std::uint16_t id = get<E>(d.id);
+    const bool writable = (f0 & packed::desc_f_write) != 0;
+    if (const errc e = c.begin_one(*mem_, id, size_, addr, len, writable); e != errc::ok)
+        [[unlikely]]
+      return bad(c, e);
+    // 2.8.4: the driver picks ids below the queue size and never reuses one still in flight.
+    if ((id >= size_) || (held_[id].slots != 0)) [[unlikely]]
+      return bad(c, errc::packed_bad_id);
     std::uint16_t slot = next_avail_;
     bool wrap = avail_wrap_;
-    std::uint16_t flags = f0;
-    std::uint32_t n = 0;
-    const packed::desc* last = &head;
-    // 2.8.4: a chain is at most Queue Size descriptors, and the driver can only reuse slots the
-    // device gave back with used descriptors: the chain must end before the slots still held.
-    const std::uint32_t room =
-        size_ - (next_avail_ + (avail_wrap_ == used_wrap_ ? 0U : size_) - next_used_);
-    for (;;) {
-      if (n == room) return bad(c, errc::packed_chain_overrun);
-      const packed::desc& d = view_.ring[slot];
-      if (n != 0) {
-        flags = load_relaxed<E>(d.flags);
-        // 2.8.6 / 2.8.1: every descriptor of a chain is made available under the wrap counter
-        // of its own slot before the head is.
-        if (!packed::is_avail(flags, wrap)) return bad(c, errc::packed_bad_flags);
-      }
-      ++n;
-      last = &d;
-      const std::uint64_t addr = get<E>(d.addr);
-      const std::uint32_t len = get<E>(d.len);
-      if ((flags & packed::desc_f_indirect) != 0) {
-        // 2.8.7: "The driver MUST NOT set the VIRTQ_DESC_F_INDIRECT flag unless the
-        // VIRTIO_F_INDIRECT_DESC feature was negotiated."
-        if (!indirect_) return bad(c, errc::indirect_not_negotiated);
-        // 2.8.7: "A driver MUST NOT write direct descriptors with VIRTQ_DESC_F_INDIRECT set in
-        // a scatter-gather list linked by VIRTQ_DESC_F_NEXT": in a packed ring an indirect
-        // descriptor is a chain on its own (unlike split 2.7.5.3.2, no direct prefix).
-        if (n != 1 || (flags & packed::desc_f_next) != 0) {
-          return bad(c, errc::indirect_with_next);
-        }
-        // 2.8.7: the device ignores WRITE on the descriptor that points at the table.
-        if (const errc e = walk_indirect(c, addr, len); e != errc::ok) return bad(c, e);
-      } else {
-        const errc e = c.append(*mem_, addr, len, (flags & packed::desc_f_write) != 0);
-        if (e != errc::ok) return bad(c, e);
-      }
-      detail::packed_advance(slot, wrap, 1, size_);
-      if ((flags & packed::desc_f_next) == 0) break;
-    }
-    // 2.8.6: the buffer id sits in the chain's last descriptor. 2.8.4: the driver picks ids
-    // below the queue size and never reuses one still in flight.
-    const std::uint16_t id = get<E>(last->id);
-    if (id >= size_ || held_[id].slots != 0) return bad(c, errc::packed_bad_id);
-    // Checked mode: the device never reads a slot it has not given back (as a used skip).
-    if (!packed_shadow_slots(this->shadow_, next_avail_, n, size_, detail::desc_state::free,
-                             detail::desc_state::device)) {
-      return bad(c, errc::state_violation);
-    }
-    c.set_id(id);
-    c.set_ring_slots(static_cast<std::uint16_t>(n));
-    held_[id] = held{c.writable_bytes(), static_cast<std::uint16_t>(n)};
-    ++in_flight_;
-    if (in_order_) {
-      std::uint32_t at = fifo_head_ + fifo_count_;
-      if (at >= size_) at -= size_;
-      fifo_[at] = id;
-      ++fifo_count_;
-    }
-    next_avail_ = slot;
-    avail_wrap_ = wrap;
-    ++this->stats_.popped;
-    if constexpr (S::uses_event_idx) {
-      // While notifications are enabled in desc mode the event follows the popped position,
-      // so the driver's next publish notifies again (as the split ring's avail_event does).
-      if (device_flags_ == packed::event_flags_desc) {
-        store_relaxed<E>(view_.device_event->off_wrap, packed::make_off_wrap(next_avail_, wrap));
-      }
-    }
-    return errc::ok;
+    detail::packed_advance(slot, wrap, 1, size_);
+    return accept(c, id, writable ? len : 0U, 1, slot, wrap);
   }
 
   /// Stages a used descriptor for chain `id` with `len` bytes written. invalid_argument (a
@@ -849,12 +793,106 @@ class packed_device : public detail::queue_common<P> {
     staged_count_ = 0;
     staged_slots_ = 0;
     in_flight_ = 0;
+    held_slots_ = 0;
     // Ring memory is not touched (after a reset the device neither uses buffers nor notifies;
     // the driver re-initialises the ring): the area's content is unknown, so the next
     // disable/enable writes it.
     device_flags_ = 0xFFFF;
     this->shadow_.reset();
     this->clear_error();
+  }
+
+  /// The head's flags do not say "available in our lap": empty, or a rule broken.
+  [[gnu::noinline]] errc not_available(chain& c, std::uint16_t f0) {
+    // 2.8.1: AVAIL == USED == our wrap is neither available nor anything this device wrote
+    // (its used descriptors at this slot carry the previous lap's counter).
+    if (packed::is_used(f0, avail_wrap_)) return bad(c, errc::packed_bad_flags);
+    return errc::empty;
+  }
+
+  /// The general walk: a chain linked by NEXT, or an indirect table, validated descriptor by
+  /// descriptor. `f0` is the head's flags, already acquired (V1).
+  [[gnu::noinline]] errc pop_walk(chain& c, std::uint16_t f0) {
+    c.begin(0, size_);
+    std::uint16_t slot = next_avail_;
+    bool wrap = avail_wrap_;
+    std::uint16_t flags = f0;
+    std::uint32_t n = 0;
+    const packed::desc* last = &view_.ring[slot];
+    // 2.8.4: a chain is at most Queue Size descriptors, and the driver can only reuse slots the
+    // device gave back with used descriptors: the chain must end before the slots still held.
+    const std::uint32_t room = size_ - held_slots_;
+    for (;;) {
+      if (n == room) return bad(c, errc::packed_chain_overrun);
+      const packed::desc& d = view_.ring[slot];
+      if (n != 0) {
+        flags = load_relaxed<E>(d.flags);
+        // 2.8.6 / 2.8.1: every descriptor of a chain is made available under the wrap counter
+        // of its own slot before the head is.
+        if (!packed::is_avail(flags, wrap)) return bad(c, errc::packed_bad_flags);
+      }
+      ++n;
+      last = &d;
+      const std::uint64_t addr = get<E>(d.addr);
+      const std::uint32_t len = get<E>(d.len);
+      if ((flags & packed::desc_f_indirect) != 0) {
+        // 2.8.7: "The driver MUST NOT set the VIRTQ_DESC_F_INDIRECT flag unless the
+        // VIRTIO_F_INDIRECT_DESC feature was negotiated."
+        if (!indirect_) return bad(c, errc::indirect_not_negotiated);
+        // 2.8.7: "A driver MUST NOT write direct descriptors with VIRTQ_DESC_F_INDIRECT set in
+        // a scatter-gather list linked by VIRTQ_DESC_F_NEXT": in a packed ring an indirect
+        // descriptor is a chain on its own (unlike split 2.7.5.3.2, no direct prefix).
+        if (n != 1 || (flags & packed::desc_f_next) != 0) {
+          return bad(c, errc::indirect_with_next);
+        }
+        // 2.8.7: the device ignores WRITE on the descriptor that points at the table.
+        if (const errc e = walk_indirect(c, addr, len); e != errc::ok) return bad(c, e);
+      } else {
+        const errc e = c.append(*mem_, addr, len, (flags & packed::desc_f_write) != 0);
+        if (e != errc::ok) return bad(c, e);
+      }
+      detail::packed_advance(slot, wrap, 1, size_);
+      if ((flags & packed::desc_f_next) == 0) break;
+    }
+    // 2.8.6: the buffer id sits in the chain's last descriptor. 2.8.4: the driver picks ids
+    // below the queue size and never reuses one still in flight.
+    const std::uint16_t id = get<E>(last->id);
+    if (id >= size_ || held_[id].slots != 0) return bad(c, errc::packed_bad_id);
+    c.set_id(id);
+    return accept(c, id, c.writable_bytes(), n, slot, wrap);
+  }
+
+  /// A validated chain of `n` slots ending before (`slot`, `wrap`) becomes ours.
+  errc accept(chain& c, std::uint16_t id, std::uint64_t writable, std::uint32_t n,
+              std::uint16_t slot, bool wrap) {
+    // Checked mode: the device never reads a slot it has not given back (as a used skip).
+    if (!packed_shadow_slots(this->shadow_, next_avail_, n, size_, detail::desc_state::free,
+                             detail::desc_state::device)) {
+      return bad(c, errc::state_violation);
+    }
+    c.set_ring_slots(static_cast<std::uint16_t>(n));
+    // A used len is a u32, so a bound saturated at 2^32 - 1 rejects exactly the same lens.
+    held_[id] = held{static_cast<std::uint32_t>(std::min<std::uint64_t>(writable, 0xFFFFFFFFU)),
+                     static_cast<std::uint16_t>(n)};
+    held_slots_ += n;
+    ++in_flight_;
+    if (in_order_) {
+      std::uint32_t at = fifo_head_ + fifo_count_;
+      if (at >= size_) at -= size_;
+      fifo_[at] = id;
+      ++fifo_count_;
+    }
+    next_avail_ = slot;
+    avail_wrap_ = wrap;
+    ++this->stats_.popped;
+    if constexpr (S::uses_event_idx) {
+      // While notifications are enabled in desc mode the event follows the popped position,
+      // so the driver's next publish notifies again (as the split ring's avail_event does).
+      if (device_flags_ == packed::event_flags_desc) {
+        store_relaxed<E>(view_.device_event->off_wrap, packed::make_off_wrap(slot, wrap));
+      }
+    }
+    return errc::ok;
   }
 
   errc bad(chain& c, errc e) {
@@ -932,6 +970,7 @@ class packed_device : public detail::queue_common<P> {
     // used descriptor at a time and a driver polling the same line.
     staged_[staged_count_++] = staged_used{id, next_used_, len, used_wrap_};
     staged_slots_ += slots;
+    held_slots_ -= slots;
     detail::packed_advance(next_used_, used_wrap_, slots, size_);
     return errc::ok;
   }
@@ -948,8 +987,9 @@ class packed_device : public detail::queue_common<P> {
   const M* mem_;  ///< the caller's map; must outlive the queue (as with split_device)
   bool in_order_;
   bool indirect_;
+  /// Per buffer id, 8 bytes: a completion touches one of them.
   struct held {
-    std::uint64_t writable = 0;  ///< bound for its used len (2.7.8.2)
+    std::uint32_t writable = 0;  ///< bound for its used len (2.7.8.2), saturated at 2^32 - 1
     std::uint16_t slots = 0;     ///< ring slots it took (the used skip, 2.8.9); 0 = not held
   };
   std::vector<held> held_;           ///< per buffer id
@@ -957,6 +997,7 @@ class packed_device : public detail::queue_common<P> {
   std::uint32_t fifo_head_ = 0;
   std::uint32_t fifo_count_ = 0;
   std::uint32_t in_flight_ = 0;
+  std::uint32_t held_slots_ = 0;  ///< ring slots popped and not yet covered by a used descriptor
 
   std::uint16_t next_avail_ = 0;
   bool avail_wrap_ = true;
