@@ -293,6 +293,9 @@ class packed_driver : public detail::queue_common<P> {
   result<std::size_t> get_used(std::span<used_buffer> out) {
     guard g(this->lock_);
     if (this->broken()) return errc::broken;
+    if constexpr (!P::checked) {
+      if (!in_order_) return reap_batch(out);
+    }
     std::size_t n = 0;
     for (; n < out.size(); ++n) {
       // Written in place: a used_buffer returned through result<> and copied costs a
@@ -484,6 +487,80 @@ class packed_driver : public detail::queue_common<P> {
     if (in_order_ && id != order_head_) [[unlikely]]
       return start_in_order_batch(id, len, out);
     return reclaim(id, len, out);
+  }
+
+  /// get_used(span) without IN_ORDER and checked mode: reap_one's rules, in the same order,
+  /// with the ring position, the id stack and the counters in registers for the whole batch.
+  [[gnu::always_inline]] inline result<std::size_t> reap_batch(std::span<used_buffer> out) {
+    std::uint16_t pos = last_used_;
+    bool wrap = used_wrap_;
+    // 2.8.1: used in lap `wrap` means AVAIL == USED == wrap.
+    std::uint16_t want = packed::used_bits(wrap);
+    std::uint32_t outstanding = outstanding_;
+    std::uint32_t top = free_top_;
+    std::uint32_t freed = 0;
+    const std::uint32_t size = size_;
+    const std::uint64_t batch = batch_;
+    id_info* const ids = ids_.data();
+    std::uint16_t* const free_ids = free_ids_.data();
+    errc e = errc::ok;
+    std::size_t n = 0;
+    for (; n < out.size(); ++n) {
+      const packed::desc& d = view_.ring[pos];
+      // D3 (2.8.21.2, partner V2): the device wrote id and len before it released these flags.
+      const std::uint16_t flags = load_acquire<E>(d.flags);
+      if ((flags & packed::used_bits(true)) != want) break;
+      B::after_observe();
+      // 2.8.1: with no chain outstanding this slot cannot hold a used descriptor.
+      if (outstanding == 0) [[unlikely]] {
+        e = errc::used_unexpected;
+        break;
+      }
+      const std::uint16_t id = get<E>(d.id);
+      const std::uint32_t len = get<E>(d.len);
+      if (id >= size) [[unlikely]] {
+        e = errc::used_id_out_of_range;
+        break;
+      }
+      id_info& s = ids[id];
+      // A used id must name a chain the device was given: in use and already published.
+      if ((s.slots == 0) | (s.batch == batch)) [[unlikely]] {
+        e = errc::used_id_not_outstanding;
+        break;
+      }
+      // 2.8.4 / 2.7.8.2: the used length may not exceed the buffer's device-writable space.
+      if (len > s.writable) [[unlikely]] {
+        e = errc::used_len_too_large;
+        break;
+      }
+      out[n].token = s.token;
+      out[n].len = len;
+      // The next s.slots slots from pos come back, whichever chain took them.
+      const std::uint32_t slots = s.slots;
+      freed += slots;
+      std::uint32_t o = pos + slots;
+      if (o >= size) {
+        o -= size;
+        wrap = !wrap;
+        want = packed::used_bits(wrap);
+      }
+      pos = static_cast<std::uint16_t>(o);
+      s.slots = 0;
+      free_ids[top++] = id;
+      --outstanding;
+    }
+    last_used_ = pos;
+    used_wrap_ = wrap;
+    outstanding_ = outstanding;
+    free_top_ = top;
+    num_free_ += freed;
+    this->stats_.reaped += n;
+    if (e != errc::ok) [[unlikely]] {
+      fail(e);
+      if (n == 0) return e;
+    }
+    if (n != 0) after_reap();
+    return n;
   }
 
   [[gnu::noinline]] errc start_in_order_batch(std::uint16_t id, std::uint32_t len,
