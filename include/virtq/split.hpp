@@ -122,9 +122,10 @@ struct held_links<true> {
 // =============================================================================================
 
 /// The driver side of a split ring. Not copyable or movable (the ring and the rx pool keep
-/// references into it). One thread at a time unless P::lock is a real lock.
+/// references into it). One thread at a time unless P::lock is a real lock. Cache-line aligned:
+/// its state is written by the driver's CPU only, so it shares no line with a device next to it.
 template <queue_policy_type P = default_policy>
-class split_driver : public detail::queue_common<P> {
+class alignas(64) split_driver : public detail::queue_common<P> {
   using base = detail::queue_common<P>;
   using E = typename P::endian;
   using B = typename P::barriers;
@@ -690,9 +691,9 @@ class split_driver : public detail::queue_common<P> {
 // =============================================================================================
 
 /// The device side of a split ring. `mem` translates the driver's addresses and must outlive
-/// the queue (a pointer to it is kept).
+/// the queue (a pointer to it is kept). Cache-line aligned, like split_driver.
 template <queue_policy_type P = default_policy, memory_map M = identity_memory>
-class split_device : public detail::queue_common<P> {
+class alignas(64) split_device : public detail::queue_common<P> {
   using base = detail::queue_common<P>;
   using E = typename P::endian;
   using B = typename P::barriers;
