@@ -23,7 +23,9 @@ if [ "${VIRTQ_BENCH_QUICK:-0}" = 1 ]; then
 fi
 
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
-known="$(cmake --build "$build" --target help | sed -n 's/^\.\.\. \([a-z_0-9]*\).*/\1/p')"
+# Target names from the generator's help ("... name" for Makefiles, "name: phony" for Ninja).
+known="$(cmake --build "$build" --target help | sed -n -e 's/^\.\.\. \([a-z_0-9]*\).*/\1/p' \
+  -e 's/^\([a-z_0-9]*\): .*/\1/p')"
 targets=()
 for src in "$root"/bench/bench_*.cpp; do
   name="$(basename "$src" .cpp)"
