@@ -74,6 +74,37 @@ constexpr bool packed_advance_matches_division() {
 }
 static_assert(packed_advance_matches_division());
 
+/// 2.8.1 as one masked compare: the AVAIL/USED bits of a descriptor made available in lap
+/// `wrap` (AVAIL == wrap, USED != wrap), and of one used in lap `wrap` (both == wrap).
+inline constexpr std::uint16_t packed_wrap_bits = packed::desc_f_avail | packed::desc_f_used;
+constexpr std::uint16_t packed_avail_bits(bool wrap) noexcept {
+  return static_cast<std::uint16_t>(0x8000U >> (8U * static_cast<unsigned>(wrap)));
+}
+constexpr std::uint16_t packed_used_bits(bool wrap) noexcept {
+  return static_cast<std::uint16_t>(std::uint32_t{packed_wrap_bits} * static_cast<unsigned>(wrap));
+}
+constexpr bool packed_bits_match_spec() {
+  // Both wrap bits in every combination, under the other flag bits none, some and all set.
+  for (const std::uint32_t other : {0x0000U, 0x0001U, 0x0002U, 0x0004U, 0x7F7FU}) {
+    for (std::uint32_t bits = 0; bits < 4; ++bits) {
+      const auto f =
+          static_cast<std::uint16_t>(other | ((bits & 1U) << 7U) | ((bits >> 1U) << 15U));
+      for (const bool w : {false, true}) {
+        const auto m = static_cast<std::uint16_t>(f & packed_wrap_bits);
+        if ((m == packed_avail_bits(w)) != packed::is_avail(f, w) ||
+            (m == packed_used_bits(w)) != packed::is_used(f, w)) {
+          return false;
+        }
+      }
+    }
+  }
+  return packed_avail_bits(true) == packed::avail_bits(true) &&
+         packed_avail_bits(false) == packed::avail_bits(false) &&
+         packed_used_bits(true) == packed::used_bits(true) &&
+         packed_used_bits(false) == packed::used_bits(false);
+}
+static_assert(packed_bits_match_spec());
+
 /// The ring view a queue is built on must have come from packed::ring_view::make.
 inline void check_packed_view(const packed::ring_view& v) {
   if (v.ring == nullptr || v.driver_event == nullptr || v.device_event == nullptr) {
@@ -422,7 +453,7 @@ class packed_driver : public detail::queue_common<P> {
     put<E>(d.addr, addr);
     put<E>(d.len, len);
     put<E>(d.id, id);  // 2.8.6: the device reads it from the last descriptor; all carry it
-    const auto f = static_cast<std::uint16_t>(flags | packed::avail_bits(avail_wrap_));
+    const auto f = static_cast<std::uint16_t>(flags | detail::packed_avail_bits(avail_wrap_));
     if (staged_slots_ == 0) {
       head_pending_ = true;
       head_slot_ = next_avail_;
@@ -495,7 +526,7 @@ class packed_driver : public detail::queue_common<P> {
     std::uint16_t pos = last_used_;
     bool wrap = used_wrap_;
     // 2.8.1: used in lap `wrap` means AVAIL == USED == wrap.
-    std::uint16_t want = packed::used_bits(wrap);
+    std::uint16_t want = detail::packed_used_bits(wrap);
     std::uint32_t outstanding = outstanding_;
     std::uint32_t top = free_top_;
     std::uint32_t freed = 0;
@@ -509,7 +540,7 @@ class packed_driver : public detail::queue_common<P> {
       const packed::desc& d = view_.ring[pos];
       // D3 (2.8.21.2, partner V2): the device wrote id and len before it released these flags.
       const std::uint16_t flags = load_acquire<E>(d.flags);
-      if ((flags & packed::used_bits(true)) != want) break;
+      if ((flags & detail::packed_wrap_bits) != want) break;
       B::after_observe();
       // 2.8.1: with no chain outstanding this slot cannot hold a used descriptor.
       if (outstanding == 0) [[unlikely]] {
@@ -542,7 +573,7 @@ class packed_driver : public detail::queue_common<P> {
       if (o >= size) {
         o -= size;
         wrap = !wrap;
-        want = packed::used_bits(wrap);
+        want = detail::packed_used_bits(wrap);
       }
       pos = static_cast<std::uint16_t>(o);
       s.slots = 0;
@@ -708,7 +739,7 @@ class packed_device : public detail::queue_common<P> {
 
   /// The next available chain, validated descriptor by descriptor; errc::empty; or a fatal
   /// errc (queue broken, chain left empty).
-  errc pop(chain& c) {
+  [[gnu::flatten]] errc pop(chain& c) {
     guard g(this->lock_);
     if (this->broken()) [[unlikely]] {
       c.begin(0, 0);
@@ -718,7 +749,7 @@ class packed_device : public detail::queue_common<P> {
     // V1 (2.8.21.1, partner D1): the head's flags are acquired before any other field of the
     // chain is read; the continuation descriptors were published by the same release.
     const std::uint16_t f0 = load_acquire<E>(d.flags);
-    if (!packed::is_avail(f0, avail_wrap_)) [[unlikely]]
+    if ((f0 & detail::packed_wrap_bits) != detail::packed_avail_bits(avail_wrap_)) [[unlikely]]
       return not_available(c, f0);
     B::after_observe();
     // The receive case: one descriptor, direct. Anything else (NEXT, INDIRECT), or a head slot
@@ -1030,9 +1061,9 @@ class packed_device : public detail::queue_common<P> {
       B::before_publish();
       // V2 (2.8.21.2, partner D3): ids and lens of the whole batch were written before this
       // release of the first used descriptor's flags.
-      store_release<E>(d.flags, packed::used_bits(u.wrap));
+      store_release<E>(d.flags, detail::packed_used_bits(u.wrap));
     } else {
-      store_relaxed<E>(d.flags, packed::used_bits(u.wrap));
+      store_relaxed<E>(d.flags, detail::packed_used_bits(u.wrap));
     }
   }
 
