@@ -364,6 +364,9 @@ TEST_CASE("split: IN_ORDER batches several chains into one used element", "[spli
     CHECK(u->token == 10 * round + 3);
     CHECK(u->len == 5);
     CHECK(q.driver.num_free() == 4);
+    // Statistics count chains on both sides, whether one used element stood for three or not.
+    CHECK(q.device.stats().completed == 4 * (round + 1));
+    CHECK(q.driver.stats().reaped == 4 * (round + 1));
   }
 }
 

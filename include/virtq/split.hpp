@@ -819,6 +819,8 @@ class alignas(64) split_device : public detail::queue_common<P> {
     }
     order_count_ -= count;
     write_used(last, len_of_last);
+    // queue_stats::completed counts chains (as packed does), not used elements.
+    this->stats_.completed += count - 1U;
     return errc::ok;
   }
 
