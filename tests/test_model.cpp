@@ -95,19 +95,14 @@ bool packed_passes(std::uint64_t event, std::uint64_t from, std::uint64_t to, st
   return false;
 }
 
-// KNOWN DEVIATION (see the "[!mayfail]" case at the end of this file): spec.hpp's
-// packed_need_event answers "notify" whenever a whole queue size of slots was published at once,
-// although those slots carry only one of the two wrap parities of each offset, so an event
-// naming the other parity (a delayed driver event the driver reaped past) was not passed.
-// While that stands, the model predicts the implementation's answer for exactly that case so
-// the property stays exact everywhere else; set to false once packed_need_event is fixed.
-constexpr bool full_lap_always_notifies = true;
+// 2.8.10 over exactly one lap: a batch of queue-size slots covers each offset under one wrap
+// parity only, so an event naming the other parity (a delayed driver event the driver has reaped
+// past) was not passed. The model needs no special case for it (see the named test at the end).
 
 bool packed_decision(const event_area& a, std::uint64_t from, std::uint64_t to, smode mode,
                      std::uint32_t size) {
   if (mode == smode::none) return true;
   if (a.flags == area::desc) {
-    if (full_lap_always_notifies && to - from >= size) return true;
     return packed_passes(a.at, from, to, size);
   }
   return a.flags != area::disable;
@@ -973,12 +968,12 @@ TEMPLATE_LIST_TEST_CASE("model: driver + device pair against the reference model
 // pins a slot AND a wrap parity). A device that then publishes exactly a queue size of used
 // slots at once covers that offset only under the other parity, so no interrupt is due (as
 // Linux vhost's packed check computes). spec.hpp's packed_need_event returns true for any
-// batch of >= size slots ("moved a whole lap"): a spurious interrupt. Marked mayfail until that
-// shortcut is fixed (then also set full_lap_always_notifies to false above).
+// batch of >= size slots ("moved a whole lap"): a spurious interrupt. Fixed: only more than a lap
+// notifies unconditionally.
 TEST_CASE(
     "model: packed device does not interrupt for a full-size batch that misses a stale "
     "delayed event",
-    "[model][packed][!mayfail]") {
+    "[model][packed]") {
   virtq_test::queue_pair<packed_layout, default_policy> q(2);
   virtq_test::buffer_arena a(4096);
   REQUIRE(q.driver.add_inbuf(a.at(0, 64), 1) == errc::ok);

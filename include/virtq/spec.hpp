@@ -408,7 +408,10 @@ static_assert(need_event_small_domain_ok());
 /// belongs to the previous lap, so the queue size is taken off before the need_event test.
 constexpr bool packed_need_event(std::uint16_t off_wrap, std::uint16_t new_off, bool new_wrap,
                                  std::uint32_t added, std::uint32_t queue_size) noexcept {
-  if (added >= queue_size) return true;  // moved a whole lap: the event was passed for sure
+  // Up to one whole lap (added == queue_size) the 16-bit test below is exact: an event in the
+  // current lap ahead of new_off is not reached, one left behind from an earlier lap is stale.
+  // Beyond a lap, offset and wrap bit no longer say which lap the event belongs to: notify.
+  if (added > queue_size) return true;
   auto event = packed::off_of(off_wrap);
   if (packed::wrap_of(off_wrap) != new_wrap) event = static_cast<std::uint16_t>(event - queue_size);
   const auto old_off = static_cast<std::uint16_t>(new_off - added);
