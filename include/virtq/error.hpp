@@ -37,88 +37,127 @@ enum class errc : std::uint8_t {
   address_overflow,      ///< address + length wraps around 2^64
   crosses_region_end,    ///< range starts inside a region but runs past its end
   // --- device side: the driver's ring is hostile --------------------------------------------
-  avail_idx_jump,         ///< 2.7.6: avail idx moved by more than the queue size
-  desc_index_out_of_range,///< 2.7.5: head index >= queue size
-  next_out_of_range,      ///< 2.7.5: next >= queue size (or >= indirect table length)
-  chain_loop,             ///< 2.7.5.2: a loop in a chain (walk exceeded the number of entries)
-  chain_too_long,         ///< 2.7.5.2 / 2.8.4: chain longer than the queue size
-  chain_too_large,        ///< 2.7.5.2: total length of a chain over 2^32 bytes
-  write_before_read,      ///< 2.7.4.2 / 2.8.4: a readable descriptor after a writable one
-  indirect_bad_length,    ///< 2.7.5.3.1: table length zero, not a multiple of 16, or too large
-  indirect_nested,        ///< 2.7.5.3.1: INDIRECT inside an indirect table
-  indirect_with_next,     ///< 2.7.5.3.1: INDIRECT and NEXT on the same descriptor
-  indirect_not_negotiated,///< INDIRECT flag without VIRTIO_F_INDIRECT_DESC
-  indirect_bad_flags,     ///< 2.8.7: packed indirect entry with flags other than WRITE
-  packed_bad_flags,       ///< 2.8.1: AVAIL/USED bits inconsistent within a chain
-  packed_bad_id,          ///< 2.8.4: buffer id >= queue size or already in flight
-  packed_chain_overrun,   ///< 2.8.4: chain does not end within the queue size
-  in_order_violation,     ///< 2.7.9 / 2.8.11: IN_ORDER negotiated, chain not in ring order
+  avail_idx_jump,           ///< 2.7.6: avail idx moved by more than the queue size
+  desc_index_out_of_range,  ///< 2.7.5: head index >= queue size
+  next_out_of_range,        ///< 2.7.5: next >= queue size (or >= indirect table length)
+  chain_loop,               ///< 2.7.5.2: a loop in a chain (walk exceeded the number of entries)
+  chain_too_long,           ///< 2.7.5.2 / 2.8.4: chain longer than the queue size
+  chain_too_large,          ///< 2.7.5.2: total length of a chain over 2^32 bytes
+  write_before_read,        ///< 2.7.4.2 / 2.8.4: a readable descriptor after a writable one
+  indirect_bad_length,      ///< 2.7.5.3.1: table length zero, not a multiple of 16, or too large
+  indirect_nested,          ///< 2.7.5.3.1: INDIRECT inside an indirect table
+  indirect_with_next,       ///< 2.7.5.3.1: INDIRECT and NEXT on the same descriptor
+  indirect_not_negotiated,  ///< INDIRECT flag without VIRTIO_F_INDIRECT_DESC
+  indirect_bad_flags,       ///< 2.8.7: packed indirect entry with flags other than WRITE
+  packed_bad_flags,         ///< 2.8.1: AVAIL/USED bits inconsistent within a chain
+  packed_bad_id,            ///< 2.8.4: buffer id >= queue size or already in flight
+  packed_chain_overrun,     ///< 2.8.4: chain does not end within the queue size
+  in_order_violation,       ///< 2.7.9 / 2.8.11: IN_ORDER negotiated, chain not in ring order
   // --- driver side: the device is hostile ---------------------------------------------------
-  used_id_out_of_range,   ///< used id >= queue size
-  used_id_not_outstanding,///< used id is not the head of a chain the device holds
-  used_len_too_large,     ///< used len exceeds the chain's writable space (2.7.8.2)
-  used_idx_jump,          ///< used idx moved by more than the number of outstanding chains
-  used_unexpected,        ///< packed: a used descriptor where none can be
+  used_id_out_of_range,     ///< used id >= queue size
+  used_id_not_outstanding,  ///< used id is not the head of a chain the device holds
+  used_len_too_large,       ///< used len exceeds the chain's writable space (2.7.8.2)
+  used_idx_jump,            ///< used idx moved by more than the number of outstanding chains
+  used_unexpected,          ///< packed: a used descriptor where none can be
   // --- shadow-state checker ---------------------------------------------------------------
-  state_violation,        ///< checked mode: a descriptor made an impossible transition
+  state_violation,  ///< checked mode: a descriptor made an impossible transition
   // --- receive-buffer pool: caller misuse (rx_pool.hpp) -----------------------------------
-  double_release,         ///< a reference to a buffer that is already back in its pool
-  foreign_buffer,         ///< a buffer (or handle) of another pool
-  stale_handle,           ///< a handle from an earlier loan of a buffer that was reused since
-  use_after_release,      ///< debug poisoning: a free buffer was written after its release
-  count_  // number of values; keep last
+  double_release,     ///< a reference to a buffer that is already back in its pool
+  foreign_buffer,     ///< a buffer (or handle) of another pool
+  stale_handle,       ///< a handle from an earlier loan of a buffer that was reused since
+  use_after_release,  ///< debug poisoning: a free buffer was written after its release
+  count_              // number of values; keep last
 };
 
 inline constexpr std::size_t errc_count = static_cast<std::size_t>(errc::count_);
 
 /// True for the values that mean "a peer misbehaved": they break the queue.
 constexpr bool is_fatal(errc e) noexcept {
-  return e != errc::ok && e != errc::empty && e != errc::no_space &&
-         e != errc::invalid_argument && e != errc::double_release && e != errc::foreign_buffer &&
-         e != errc::stale_handle && e != errc::use_after_release;
+  return e != errc::ok && e != errc::empty && e != errc::no_space && e != errc::invalid_argument &&
+         e != errc::double_release && e != errc::foreign_buffer && e != errc::stale_handle &&
+         e != errc::use_after_release;
 }
 
 constexpr const char* to_string(errc e) noexcept {
   switch (e) {
-    case errc::ok: return "ok";
-    case errc::empty: return "nothing available";
-    case errc::no_space: return "not enough free descriptors";
-    case errc::invalid_argument: return "invalid argument";
-    case errc::broken: return "queue is broken; reset it";
-    case errc::bad_queue_size: return "invalid queue size (split: power of 2 <= 32768; packed: 1..32768)";
-    case errc::bad_alignment: return "ring area is misaligned";
-    case errc::feature_missing: return "a required feature was not negotiated";
-    case errc::feature_conflict: return "negotiated features conflict with the layout or policy";
-    case errc::address_out_of_range: return "guest address outside every memory region";
-    case errc::address_overflow: return "guest address + length wraps around 2^64";
-    case errc::crosses_region_end: return "guest address range crosses the end of its region";
-    case errc::avail_idx_jump: return "avail idx moved by more than the queue size";
-    case errc::desc_index_out_of_range: return "descriptor index out of range";
-    case errc::next_out_of_range: return "descriptor next out of range";
-    case errc::chain_loop: return "descriptor chain loops";
-    case errc::chain_too_long: return "descriptor chain longer than the queue size";
-    case errc::chain_too_large: return "descriptor chain total length over 2^32";
-    case errc::write_before_read: return "device-readable descriptor after a device-writable one";
-    case errc::indirect_bad_length: return "indirect table length zero, not a multiple of 16, or too large";
-    case errc::indirect_nested: return "indirect descriptor inside an indirect table";
-    case errc::indirect_with_next: return "INDIRECT together with NEXT";
-    case errc::indirect_not_negotiated: return "INDIRECT used without VIRTIO_F_INDIRECT_DESC";
-    case errc::indirect_bad_flags: return "packed indirect entry with flags other than WRITE";
-    case errc::packed_bad_flags: return "packed descriptor AVAIL/USED bits inconsistent";
-    case errc::packed_bad_id: return "packed buffer id out of range or already in flight";
-    case errc::packed_chain_overrun: return "packed chain does not end within the queue size";
-    case errc::in_order_violation: return "IN_ORDER negotiated but buffers not in ring order";
-    case errc::used_id_out_of_range: return "used id out of range";
-    case errc::used_id_not_outstanding: return "used id is not an outstanding chain head";
-    case errc::used_len_too_large: return "used len larger than the chain's writable space";
-    case errc::used_idx_jump: return "used idx moved by more than the outstanding chains";
-    case errc::used_unexpected: return "used descriptor where none can be";
-    case errc::state_violation: return "descriptor state transition violated (checked mode)";
-    case errc::double_release: return "buffer released twice (it is already free)";
-    case errc::foreign_buffer: return "buffer belongs to another pool";
-    case errc::stale_handle: return "stale handle: the buffer was returned and reused since";
-    case errc::use_after_release: return "a free buffer was written after its release";
-    case errc::count_: break;
+    case errc::ok:
+      return "ok";
+    case errc::empty:
+      return "nothing available";
+    case errc::no_space:
+      return "not enough free descriptors";
+    case errc::invalid_argument:
+      return "invalid argument";
+    case errc::broken:
+      return "queue is broken; reset it";
+    case errc::bad_queue_size:
+      return "invalid queue size (split: power of 2 <= 32768; packed: 1..32768)";
+    case errc::bad_alignment:
+      return "ring area is misaligned";
+    case errc::feature_missing:
+      return "a required feature was not negotiated";
+    case errc::feature_conflict:
+      return "negotiated features conflict with the layout or policy";
+    case errc::address_out_of_range:
+      return "guest address outside every memory region";
+    case errc::address_overflow:
+      return "guest address + length wraps around 2^64";
+    case errc::crosses_region_end:
+      return "guest address range crosses the end of its region";
+    case errc::avail_idx_jump:
+      return "avail idx moved by more than the queue size";
+    case errc::desc_index_out_of_range:
+      return "descriptor index out of range";
+    case errc::next_out_of_range:
+      return "descriptor next out of range";
+    case errc::chain_loop:
+      return "descriptor chain loops";
+    case errc::chain_too_long:
+      return "descriptor chain longer than the queue size";
+    case errc::chain_too_large:
+      return "descriptor chain total length over 2^32";
+    case errc::write_before_read:
+      return "device-readable descriptor after a device-writable one";
+    case errc::indirect_bad_length:
+      return "indirect table length zero, not a multiple of 16, or too large";
+    case errc::indirect_nested:
+      return "indirect descriptor inside an indirect table";
+    case errc::indirect_with_next:
+      return "INDIRECT together with NEXT";
+    case errc::indirect_not_negotiated:
+      return "INDIRECT used without VIRTIO_F_INDIRECT_DESC";
+    case errc::indirect_bad_flags:
+      return "packed indirect entry with flags other than WRITE";
+    case errc::packed_bad_flags:
+      return "packed descriptor AVAIL/USED bits inconsistent";
+    case errc::packed_bad_id:
+      return "packed buffer id out of range or already in flight";
+    case errc::packed_chain_overrun:
+      return "packed chain does not end within the queue size";
+    case errc::in_order_violation:
+      return "IN_ORDER negotiated but buffers not in ring order";
+    case errc::used_id_out_of_range:
+      return "used id out of range";
+    case errc::used_id_not_outstanding:
+      return "used id is not an outstanding chain head";
+    case errc::used_len_too_large:
+      return "used len larger than the chain's writable space";
+    case errc::used_idx_jump:
+      return "used idx moved by more than the outstanding chains";
+    case errc::used_unexpected:
+      return "used descriptor where none can be";
+    case errc::state_violation:
+      return "descriptor state transition violated (checked mode)";
+    case errc::double_release:
+      return "buffer released twice (it is already free)";
+    case errc::foreign_buffer:
+      return "buffer belongs to another pool";
+    case errc::stale_handle:
+      return "stale handle: the buffer was returned and reused since";
+    case errc::use_after_release:
+      return "a free buffer was written after its release";
+    case errc::count_:
+      break;
   }
   return "unknown virtq error";
 }

@@ -14,10 +14,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <new>
-#include <utility>
 #include <limits>
+#include <new>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "virtq/error.hpp"
@@ -54,9 +54,9 @@ class guest_memory {
     if (size == 0 || host == nullptr || range_wraps(guest_addr, size)) {
       detail::throw_error(errc::invalid_argument, "guest_memory::add_region: bad region");
     }
-    const auto pos = std::lower_bound(
-        regions_.begin(), regions_.end(), guest_addr,
-        [](const memory_region& r, std::uint64_t a) { return r.guest_addr < a; });
+    const auto pos =
+        std::lower_bound(regions_.begin(), regions_.end(), guest_addr,
+                         [](const memory_region& r, std::uint64_t a) { return r.guest_addr < a; });
     const std::uint64_t last = guest_addr + (size - 1);
     if (pos != regions_.end() && pos->guest_addr <= last) {
       detail::throw_error(errc::invalid_argument, "guest_memory::add_region: overlap");
@@ -80,9 +80,9 @@ class guest_memory {
   result<std::byte*> translate(std::uint64_t addr, std::uint64_t len) const noexcept {
     if (range_wraps(addr, len)) return errc::address_overflow;
     // The region with the greatest start <= addr.
-    const auto it = std::upper_bound(
-        regions_.begin(), regions_.end(), addr,
-        [](std::uint64_t a, const memory_region& r) { return a < r.guest_addr; });
+    const auto it =
+        std::upper_bound(regions_.begin(), regions_.end(), addr,
+                         [](std::uint64_t a, const memory_region& r) { return a < r.guest_addr; });
     if (it == regions_.begin()) return errc::address_out_of_range;
     const memory_region& r = *(it - 1);
     const std::uint64_t off = addr - r.guest_addr;
@@ -131,11 +131,13 @@ class aligned_buffer {
       : size_(bytes), align_(std::max(alignment, alignof(void*))) {
     if (bytes == 0) return;
     const std::size_t rounded = (bytes + align_ - 1) & ~(align_ - 1);
-    data_ = static_cast<std::byte*>(::operator new(rounded, std::align_val_t{align_}));
+    data_ = static_cast<std::byte*>(::operator new (rounded, std::align_val_t{align_}));
     std::memset(data_, 0, rounded);
   }
   aligned_buffer(aligned_buffer&& o) noexcept
-      : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)), align_(o.align_) {}
+      : data_(std::exchange(o.data_, nullptr)),
+        size_(std::exchange(o.size_, 0)),
+        align_(o.align_) {}
   aligned_buffer& operator=(aligned_buffer&& o) noexcept {
     if (this != &o) {
       release();
@@ -155,7 +157,7 @@ class aligned_buffer {
 
  private:
   void release() noexcept {
-    if (data_ != nullptr) ::operator delete(data_, std::align_val_t{align_});
+    if (data_ != nullptr) ::operator delete (data_, std::align_val_t{align_});
     data_ = nullptr;
   }
   std::byte* data_ = nullptr;

@@ -94,7 +94,7 @@ struct suppress_event_idx {
 
 template <class S>
 concept suppression_policy = std::same_as<S, suppress_none> || std::same_as<S, suppress_flags> ||
-                             std::same_as<S, suppress_event_idx>;
+    std::same_as<S, suppress_event_idx>;
 
 // ---------------------------------------------------------------------------------------------
 // Barriers
@@ -173,8 +173,9 @@ concept queue_policy_type = requires {
   typename P::barriers;
   typename P::endian;
   { P::checked } -> std::convertible_to<bool>;
-} && lock_policy<typename P::lock> && suppression_policy<typename P::suppression> &&
-    barrier_policy<typename P::barriers> && byte_order<typename P::endian>;
+}
+&&lock_policy<typename P::lock>&& suppression_policy<typename P::suppression>&&
+    barrier_policy<typename P::barriers>&& byte_order<typename P::endian>;
 
 /// Common presets.
 using default_policy = queue_policy<>;

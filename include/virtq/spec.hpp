@@ -39,8 +39,10 @@ using native_endian =
     std::conditional_t<std::endian::native == std::endian::little, little_endian, big_endian>;
 
 template <class E>
-concept byte_order = requires { E::order; } &&
-                     (E::order == std::endian::little || E::order == std::endian::big);
+concept byte_order = requires {
+  E::order;
+}
+&&(E::order == std::endian::little || E::order == std::endian::big);
 
 namespace detail {
 template <class T>
@@ -121,13 +123,13 @@ inline T load_relaxed(const wire<T>& f) noexcept {
 }
 template <byte_order E, class T>
 inline void store_release(wire<T>& f, std::type_identity_t<T> v) noexcept {
-  std::atomic_ref<T>(detail::wire_access::raw(f)).store(detail::convert<E>(v),
-                                                        std::memory_order_release);
+  std::atomic_ref<T>(detail::wire_access::raw(f))
+      .store(detail::convert<E>(v), std::memory_order_release);
 }
 template <byte_order E, class T>
 inline void store_relaxed(wire<T>& f, std::type_identity_t<T> v) noexcept {
-  std::atomic_ref<T>(detail::wire_access::raw(f)).store(detail::convert<E>(v),
-                                                        std::memory_order_relaxed);
+  std::atomic_ref<T>(detail::wire_access::raw(f))
+      .store(detail::convert<E>(v), std::memory_order_relaxed);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -177,9 +179,9 @@ inline constexpr std::uint32_t max_queue_size = 32768;
 // ---------------------------------------------------------------------------------------------
 namespace split {
 
-inline constexpr std::uint16_t desc_f_next = 1;      // VIRTQ_DESC_F_NEXT
-inline constexpr std::uint16_t desc_f_write = 2;     // VIRTQ_DESC_F_WRITE: device-writable
-inline constexpr std::uint16_t desc_f_indirect = 4;  // VIRTQ_DESC_F_INDIRECT
+inline constexpr std::uint16_t desc_f_next = 1;           // VIRTQ_DESC_F_NEXT
+inline constexpr std::uint16_t desc_f_write = 2;          // VIRTQ_DESC_F_WRITE: device-writable
+inline constexpr std::uint16_t desc_f_indirect = 4;       // VIRTQ_DESC_F_INDIRECT
 inline constexpr std::uint16_t avail_f_no_interrupt = 1;  // VIRTQ_AVAIL_F_NO_INTERRUPT
 inline constexpr std::uint16_t used_f_no_notify = 1;      // VIRTQ_USED_F_NO_NOTIFY
 
@@ -219,15 +221,21 @@ struct used_header {
 static_assert(sizeof(used_header) == 4);
 static_assert(offsetof(used_header, flags) == 0 && offsetof(used_header, idx) == 2);
 
-inline constexpr std::size_t desc_align = 16;   // 2.7 table "Virtqueue Part Alignment"
+inline constexpr std::size_t desc_align = 16;  // 2.7 table "Virtqueue Part Alignment"
 inline constexpr std::size_t avail_align = 2;
 inline constexpr std::size_t used_align = 4;
 
-constexpr std::size_t desc_table_bytes(std::uint32_t n) noexcept { return 16U * std::size_t{n}; }
+constexpr std::size_t desc_table_bytes(std::uint32_t n) noexcept {
+  return 16U * std::size_t{n};
+}
 /// flags + idx + ring[n] + used_event (the last only used with EVENT_IDX, but always laid out).
-constexpr std::size_t avail_bytes(std::uint32_t n) noexcept { return 6U + 2U * std::size_t{n}; }
+constexpr std::size_t avail_bytes(std::uint32_t n) noexcept {
+  return 6U + 2U * std::size_t{n};
+}
 /// flags + idx + ring[n] + avail_event.
-constexpr std::size_t used_bytes(std::uint32_t n) noexcept { return 6U + 8U * std::size_t{n}; }
+constexpr std::size_t used_bytes(std::uint32_t n) noexcept {
+  return 6U + 8U * std::size_t{n};
+}
 
 /// View of the available ring in memory.
 struct avail_ring {
@@ -290,8 +298,8 @@ namespace packed {
 inline constexpr std::uint16_t desc_f_next = 1;
 inline constexpr std::uint16_t desc_f_write = 2;
 inline constexpr std::uint16_t desc_f_indirect = 4;
-inline constexpr std::uint16_t desc_f_avail = 1U << 7;   // VIRTQ_DESC_F_AVAIL
-inline constexpr std::uint16_t desc_f_used = 1U << 15;   // VIRTQ_DESC_F_USED
+inline constexpr std::uint16_t desc_f_avail = 1U << 7;  // VIRTQ_DESC_F_AVAIL
+inline constexpr std::uint16_t desc_f_used = 1U << 15;  // VIRTQ_DESC_F_USED
 
 // 2.8.14 Event Suppression Structure Format: flags values (their use: 2.8.10).
 inline constexpr std::uint16_t event_flags_enable = 0;   // RING_EVENT_FLAGS_ENABLE
@@ -326,7 +334,9 @@ constexpr std::uint16_t make_off_wrap(std::uint16_t off, bool wrap) noexcept {
 constexpr std::uint16_t off_of(std::uint16_t off_wrap) noexcept {
   return static_cast<std::uint16_t>(off_wrap & 0x7FFFU);
 }
-constexpr bool wrap_of(std::uint16_t off_wrap) noexcept { return (off_wrap & 0x8000U) != 0; }
+constexpr bool wrap_of(std::uint16_t off_wrap) noexcept {
+  return (off_wrap & 0x8000U) != 0;
+}
 
 /// 2.8.1: a descriptor is available when AVAIL == wrap counter and USED != wrap counter; used
 /// when AVAIL == USED == wrap counter (of the reader).
@@ -344,7 +354,6 @@ constexpr std::uint16_t avail_bits(bool wrap) noexcept {
 constexpr std::uint16_t used_bits(bool wrap) noexcept {
   return wrap ? static_cast<std::uint16_t>(desc_f_avail | desc_f_used) : std::uint16_t{0};
 }
-
 
 /// The descriptor ring and the two event suppression areas of one packed ring.
 struct ring_view {
@@ -458,7 +467,9 @@ static_assert(split_notification_idx(encode_split_notification(1, 0xBEEF)) == 0x
 constexpr bool valid_split_size(std::uint32_t n) noexcept {
   return n != 0 && n <= max_queue_size && std::has_single_bit(n);
 }
-constexpr bool valid_packed_size(std::uint32_t n) noexcept { return n >= 1 && n <= max_queue_size; }
+constexpr bool valid_packed_size(std::uint32_t n) noexcept {
+  return n >= 1 && n <= max_queue_size;
+}
 
 constexpr std::size_t align_up(std::size_t v, std::size_t a) noexcept {
   return (v + a - 1) & ~(a - 1);

@@ -71,17 +71,17 @@ struct used_entry {
 
 /// Per-queue counters. A side fills in what it does (a driver never pops).
 struct queue_stats {
-  std::uint64_t added = 0;      ///< driver: chains added
-  std::uint64_t popped = 0;     ///< device: chains popped
-  std::uint64_t completed = 0;  ///< device: chains completed
-  std::uint64_t reaped = 0;     ///< driver: used chains reaped
+  std::uint64_t added = 0;                  ///< driver: chains added
+  std::uint64_t popped = 0;                 ///< device: chains popped
+  std::uint64_t completed = 0;              ///< device: chains completed
+  std::uint64_t reaped = 0;                 ///< driver: used chains reaped
   std::uint64_t kicks = 0;                  ///< driver: kick_prepare() said notify
   std::uint64_t kicks_suppressed = 0;       ///< driver: kick_prepare() said don't
   std::uint64_t interrupts = 0;             ///< device: interrupt_prepare() said interrupt
   std::uint64_t interrupts_suppressed = 0;  ///< device: interrupt_prepare() said don't
   std::uint64_t ring_full = 0;              ///< driver: add() returned no_space
   std::uint32_t min_free = std::numeric_limits<std::uint32_t>::max();  ///< lowest free count seen
-  std::array<std::uint64_t, errc_count> rejects{};  ///< fatal errors by reason
+  std::array<std::uint64_t, errc_count> rejects{};                     ///< fatal errors by reason
 
   std::uint64_t rejected() const noexcept {
     std::uint64_t n = 0;
@@ -118,7 +118,8 @@ template <class Layout>
 class ring_memory {
  public:
   explicit ring_memory(std::uint32_t size, std::size_t align = 4096)
-      : geometry_(checked(Layout::geometry_for(size))), mem_(geometry_.total, align),
+      : geometry_(checked(Layout::geometry_for(size))),
+        mem_(geometry_.total, align),
         view_(*Layout::view_at(mem_.data(), geometry_)) {}
   const typename Layout::view& view() const noexcept { return view_; }
   const typename Layout::geometry& geometry() const noexcept { return geometry_; }
