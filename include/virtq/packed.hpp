@@ -105,6 +105,23 @@ constexpr bool packed_bits_match_spec() {
 }
 static_assert(packed_bits_match_spec());
 
+/// 2.8.10, the decision both sides make after publishing: does the peer's event suppression
+/// area ask to hear about the `added` slots just published up to (new_off, new_wrap)? DISABLE
+/// says no; DESC (meaningful only with EVENT_IDX) says yes iff its off_wrap lies among them;
+/// ENABLE, and any value this policy does not use, says yes (a spare notification is harmless,
+/// a missed one is not). The caller issues its full barrier (D2 / V3) first.
+template <suppression_policy S, byte_order E>
+bool peer_wants_event(const packed::event_suppress& area, std::uint16_t new_off, bool new_wrap,
+                      std::uint32_t added, std::uint32_t size) noexcept {
+  const std::uint16_t flags = load_relaxed<E>(area.flags);
+  if constexpr (S::uses_event_idx) {
+    if (flags == packed::event_flags_desc) {
+      return packed_need_event(load_relaxed<E>(area.off_wrap), new_off, new_wrap, added, size);
+    }
+  }
+  return flags != packed::event_flags_disable;
+}
+
 /// The ring view a queue is built on must have come from packed::ring_view::make.
 inline void check_packed_view(const packed::ring_view& v) {
   if (v.ring == nullptr || v.driver_event == nullptr || v.device_event == nullptr) {
@@ -280,18 +297,8 @@ class packed_driver : public detail::queue_common<P> {
       // D2 (2.8.21.3, partner V4): the store of the head flags must be ordered before the load
       // of the device's event area, or both sides may sleep.
       B::full();
-      const std::uint16_t flags = load_relaxed<E>(view_.device_event->flags);
-      if constexpr (S::uses_event_idx) {
-        if (flags == packed::event_flags_desc) {
-          // 2.8.10: notify iff the device's event offset lies among the slots just published.
-          notify = packed_need_event(load_relaxed<E>(view_.device_event->off_wrap), next_avail_,
-                                     avail_wrap_, added, size_);
-        } else {
-          notify = flags != packed::event_flags_disable;
-        }
-      } else {
-        notify = flags != packed::event_flags_disable;
-      }
+      notify = detail::peer_wants_event<S, E>(*view_.device_event, next_avail_, avail_wrap_, added,
+                                              size_);
     }
     if (notify) {
       ++this->stats_.kicks;
@@ -834,17 +841,8 @@ class packed_device : public detail::queue_common<P> {
     if constexpr (S::uses_flags || S::uses_event_idx) {
       // V3 (2.8.21.3, partner D4): store of used flags before the load of the driver's area.
       B::full();
-      const std::uint16_t flags = load_relaxed<E>(view_.driver_event->flags);
-      if constexpr (S::uses_event_idx) {
-        if (flags == packed::event_flags_desc) {
-          notify = packed_need_event(load_relaxed<E>(view_.driver_event->off_wrap), next_used_,
-                                     used_wrap_, added, size_);
-        } else {
-          notify = flags != packed::event_flags_disable;
-        }
-      } else {
-        notify = flags != packed::event_flags_disable;
-      }
+      notify =
+          detail::peer_wants_event<S, E>(*view_.driver_event, next_used_, used_wrap_, added, size_);
     }
     if (notify) {
       ++this->stats_.interrupts;
