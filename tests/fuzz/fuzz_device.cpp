@@ -1,0 +1,221 @@
+// libFuzzer target: a hostile DRIVER wrote the ring and the guest memory; the device side must
+// answer with errc values and a broken queue, never a crash, a hang or an access outside the
+// guest memory (docs/fuzzing.md). Input layout: config bytes (fuzz_common.hpp), one byte of
+// operation-stream length, the operations, the ring bytes, then the guest memory bytes.
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <span>
+#include <vector>
+
+#include "fuzz_common.hpp"
+#include "virtq/chain.hpp"
+#include "virtq/memory.hpp"
+#include "virtq/virtqueue.hpp"
+
+namespace {
+
+using namespace virtq;
+using virtq_fuzz::reader;
+
+// Two adjacent regions, so a range running from one into the other must still be refused
+// (crosses_region_end): guest memory is a set of ranges, not one flat space.
+constexpr std::uint64_t region_a = 0x1000;
+constexpr std::size_t region_a_size = 0x1000;
+constexpr std::uint64_t region_b = 0x2000;
+constexpr std::size_t region_b_size = 0x800;
+constexpr std::uint64_t max_chain_bytes = std::uint64_t{1} << 32;
+
+struct guest {
+  guest() : a(region_a_size, 64), b(region_b_size, 64) {
+    mem.add_region(region_a, region_a_size, a.data());
+    mem.add_region(region_b, region_b_size, b.data());
+  }
+  bool contains(const chain::segment& s) const noexcept {
+    const auto inside = [&](const aligned_buffer& r) {
+      const auto lo = reinterpret_cast<std::uintptr_t>(r.data());
+      const auto p = reinterpret_cast<std::uintptr_t>(s.data());
+      return p >= lo && s.size() <= r.size() && p - lo <= r.size() - s.size();
+    };
+    return inside(a) || inside(b);
+  }
+  aligned_buffer a;
+  aligned_buffer b;
+  guest_memory mem;
+};
+
+/// Every segment inside guest memory, the byte counts adding up, the 2^32 limit (2.7.5.2).
+void check_chain(const guest& g, const chain& c) {
+  std::uint64_t readable = 0;
+  std::uint64_t writable = 0;
+  for (const auto& s : c.readable()) {
+    FUZZ_CHECK(g.contains(s));
+    readable += s.size();
+  }
+  for (const auto& s : c.writable()) {
+    FUZZ_CHECK(g.contains(s));
+    writable += s.size();
+  }
+  FUZZ_CHECK(readable == c.readable_bytes());
+  FUZZ_CHECK(writable == c.writable_bytes());
+  FUZZ_CHECK(c.readable_bytes() + c.writable_bytes() <= max_chain_bytes);
+}
+
+/// A fatal errc: the queue is broken with that error, counted, and refuses further work.
+template <class Device>
+void check_fatal(Device& dev, errc e) {
+  FUZZ_CHECK(e != errc::ok && e != errc::empty && e != errc::invalid_argument);
+  FUZZ_CHECK(dev.broken());
+  FUZZ_CHECK(dev.error() == e);
+  FUZZ_CHECK(dev.stats().rejects[static_cast<std::size_t>(e)] == 1);
+  chain c;
+  FUZZ_CHECK(dev.pop(c) == errc::broken);
+  FUZZ_CHECK(dev.complete(0, 0) == errc::broken);
+  FUZZ_CHECK(!dev.interrupt_prepare());
+  FUZZ_CHECK(!dev.enable_notifications());
+}
+
+struct held_chain {
+  std::uint16_t id;
+  std::uint64_t writable;
+};
+
+template <class Layout, class Policy>
+void run(const virtq_fuzz::config& cfg, reader& ops, reader& rest) {
+  using device_type = typename Layout::template device<Policy, guest_memory>;
+  using driver_type = typename Layout::template driver<Policy>;
+  ring_memory<Layout> ring(cfg.size);
+  guest g;
+  rest.bytes(ring.bytes());
+  rest.bytes(g.a.span());
+  rest.bytes(g.b.span());
+
+  device_type dev(ring.view(), cfg.features, g.mem);
+  const bool in_order = cfg.features.has(feature::in_order);
+  std::deque<held_chain> held;  // popped, not yet completed, oldest first
+  std::vector<std::byte> scratch(256);
+  chain c;
+
+  // The device completes `h`, sometimes first over-stating the length, which is a caller error
+  // (2.7.8.2) that must leave the queue usable.
+  const auto complete = [&](const held_chain& h, std::uint8_t op) -> errc {
+    if ((op & 1U) != 0 && h.writable < max_chain_bytes - 1) {
+      const auto too_long = static_cast<std::uint32_t>(h.writable + 1);
+      FUZZ_CHECK(dev.complete(h.id, too_long) == errc::invalid_argument);
+      FUZZ_CHECK(!dev.broken());
+    }
+    const auto len =
+        static_cast<std::uint32_t>(std::min<std::uint64_t>(h.writable, std::uint64_t{ops.u16()}));
+    return dev.complete(h.id, len);
+  };
+
+  const std::uint32_t rounds = 4 * cfg.size + 8;
+  for (std::uint32_t i = 0; i < rounds; ++i) {
+    const std::uint8_t op = ops.u8();
+    errc e = errc::ok;
+    switch (op >> 5) {
+      case 0:
+      case 1:
+      case 2: {  // pop, touch the buffers, complete now or later
+        e = dev.pop(c);
+        if (e == errc::empty) break;
+        if (e != errc::ok) break;
+        check_chain(g, c);
+        const std::uint16_t off = ops.u8();
+        const std::size_t n = ops.u8();
+        c.read(std::span(scratch).first(std::min(n, scratch.size())), off);
+        c.write(std::span(scratch).first(std::min(n, scratch.size())), off);
+        held.push_back({c.id(), c.writable_bytes()});
+        if ((op & 2U) == 0) {
+          // Not in order when allowed: the newest first.
+          const held_chain h = in_order ? held.front() : held.back();
+          if (in_order) {
+            held.pop_front();
+          } else {
+            held.pop_back();
+          }
+          e = complete(h, op);
+        }
+        break;
+      }
+      case 3:  // complete the oldest held chain
+        if (!held.empty()) {
+          const held_chain h = held.front();
+          held.pop_front();
+          e = complete(h, op);
+        }
+        break;
+      case 4:  // IN_ORDER batch: every held chain in one used element (2.7.9 / 2.8.11)
+        if (in_order && !held.empty()) {
+          const auto count = static_cast<std::uint16_t>(held.size());
+          const auto len =
+              static_cast<std::uint32_t>(std::min<std::uint64_t>(held.back().writable, ops.u16()));
+          held.clear();
+          e = dev.complete_in_order(count, len);
+        }
+        break;
+      case 5:
+        (void)dev.interrupt_prepare();
+        break;
+      case 6:
+        if ((op & 1U) != 0) {
+          (void)dev.enable_notifications();
+        } else {
+          dev.disable_notifications();
+        }
+        break;
+      default: {  // the driver rewrites a few ring bytes behind the device's back
+        const std::uint16_t at = ops.u16();
+        const std::size_t n = op & 7U;
+        auto bytes = ring.bytes();
+        for (std::size_t k = 0; k < n; ++k) bytes[(at + k) % bytes.size()] = std::byte{ops.u8()};
+        break;
+      }
+    }
+    if (e == errc::empty) break;
+    if (e != errc::ok) {
+      check_fatal(dev, e);
+      break;
+    }
+    FUZZ_CHECK(!dev.broken());
+    FUZZ_CHECK(dev.stats().rejected() == 0);
+  }
+  FUZZ_CHECK(dev.broken() == (dev.stats().rejected() > 0));
+
+  // Queue reset (2.7 / 2.8): the driver re-initializes the ring, the device forgets everything;
+  // well-formed traffic must then flow, round after round, across every ring wrap.
+  dev.reset();
+  FUZZ_CHECK(!dev.broken());
+  std::memset(ring.bytes().data(), 0, ring.bytes().size());
+  driver_type drv(ring.view(), cfg.features);
+  const buffer out{region_a, 16};
+  const buffer in{region_b, 32};
+  for (std::uint32_t r = 0; r < 2 * cfg.size + 3; ++r) {
+    // A one-entry queue holds a one-descriptor chain only (2.7.5.2).
+    const std::size_t n_out = cfg.size > 1 ? 1 : 0;
+    FUZZ_CHECK(drv.add(std::span(&out, n_out), std::span(&in, 1), token_t{r}) == errc::ok);
+    (void)drv.kick_prepare();
+    FUZZ_CHECK(dev.pop(c) == errc::ok);
+    check_chain(g, c);
+    FUZZ_CHECK(c.readable_bytes() == 16 * n_out && c.writable_bytes() == 32);
+    FUZZ_CHECK(dev.complete(c, 32) == errc::ok);
+    (void)dev.interrupt_prepare();
+    const result<used_buffer> u = drv.get_used();
+    FUZZ_CHECK(u.has_value() && u->token == r && u->len == 32);
+  }
+  FUZZ_CHECK(!dev.broken() && !drv.broken());
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  reader head(data, size);
+  const virtq_fuzz::config cfg = virtq_fuzz::read_config(head);
+  const std::size_t n_ops = std::min<std::size_t>(head.u8(), head.left());
+  const std::size_t used = size - head.left();
+  reader ops(data + used, n_ops);
+  reader rest(data + used + n_ops, size - used - n_ops);
+  virtq_fuzz::dispatch(cfg, [&]<class L, class P>() { run<L, P>(cfg, ops, rest); });
+  return 0;
+}
