@@ -52,7 +52,6 @@ enum class errc : std::uint8_t {
   packed_bad_flags,         ///< 2.8.1: AVAIL/USED bits inconsistent within a chain
   packed_bad_id,            ///< 2.8.4: buffer id >= queue size or already in flight
   packed_chain_overrun,     ///< 2.8.4: chain does not end within the queue size
-  in_order_violation,       ///< 2.7.9 / 2.8.11: IN_ORDER negotiated, chain not in ring order
   // --- driver side: the device is hostile ---------------------------------------------------
   used_id_out_of_range,     ///< used id >= queue size
   used_id_not_outstanding,  ///< used id is not the head of a chain the device holds
@@ -134,8 +133,6 @@ constexpr const char* to_string(errc e) noexcept {
       return "packed buffer id out of range or already in flight";
     case errc::packed_chain_overrun:
       return "packed chain does not end within the queue size";
-    case errc::in_order_violation:
-      return "IN_ORDER negotiated but buffers not in ring order";
     case errc::used_id_out_of_range:
       return "used id out of range";
     case errc::used_id_not_outstanding:
