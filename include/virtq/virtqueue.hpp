@@ -69,6 +69,16 @@ struct used_entry {
   std::uint32_t len;
 };
 
+/// A chain of exactly one direct descriptor, popped in a batch by a device (pop_buffers): the
+/// receive fast path (one device-writable buffer per chain) and that of simple transmit queues.
+/// 16 bytes, so a batch of them is a few cache lines.
+struct popped_buffer {
+  std::byte* data;    ///< host view of the buffer (translated); null when len is 0
+  std::uint32_t len;  ///< the descriptor's length
+  std::uint16_t id;   ///< what complete() takes (split: the head index; packed: the buffer id)
+  bool writable;      ///< VIRTQ_DESC_F_WRITE: device-writable (else device-readable)
+};
+
 /// Per-queue counters. A side fills in what it does (a driver never pops).
 struct queue_stats {
   std::uint64_t added = 0;                  ///< driver: chains added
