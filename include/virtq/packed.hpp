@@ -15,8 +15,12 @@
 // FIRST head; kick_prepare() publishes that one with the D1 release store. The device cannot
 // look past a slot it does not own, so the other flags of the batch (later heads included) are
 // stored relaxed: they become visible through the first head's release/acquire edge. The device
-// keeps the used descriptors of a batch private and writes them in one burst in
-// interrupt_prepare(), the first one's flags last (V2).
+// does the same with used descriptors: complete() writes them in place, but the first one of a
+// batch keeps its flags until interrupt_prepare() releases them (V2).
+//
+// Batch calls (add_inbufs / add_outbufs, pop_buffers, complete(span)) take the lock, test
+// broken() and update the statistics once per call, and keep the ring position, wrap counter
+// and per-id records in registers across the batch; the single-element calls are batches of one.
 //
 // Barrier labels (table in virtqueue.hpp): D1 publish head flags; V1 acquire a head's flags;
 // D2 full before reading the device event area; V2 publish used flags; D3 acquire used flags;
@@ -251,19 +255,24 @@ class packed_driver : public detail::queue_common<P> {
     return errc::ok;
   }
 
-  /// The receive hot path: one device-writable buffer in one slot.
+  /// The receive hot path: one device-writable buffer in one slot (add_inbufs of one).
   errc add_inbuf(buffer b, token_t token) {
-    guard g(this->lock_);
-    if (this->broken()) [[unlikely]]
-      return errc::broken;
-    if (num_free_ == 0) [[unlikely]] {
-      ++this->stats_.ring_full;
-      return errc::no_space;
-    }
-    const std::uint16_t id = take_id();
-    write_slot(b.addr, b.len, id, packed::desc_f_write);
-    commit(id, token, 1, b.len);
-    return errc::ok;
+    const result<std::size_t> r = add_bufs<true>({&b, 1}, {&token, 1});
+    if (!r) return r.error();
+    return *r == 1 ? errc::ok : errc::no_space;
+  }
+
+  /// Stages one-descriptor chains of device-writable buffers, token i for buffer i, as many as
+  /// there are free slots (min(n, num_free())); returns that count. Not all-or-nothing: if fewer
+  /// than n fit, stats().ring_full counts the call once. Nothing is visible to the device until
+  /// kick_prepare(). invalid_argument (nothing staged) if the spans differ in size; broken.
+  result<std::size_t> add_inbufs(std::span<const buffer> bufs, std::span<const token_t> tokens) {
+    return add_bufs<true>(bufs, tokens);
+  }
+
+  /// add_inbufs for device-readable buffers (a transmit queue).
+  result<std::size_t> add_outbufs(std::span<const buffer> bufs, std::span<const token_t> tokens) {
+    return add_bufs<false>(bufs, tokens);
   }
 
   /// Publishes the staged batch (D1) and says whether the device wants a notification (D2).
@@ -452,19 +461,30 @@ class packed_driver : public detail::queue_common<P> {
     put<E>(d.flags, flags);
   }
 
+  /// 2.8.6: the device reads the id from a chain's last descriptor; every one carries it.
+  static void write_desc(packed::desc& d, std::uint64_t addr, std::uint32_t len,
+                         std::uint16_t id) noexcept {
+    put<E>(d.addr, addr);
+    put<E>(d.len, len);
+    put<E>(d.id, id);
+  }
+
+  /// The first head of a batch: its flags are stored by kick_prepare() (D1).
+  void hold_head(std::uint16_t slot, std::uint16_t flags) noexcept {
+    head_pending_ = true;
+    head_slot_ = slot;
+    head_flags_ = flags;
+  }
+
   /// Writes one descriptor at next_avail and advances. The first head of a batch keeps its
   /// flags back for kick_prepare(); every other flags store is relaxed (see the file comment).
   void write_slot(std::uint64_t addr, std::uint32_t len, std::uint16_t id,
                   std::uint16_t flags) noexcept {
     packed::desc& d = view_.ring[next_avail_];
-    put<E>(d.addr, addr);
-    put<E>(d.len, len);
-    put<E>(d.id, id);  // 2.8.6: the device reads it from the last descriptor; all carry it
+    write_desc(d, addr, len, id);
     const auto f = static_cast<std::uint16_t>(flags | detail::packed_avail_bits(avail_wrap_));
     if (staged_slots_ == 0) {
-      head_pending_ = true;
-      head_slot_ = next_avail_;
-      head_flags_ = f;
+      hold_head(next_avail_, f);
     } else {
       store_relaxed<E>(d.flags, f);
     }
@@ -500,6 +520,103 @@ class packed_driver : public detail::queue_common<P> {
         fail(errc::state_violation);
       }
     }
+  }
+
+  /// add_inbufs / add_outbufs: one lock, one broken() test, one statistics update per call.
+  template <bool Writable>
+  result<std::size_t> add_bufs(std::span<const buffer> bufs, std::span<const token_t> tokens) {
+    guard g(this->lock_);
+    if (bufs.size() != tokens.size()) [[unlikely]]
+      return errc::invalid_argument;  // the caller's mistake: nothing staged
+    if (this->broken()) [[unlikely]]
+      return errc::broken;
+    auto n = static_cast<std::uint32_t>(std::min<std::size_t>(bufs.size(), num_free_));
+    if (n != bufs.size()) [[unlikely]]
+      ++this->stats_.ring_full;
+    if (n == 0) [[unlikely]]
+      return std::size_t{0};
+    constexpr std::uint16_t kind = Writable ? packed::desc_f_write : std::uint16_t{0};
+    if constexpr (P::checked) {
+      // Checked mode: descriptor by descriptor, through the shadow state.
+      for (std::uint32_t i = 0; i < n; ++i) {
+        const std::uint16_t id = take_id();
+        write_slot(bufs[i].addr, bufs[i].len, id, kind);
+        commit(id, tokens[i], 1, Writable ? bufs[i].len : 0U);
+      }
+      return std::size_t{n};
+    }
+    if (in_order_) {
+      stage_bufs<true, Writable>(bufs.data(), tokens.data(), n);
+    } else {
+      stage_bufs<false, Writable>(bufs.data(), tokens.data(), n);
+    }
+    staged_chains_ += n;
+    staged_slots_ += n;
+    num_free_ -= n;
+    this->note_free(num_free_);
+    this->stats_.added += n;
+    return std::size_t{n};
+  }
+
+  /// n <= num_free one-descriptor chains from next_avail on, with the ring position, the id
+  /// stack and the batch number in registers: stores through the ring or the id records could
+  /// alias the members, which would otherwise be reloaded per descriptor.
+  template <bool InOrder, bool Writable>
+  [[gnu::always_inline]] inline void stage_bufs(const buffer* bufs, const token_t* tokens,
+                                                std::uint32_t n) noexcept {
+    constexpr std::uint16_t kind = Writable ? packed::desc_f_write : std::uint16_t{0};
+    packed::desc* const ring = view_.ring;
+    id_info* const ids = ids_.data();
+    const std::uint16_t* const free_ids = free_ids_.data();
+    const std::uint64_t batch = batch_;
+    const std::uint32_t size = size_;
+    std::uint32_t top = free_top_;
+    std::uint32_t pos = next_avail_;
+    bool wrap = avail_wrap_;
+    // D1: the first head of a batch keeps its flags until kick_prepare().
+    bool hold = staged_slots_ == 0;
+    std::uint16_t tail = order_tail_;
+    bool first_in_use = InOrder && staged_chains_ == 0 && outstanding_ == 0;
+    std::uint32_t i = 0;
+    while (i < n) {
+      // Up to the ring's end: the wrap counter is tested once per run, not per descriptor
+      // (2.8.1: it flips when the position passes the last slot).
+      const std::uint32_t end = i + std::min(n - i, size - pos);
+      const auto f = static_cast<std::uint16_t>(kind | detail::packed_avail_bits(wrap));
+      for (; i < end; ++i, ++pos) {
+        const std::uint16_t id = free_ids[--top];
+        packed::desc& d = ring[pos];
+        write_desc(d, bufs[i].addr, bufs[i].len, id);
+        if (hold) [[unlikely]] {
+          hold_head(static_cast<std::uint16_t>(pos), f);
+          hold = false;
+        } else {
+          store_relaxed<E>(d.flags, f);
+        }
+        id_info& s = ids[id];
+        s.token = tokens[i];
+        s.batch = batch;
+        s.writable = Writable ? bufs[i].len : 0U;
+        s.slots = 1;
+        if constexpr (InOrder) {
+          if (first_in_use) {
+            order_head_ = id;
+            first_in_use = false;
+          } else {
+            ids[tail].next = id;
+          }
+          tail = id;
+        }
+      }
+      if (pos == size) {
+        pos = 0;
+        wrap = !wrap;
+      }
+    }
+    free_top_ = top;
+    next_avail_ = static_cast<std::uint16_t>(pos);
+    avail_wrap_ = wrap;
+    if constexpr (InOrder) order_tail_ = tail;
   }
 
   /// One used descriptor into `out`, or empty, or a fatal error (queue broken).
@@ -736,7 +853,6 @@ class packed_device : public detail::queue_common<P> {
     detail::check_features<P>(f, true);
     held_.assign(size_, held{});
     if (in_order_) fifo_.assign(size_, 0);
-    staged_.resize(size_);
     this->shadow_.resize(size_);
     init_state();
   }
@@ -781,24 +897,63 @@ class packed_device : public detail::queue_common<P> {
     return accept(c, id, writable ? len : 0U, 1, slot, wrap);
   }
 
+  /// Pops up to out.size() available chains AS LONG AS each is one direct descriptor (no NEXT,
+  /// no INDIRECT): the receive fast path, validated as pop() validates (V1 per descriptor; buffer
+  /// id in range and not in flight, 2.8.4; translation through the memory map; a zero-length
+  /// buffer gives data == nullptr and is not translated, as chain::append). It stops BEFORE the
+  /// first chain that is not one direct descriptor and leaves it for pop(chain&): 0 means "none
+  /// available" or "the next one needs pop(chain&)". A fatal error with nothing popped returns
+  /// the errc (queue broken); after k > 0 were popped it returns k (they are the caller's to
+  /// complete), the queue is broken, error() names the rule and the next call says broken.
+  result<std::size_t> pop_buffers(std::span<popped_buffer> out) {
+    guard g(this->lock_);
+    if (this->broken()) [[unlikely]]
+      return errc::broken;
+    // 2.8.4: the driver can only make available slots the device gave back, so a batch ends
+    // where the slots the device still holds begin.
+    const std::uint32_t room = size_ - held_slots_;
+    const std::size_t want = std::min<std::size_t>(out.size(), room);
+    errc e = errc::ok;
+    const std::size_t n = take_buffers(out.data(), want, e);
+    if (n < out.size() && e == errc::ok) [[unlikely]]
+      e = stop_reason(n == room);
+    if (n != 0) {
+      if (in_order_) {
+        for (std::size_t k = 0; k < n; ++k) fifo_push(out[k].id);
+      }
+      after_pop(static_cast<std::uint32_t>(n), static_cast<std::uint32_t>(n));
+    }
+    if (e != errc::ok) [[unlikely]] {
+      fail(e);
+      if (n == 0) return e;
+    }
+    return n;
+  }
+
   /// Stages a used descriptor for chain `id` with `len` bytes written. invalid_argument (a
   /// caller error; the queue stays usable) if `id` is not a popped chain, `len` exceeds its
   /// writable bytes (2.8.4 / 2.7.8.2: the device MUST NOT over-state), or, with IN_ORDER, `id`
   /// is not the oldest popped chain (2.8.11).
   errc complete(std::uint16_t id, std::uint32_t len) {
+    const used_entry u{id, len};
+    const result<std::size_t> r = complete({&u, 1});
+    return r ? errc::ok : r.error();
+  }
+
+  /// complete(id, len) for each entry in order, one used descriptor each, in completion order.
+  /// Stops at the first entry complete(id, len) would refuse: invalid_argument if that is the
+  /// first, else the count completed before it (the queue stays usable; the rest is not staged).
+  result<std::size_t> complete(std::span<const used_entry> done) {
     guard g(this->lock_);
-    if (this->broken()) return errc::broken;
-    if (id >= size_ || held_[id].slots == 0 || len > held_[id].writable) {
-      return errc::invalid_argument;
-    }
-    if (in_order_) {
-      if (fifo_[fifo_head_] != id) return errc::invalid_argument;
-      fifo_pop();
-    }
-    const errc e = write_used(id, len, release_id(id));
-    if (e != errc::ok) return e;
-    ++this->stats_.completed;
-    return errc::ok;
+    if (this->broken()) [[unlikely]]
+      return errc::broken;
+    errc e = errc::ok;
+    const std::size_t n = in_order_ ? use_entries<true>(done, e) : use_entries<false>(done, e);
+    if (e != errc::ok) [[unlikely]]
+      return fail(e);  // checked mode's shadow state: a used descriptor over slots not popped
+    this->stats_.completed += n;
+    if (n == 0 && !done.empty()) return errc::invalid_argument;
+    return n;
   }
 
   errc complete(const chain& c, std::uint32_t len) { return complete(c.id(), len); }
@@ -832,9 +987,10 @@ class packed_device : public detail::queue_common<P> {
     // 2.8.9: id and len, then flags. The driver reads used descriptors in ring order and
     // cannot pass the first one before its flags change, so only that one needs the release;
     // it goes last.
-    for (std::uint32_t i = 1; i < staged_count_; ++i) write_used_desc(staged_[i], false);
-    write_used_desc(staged_[0], true);
-    staged_count_ = 0;
+    B::before_publish();
+    // V2 (2.8.21.2, partner D3): ids, lens and the other flags of the whole batch were written
+    // (put_used) before this release of the first used descriptor's flags.
+    store_release<E>(view_.ring[pending_slot_].flags, pending_flags_);
     const std::uint32_t added = staged_slots_;
     staged_slots_ = 0;
     bool notify = true;
@@ -896,7 +1052,6 @@ class packed_device : public detail::queue_common<P> {
     fifo_head_ = fifo_count_ = 0;
     next_avail_ = next_used_ = 0;
     avail_wrap_ = used_wrap_ = true;  // 2.8.1: wrap counters start at 1
-    staged_count_ = 0;
     staged_slots_ = 0;
     in_flight_ = 0;
     held_slots_ = 0;
@@ -980,25 +1135,179 @@ class packed_device : public detail::queue_common<P> {
     // A used len is a u32, so a bound saturated at 2^32 - 1 rejects exactly the same lens.
     held_[id] = held{static_cast<std::uint32_t>(std::min<std::uint64_t>(writable, 0xFFFFFFFFU)),
                      static_cast<std::uint16_t>(n)};
-    held_slots_ += n;
-    ++in_flight_;
-    if (in_order_) {
-      std::uint32_t at = fifo_head_ + fifo_count_;
-      if (at >= size_) at -= size_;
-      fifo_[at] = id;
-      ++fifo_count_;
-    }
+    if (in_order_) fifo_push(id);
     next_avail_ = slot;
     avail_wrap_ = wrap;
-    ++this->stats_.popped;
+    after_pop(1, n);
+    return errc::ok;
+  }
+
+  void fifo_push(std::uint16_t id) noexcept {
+    std::uint32_t at = fifo_head_ + fifo_count_;
+    if (at >= size_) at -= size_;
+    fifo_[at] = id;
+    ++fifo_count_;
+  }
+
+  /// `chains` chains of `slots` ring slots in all were popped; next_avail is past them.
+  void after_pop(std::uint32_t chains, std::uint32_t slots) noexcept {
+    held_slots_ += slots;
+    in_flight_ += chains;
+    this->stats_.popped += chains;
     if constexpr (S::uses_event_idx) {
       // While notifications are enabled in desc mode the event follows the popped position,
       // so the driver's next publish notifies again (as the split ring's avail_event does).
       if (device_flags_ == packed::event_flags_desc) {
-        store_relaxed<E>(view_.device_event->off_wrap, packed::make_off_wrap(slot, wrap));
+        store_relaxed<E>(view_.device_event->off_wrap,
+                         packed::make_off_wrap(next_avail_, avail_wrap_));
       }
     }
+  }
+
+  /// pop_buffers' loop: one-descriptor chains from next_avail on, at most `want`, with the ring
+  /// position, the wrap counter and the id records in registers. Stops at the first descriptor
+  /// that is not available, has NEXT or INDIRECT, or breaks a rule (`e`, without failing).
+  std::size_t take_buffers(popped_buffer* out, std::size_t want, errc& e) {
+    const packed::desc* const ring = view_.ring;
+    held* const rec = held_.data();
+    const M& mem = *mem_;
+    const std::uint32_t size = size_;
+    std::uint32_t pos = next_avail_;
+    bool wrap = avail_wrap_;
+    // 2.8.1 (available in lap `wrap`) and "one direct descriptor" in one masked compare.
+    constexpr std::uint16_t mask =
+        detail::packed_wrap_bits | packed::desc_f_next | packed::desc_f_indirect;
+    std::size_t n = 0;
+    while (n < want) {
+      // Up to the ring's end: the wrap counter is tested once per run (2.8.1).
+      const std::size_t end = n + std::min<std::size_t>(want - n, size - pos);
+      const std::uint16_t expect = detail::packed_avail_bits(wrap);
+      for (; n < end; ++n, ++pos) {
+        const packed::desc& d = ring[pos];
+        // V1 (2.8.21.1, partner D1): each descriptor's flags are acquired before its other
+        // fields are read (a later head of the batch may have been released by a later kick).
+        const std::uint16_t f = load_acquire<E>(d.flags);
+        if ((f & mask) != expect) goto stop;
+        B::after_observe();
+        const std::uint64_t addr = get<E>(d.addr);
+        const std::uint32_t len = get<E>(d.len);
+        // 2.8.6: the buffer id sits in the chain's last descriptor, here the only one.
+        const std::uint16_t id = get<E>(d.id);
+        const bool writable = (f & packed::desc_f_write) != 0;
+        const result<std::byte*> host = mem.translate(addr, len);
+        const std::uint32_t safe_id = id < size ? id : 0U;
+        // 2.8.4: the driver picks ids below the queue size and never reuses one in flight.
+        if ((id >= size) | (rec[safe_id].slots != 0) | (len == 0) | !host) [[unlikely]] {
+          e = odd_buffer(addr, len, id, out[n]);
+          if (e != errc::ok) goto stop;
+          out[n].writable = writable;
+        } else {
+          out[n] = popped_buffer{*host, len, id, writable};
+        }
+        // Checked mode: the device never reads a slot it has not given back.
+        if (!packed_shadow_slots(this->shadow_, pos, 1, size, detail::desc_state::free,
+                                 detail::desc_state::device)) {
+          e = errc::state_violation;
+          goto stop;
+        }
+        rec[id] = held{writable ? len : 0U, 1};
+      }
+      if (pos == size) {
+        pos = 0;
+        wrap = !wrap;
+      }
+    }
+  stop:
+    if (pos == size) {  // stopped exactly at the end of a run
+      pos = 0;
+      wrap = !wrap;
+    }
+    next_avail_ = static_cast<std::uint16_t>(pos);
+    avail_wrap_ = wrap;
+    return n;
+  }
+
+  /// A one-descriptor chain off the fast path, checked in pop()'s order (chain::begin_one, then
+  /// the id): a zero-length buffer (accepted, not translated), or the rule it breaks.
+  [[gnu::cold, gnu::noinline]] errc odd_buffer(std::uint64_t addr, std::uint32_t len,
+                                               std::uint16_t id, popped_buffer& out) const {
+    std::byte* data = nullptr;
+    if (len != 0) {
+      // 2.8.6 with 2.7.5: a buffer must lie inside guest memory.
+      const result<std::byte*> host = mem_->translate(addr, len);
+      if (!host) return host.error();
+      data = *host;
+    }
+    // 2.8.4: the driver picks ids below the queue size and never reuses one still in flight.
+    if (id >= size_ || held_[id].slots != 0) return errc::packed_bad_id;
+    out.data = data;
+    out.len = len;
+    out.id = id;
     return errc::ok;
+  }
+
+  /// Why take_buffers stopped short with no error: the slot at next_avail is not available
+  /// (empty, or flags no driver writes: 2.8.1), is the head of a chain pop(chain&) must walk,
+  /// or is available although every slot is still held by the device (2.8.4: overrun).
+  [[gnu::cold, gnu::noinline]] errc stop_reason(bool room_exhausted) const noexcept {
+    const std::uint16_t f = load_acquire<E>(view_.ring[next_avail_].flags);
+    if ((f & detail::packed_wrap_bits) != detail::packed_avail_bits(avail_wrap_)) {
+      // 2.8.1: AVAIL == USED == our wrap is neither available nor anything this device wrote.
+      return packed::is_used(f, avail_wrap_) ? errc::packed_bad_flags : errc::ok;
+    }
+    // 2.8.4: "A driver MUST NOT create a descriptor chain longer than the Queue Size": with
+    // every slot held, an available head could only overrun them.
+    if (room_exhausted) return errc::packed_chain_overrun;
+    return errc::ok;  // NEXT or INDIRECT: pop(chain&) walks it
+  }
+
+  /// complete(span)'s loop: complete(id, len)'s checks per entry, used descriptors written in
+  /// place with the position, wrap counter and id records in registers. `e` is set only for
+  /// a fatal (checked-mode) error.
+  template <bool InOrder>
+  std::size_t use_entries(std::span<const used_entry> done, errc& e) {
+    packed::desc* const ring = view_.ring;
+    held* const rec = held_.data();
+    const std::uint32_t size = size_;
+    std::uint32_t pos = next_used_;
+    bool wrap = used_wrap_;
+    std::uint16_t f = detail::packed_used_bits(wrap);
+    bool hold = staged_slots_ == 0;
+    std::uint32_t slots = 0;
+    std::size_t n = 0;
+    for (; n < done.size(); ++n) {
+      const std::uint16_t id = done[n].id;
+      const std::uint32_t len = done[n].len;
+      if (id >= size) [[unlikely]]
+        break;
+      const held h = rec[id];
+      // 2.8.4 / 2.7.8.2: only a chain the device holds, and "the device MUST NOT" report more
+      // than its writable bytes; 2.8.11 IN_ORDER: the oldest popped chain first.
+      if ((h.slots == 0) | (len > h.writable) | (InOrder && fifo_[fifo_head_] != id)) [[unlikely]]
+        break;
+      // Checked mode: a used descriptor only ever covers slots this device popped.
+      if (!packed_shadow_slots(this->shadow_, pos, h.slots, size, detail::desc_state::device,
+                               detail::desc_state::free)) {
+        e = errc::state_violation;
+        break;
+      }
+      if constexpr (InOrder) fifo_pop();
+      rec[id] = held{};
+      put_used(ring[pos], pos, id, len, f, hold);
+      slots += h.slots;
+      pos += h.slots;
+      if (pos >= size) {
+        pos -= size;
+        wrap = !wrap;
+        f = detail::packed_used_bits(wrap);
+      }
+    }
+    next_used_ = static_cast<std::uint16_t>(pos);
+    used_wrap_ = wrap;
+    staged_slots_ += slots;
+    held_slots_ -= slots;
+    in_flight_ -= static_cast<std::uint32_t>(n);
+    return n;
   }
 
   errc bad(chain& c, errc e) {
@@ -1042,26 +1351,20 @@ class packed_device : public detail::queue_common<P> {
     --fifo_count_;
   }
 
-  /// 2.8.9: a used descriptor is written at next_used, id and len first, then flags; next_used
-  /// skips the chain's slots. The first of a batch keeps its flags for interrupt_prepare().
-  struct staged_used {
-    std::uint16_t id;
-    std::uint16_t slot;
-    std::uint32_t len;
-    bool wrap;
-  };
-
-  void write_used_desc(const staged_used& u, bool publish) noexcept {
-    packed::desc& d = view_.ring[u.slot];
-    put<E>(d.id, u.id);
-    put<E>(d.len, u.len);
-    if (publish) {
-      B::before_publish();
-      // V2 (2.8.21.2, partner D3): ids and lens of the whole batch were written before this
-      // release of the first used descriptor's flags.
-      store_release<E>(d.flags, detail::packed_used_bits(u.wrap));
+  /// 2.8.9: a used descriptor is written at its slot, id and len first, then flags. The first
+  /// of a batch (`hold`) keeps its flags for interrupt_prepare() (V2); the driver cannot pass
+  /// it, so the others' flags are stored relaxed now. Written in place, the batch's lines move
+  /// to the driver once, when it follows the published first one.
+  void put_used(packed::desc& d, std::uint32_t slot, std::uint16_t id, std::uint32_t len,
+                std::uint16_t flags, bool& hold) noexcept {
+    put<E>(d.id, id);
+    put<E>(d.len, len);
+    if (hold) [[unlikely]] {
+      pending_slot_ = static_cast<std::uint16_t>(slot);
+      pending_flags_ = flags;
+      hold = false;
     } else {
-      store_relaxed<E>(d.flags, detail::packed_used_bits(u.wrap));
+      store_relaxed<E>(d.flags, flags);
     }
   }
 
@@ -1071,10 +1374,9 @@ class packed_device : public detail::queue_common<P> {
                              detail::desc_state::free)) {
       return fail(errc::state_violation);
     }
-    // Kept private until interrupt_prepare(): written to the ring in one burst there, the
-    // batch's lines move to the driver once instead of bouncing between a device writing one
-    // used descriptor at a time and a driver polling the same line.
-    staged_[staged_count_++] = staged_used{id, next_used_, len, used_wrap_};
+    bool hold = staged_slots_ == 0;
+    put_used(view_.ring[next_used_], next_used_, id, len, detail::packed_used_bits(used_wrap_),
+             hold);
     staged_slots_ += slots;
     held_slots_ -= slots;
     detail::packed_advance(next_used_, used_wrap_, slots, size_);
@@ -1109,9 +1411,9 @@ class packed_device : public detail::queue_common<P> {
   bool avail_wrap_ = true;
   std::uint16_t next_used_ = 0;
   bool used_wrap_ = true;
-  std::vector<staged_used> staged_;  ///< used descriptors not yet written (at most size)
-  std::uint32_t staged_count_ = 0;
-  std::uint32_t staged_slots_ = 0;
+  std::uint32_t staged_slots_ = 0;  ///< slots of used descriptors not yet published
+  std::uint16_t pending_slot_ = 0;  ///< the first of them: its flags wait for V2
+  std::uint16_t pending_flags_ = 0;
   std::uint16_t device_flags_ = 0xFFFF;
 };
 
