@@ -49,11 +49,11 @@ template <class F>
 /// The receive path: device serve + rx_queue::poll (lend, census, repost, kick decision) +
 /// release, `batch` packets per cycle.
 template <class Layout, class PoolPolicy, class Clock>
-runner rx_scenario(std::size_t batch, bool copy_reserve) {
-  return [batch, copy_reserve](std::size_t cycles) {
+runner rx_scenario(std::size_t batch, bool copy_reserve, bool bulk_release = true) {
+  return [batch, copy_reserve, bulk_release](std::size_t cycles) {
     auto f =
         std::make_unique<virtq_bench::rx_fixture<Layout, virtq_bench::p_event, PoolPolicy, Clock>>(
-            copy_reserve);
+            copy_reserve, bulk_release);
     if (!f->ok()) return false;
     for (std::size_t i = 0; i < cycles; ++i) {
       if (phase_rx_receive(*f, batch) != batch) return false;
@@ -106,6 +106,9 @@ std::vector<std::pair<std::string, runner>> scenarios() {
   s.emplace_back(
       "rx-split-noreserve-32",
       rx_scenario<virtq::split_layout, vb::rx_plain, virtq::steady_clock_source>(32, false));
+  s.emplace_back("rx-split-single-release-32",
+                 rx_scenario<virtq::split_layout, vb::rx_plain, virtq::steady_clock_source>(
+                     32, true, false));
   s.emplace_back(
       "rx-split-atomic-32",
       rx_scenario<virtq::split_layout, vb::rx_atomic, virtq::steady_clock_source>(32, true));

@@ -272,3 +272,105 @@ TEST_CASE("rx_pool: with the census policy off, counts stay exact and loans are 
   CHECK(c.holders[0].name == "stack");
   CHECK(c.holders[0].oldest == std::chrono::nanoseconds(0));
 }
+
+TEMPLATE_TEST_CASE("rx_pool: a bulk release frees last references, keeps shared ones, and names "
+                   "each misuse",
+                   "[rx_pool]", debug_pool, plain_pool, rx_pool<>) {
+  TestType pool(8, 256);
+  TestType other(2, 256, "other");
+  auto hs = lend_n(pool, 5, holder_stack, 0);
+  auto theirs = lend_n(other, 1, holder_stack, 0);
+  auto copy = hs[1];                      // hs[1]'s buffer has two references
+  auto stale = hs[2];                     // a second reference, released below
+  REQUIRE(stale.release() == errc::ok);   // hs[2] is now the only reference
+  auto detached = hs[3].detach();         // hs[3] empty, the reference lives in `detached`
+  REQUIRE(pool.release(detached) == errc::ok);  // ... and is gone: buffer free again
+
+  std::vector<typename TestType::handle> batch;
+  batch.push_back(std::move(hs[0]));     // last reference: freed
+  batch.push_back(std::move(hs[1]));     // shared: one reference dropped, still held
+  batch.push_back(std::move(hs[2]));     // last reference: freed
+  batch.push_back({});                   // empty: skipped
+  batch.push_back(std::move(theirs[0]));  // another pool's: released into it
+  batch.push_back(std::move(hs[4]));     // last reference: freed
+  CHECK(pool.release(std::span(batch)) == errc::ok);
+  for (const auto& h : batch) CHECK_FALSE(h);
+  CHECK(pool.held_count() == 1);  // copy's buffer
+  CHECK(pool.free_count() == 7);
+  CHECK(other.held_count() == 0);
+  CHECK(other.free_count() == 2);
+  CHECK(pool.census(0).conserved);
+
+  // A handle whose buffer was released in between: the bulk call reports it and still frees
+  // the others.
+  auto again = lend_n(pool, 2, holder_stack, 1);
+  auto dup = again[0];
+  REQUIRE(again[0].release() == errc::ok);
+  REQUIRE(dup.release() == errc::ok);  // the buffer is free now
+  std::vector<typename TestType::handle> late;
+  late.push_back(std::move(again[1]));
+  late.push_back(std::move(copy));
+  CHECK(pool.release(std::span(late)) == errc::ok);
+  CHECK(pool.held_count() == 0);
+  CHECK(pool.free_count() == 8);
+  CHECK(pool.misuse_total() == 0);
+  CHECK(pool.census(0).conserved);
+}
+
+TEST_CASE("rx_pool: a bulk release names a stale or double-released handle and still frees the "
+          "rest",
+          "[rx_pool]") {
+  rx_pool<> pool(2, 64);
+  // Two handle values for one reference (a misuse adopt() makes possible): the first release
+  // frees the buffer, the second is double_release -- in the same bulk call.
+  auto first = lend_n(pool, 2, holder_stack, 0);
+  rx_ref r = first[0].detach();
+  std::vector<rx_pool<>::handle> batch;
+  batch.push_back(pool.adopt(r));
+  batch.push_back(pool.adopt(r));
+  batch.push_back(std::move(first[1]));
+  CHECK(pool.release(std::span(batch)) == errc::double_release);
+  for (const auto& h : batch) CHECK_FALSE(h);
+  CHECK(pool.misuse(errc::double_release) == 1);
+  CHECK(pool.held_count() == 0);
+  CHECK(pool.free_count() == 2);  // buffer 0 pushed once, not twice
+  CHECK(pool.census(0).conserved);
+
+  // A handle from an earlier loan of a buffer lent again: stale_handle; the new loan survives.
+  auto a = lend_n(pool, 1, holder_stack, 1);
+  rx_ref old = a[0].detach();
+  auto dup = pool.adopt(old);
+  REQUIRE(pool.release(old) == errc::ok);
+  auto b = lend_n(pool, 2, holder_stack, 2);  // buffer of `old` is lent again
+  std::vector<rx_pool<>::handle> late;
+  late.push_back(std::move(dup));
+  late.push_back(std::move(b[1]));
+  CHECK(pool.release(std::span(late)) == errc::stale_handle);
+  CHECK(pool.misuse(errc::stale_handle) == 1);
+  CHECK(pool.held_count() == 1);  // b[0] intact
+  CHECK(b[0].data().size() == 64);
+  CHECK(pool.census(2).conserved);
+}
+
+TEST_CASE("rx_pool: take() for posting hands out index and guest address of each buffer",
+          "[rx_pool]") {
+  rx_pool<> pool(6, 512);
+  std::vector<std::pair<std::uint32_t, std::uint64_t>> got;
+  const std::size_t n = pool.take(4, [&](std::size_t k, std::uint32_t i, std::uint64_t a) {
+    CHECK(k == got.size());
+    got.emplace_back(i, a);
+  });
+  CHECK(n == 4);
+  REQUIRE(got.size() == 4);
+  for (const auto& [i, a] : got) {
+    CHECK(pool.state(i) == rx_state::posted);
+    CHECK(a == pool.guest_address(i));
+  }
+  CHECK(pool.posted_count() == 4);
+  CHECK(pool.free_count() == 2);
+  // Asking for more than is free takes what there is.
+  CHECK(pool.take(10, [](std::size_t, std::uint32_t, std::uint64_t) {}) == 2);
+  CHECK(pool.free_count() == 0);
+  for (std::uint32_t i = 0; i < 6; ++i) CHECK(pool.unpost(i) == errc::ok);
+  CHECK(pool.census(0).conserved);
+}

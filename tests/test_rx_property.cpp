@@ -241,6 +241,27 @@ struct release : cmd<L> {
   void show(std::ostream& os) const override { os << "release " << pick; }
 };
 
+/// The stack gives back a run of packets at once (rx_queue::release(span)): copies of the same
+/// buffer may sit in the run, so a buffer loses several references in one call.
+template <class L>
+struct release_bulk : cmd<L> {
+  unsigned pick = *rc::gen::arbitrary<unsigned>();
+  unsigned count = *rc::gen::inRange(1U, 9U);
+  void run(const model& m, rx_system<L>& s) const override {
+    if (!s.live.empty()) {
+      const std::size_t first = pick % s.live.size();
+      const std::size_t n = std::min<std::size_t>(count, s.live.size() - first);
+      auto run = std::span(s.live).subspan(first, n);
+      RC_ASSERT(s.rig.rxq.release(run) == errc::ok);
+      for (const auto& p : run) RC_ASSERT(!p.buffer);
+      s.live.erase(s.live.begin() + static_cast<std::ptrdiff_t>(first),
+                   s.live.begin() + static_cast<std::ptrdiff_t>(first + n));
+    }
+    s.check_invariants(m.stopped);
+  }
+  void show(std::ostream& os) const override { os << "release_bulk " << pick << " " << count; }
+};
+
 template <class L>
 struct advance : cmd<L> {
   int ms = *rc::gen::inRange(0, 30);
@@ -280,7 +301,7 @@ auto command_gen() {
   return rc::state::gen::execOneOfWithArgs<
       refill<L>, refill<L>, device_pop<L>, device_complete<L>, device_receive<L>, device_receive<L>,
       device_receive<L>, poll<L>, poll<L>, poll<L>, pass_on<L>, copy_handle<L>, release<L>,
-      release<L>, release<L>, advance<L>, Extra...>();
+      release<L>, release<L>, release_bulk<L>, advance<L>, Extra...>();
 }
 
 /// Runs a generated sequence (scaled up to a few hundred steps so pools run dry and the

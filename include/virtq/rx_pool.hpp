@@ -35,6 +35,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -287,6 +288,8 @@ class rx_buffer {
   }
 
   std::uint32_t index() const noexcept { return index_; }
+  /// The loan's stamp (the buffer's generation and state when it was lent): differs between
+  /// two loans of the same buffer. Opaque otherwise.
   std::uint32_t generation() const noexcept { return gen_; }
   Pool* pool() const noexcept { return pool_; }
 
@@ -378,26 +381,31 @@ class rx_pool {
   /// how many. With poisoning, a buffer written after its release is counted as use_after_release
   /// (and re-poisoned: the damage is reported, the buffer stays usable).
   std::size_t take(std::span<std::uint32_t> out) noexcept {
-    std::size_t n = 0;
+    return take(out.size(), [out](std::size_t k, std::uint32_t i, std::uint64_t) { out[k] = i; });
+  }
+
+  /// The same for posting straight into a ring: up to `n` buffers, put(k, index, guest_address)
+  /// for the k-th, so the caller can lay out what its add call takes without a second pass.
+  template <class Put>
+  std::size_t take(std::size_t n, Put&& put) noexcept {
     {
       std::lock_guard g(lock_);
-      // Locals: the stores into `out` could otherwise alias the pool's fields.
+      // Locals: the caller's stores could otherwise alias the pool's fields.
       std::uint32_t top = free_top_;
       const std::uint32_t* const stack = free_stack_.get();
+      const std::uint64_t* const addr = guest_addr_.get();
       slot* const slots = slots_.get();
-      n = std::min<std::size_t>(out.size(), top);
+      n = std::min<std::size_t>(n, top);
       for (std::size_t k = 0; k < n; ++k) {
         const std::uint32_t i = stack[--top];
-        slots[i].state.store(rx_state::posted);
-        out[k] = i;
+        (void)move_state<rx_state::free, rx_state::posted>(slots[i]);
+        if constexpr (Policy::poison) check_poison(i);
+        put(k, i, addr[i]);
       }
       free_top_ = top;
       free_count_.store(top);
     }
     posted_ += static_cast<std::uint32_t>(n);
-    if constexpr (Policy::poison) {
-      for (std::size_t k = 0; k < n; ++k) check_poison(out[k]);
-    }
     return n;
   }
 
@@ -427,7 +435,7 @@ class rx_pool {
    public:
     /// Is buffer `i` (any value, e.g. a token from the device) one of ours and posted?
     bool is_posted(std::uint64_t i) const noexcept {
-      return i < count_ && slots_[i].state.load() == rx_state::posted;
+      return i < count_ && state_of(slots_[i].tag.load()) == rx_state::posted;
     }
     /// Lends buffer `i`, just checked with is_posted(), to `holder` into `out`; the reference
     /// `out` had before, if any, is released first.
@@ -440,10 +448,9 @@ class rx_pool {
         s.since.store(now_ns);
       }
       s.refs.set(1);
-      s.state.store(rx_state::held);
       out.pool_ = pool_;
       out.index_ = i;
-      out.gen_ = s.gen.load();
+      out.gen_ = move_state<rx_state::posted, rx_state::held>(s);
     }
     std::uint32_t buffer_size() const noexcept { return buffer_size_; }
     /// Books `lent` loans made by lend(): posted falls and held rises by that much.
@@ -465,12 +472,13 @@ class rx_pool {
   /// A posted buffer came back without being used (ring reset): it goes back to the free list.
   errc unpost(std::uint32_t i) noexcept {
     if (i >= count_) return note(errc::foreign_buffer);
-    if (slots_[i].state.load() != rx_state::posted) {
+    if (state_of(slots_[i].tag.load()) != rx_state::posted) {
       return note(errc::double_release);
     }
     --posted_;
     if constexpr (Policy::poison) poison(i);
     std::lock_guard g(lock_);
+    (void)move_state<rx_state::posted, rx_state::free>(slots_[i]);
     push_free(i);
     return errc::ok;
   }
@@ -485,6 +493,7 @@ class rx_pool {
       free_count_.store(free_top_);
     }
     if constexpr (Policy::poison) check_poison(i);
+    (void)move_state<rx_state::free, rx_state::posted>(slots_[i]);  // lend() starts from posted
     handle h;
     lend_batch().lend(i, holder, now_ns, h);
     ++loans_;  // not posted before: only the loan is booked
@@ -506,7 +515,7 @@ class rx_pool {
       returns = returns_;
       for (std::uint32_t i = 0; i < count_; ++i) {
         const slot& s = slots_[i];
-        const rx_state st = s.state.load();
+        const rx_state st = state_of(s.tag.load());
         ++tally[static_cast<std::size_t>(st)];
         if (st != rx_state::held) continue;
         const holder_id h = s.holder.load();
@@ -561,6 +570,64 @@ class rx_pool {
       return h.pool_ == nullptr ? errc::invalid_argument : note(errc::foreign_buffer);
     return h.release();
   }
+  /// Gives back every handle in `hs` (each becomes empty) under one lock, as NDIS returns
+  /// NET_BUFFER_LISTs in chains: the receive path's release. Handles of another pool (a bounce
+  /// pool's copies) are released into theirs after this pool's lock is dropped. Returns ok or
+  /// the first misuse met; every handle is processed either way and misuse() counts each.
+  errc release(std::span<handle> hs) noexcept {
+    return release(hs, [](handle& h) -> handle& { return h; });
+  }
+  /// The same over any span of items holding a handle (`proj(item)` names it), e.g. packets.
+  template <class T, class Proj>
+  requires std::is_invocable_r_v<handle&, Proj, T&>
+  errc release(std::span<T> items, Proj proj) noexcept {
+    errc first = errc::ok;
+    bool foreign = false;
+    {
+      std::lock_guard g(lock_);
+      std::uint32_t top = free_top_;
+      std::uint32_t back = 0;
+      for (T& item : items) {
+        handle& h = proj(item);
+        if (h.pool_ != this) [[unlikely]] {
+          foreign |= h.pool_ != nullptr;
+          continue;
+        }
+        h.pool_ = nullptr;
+        const std::uint32_t i = h.index_;
+        if (const errc e = check(i, h.gen_); e != errc::ok) [[unlikely]] {
+          if (first == errc::ok) first = e;
+          continue;
+        }
+        slot& s = slots_[i];
+        if (!s.refs.drop()) continue;
+        if constexpr (Policy::atomic_refs) {
+          // As in release_ref: two racing "last" releases (a misuse) must not free it twice.
+          if (state_of(s.tag.load()) != rx_state::held) {
+            if (first == errc::ok) first = note(errc::double_release);
+            continue;
+          }
+        }
+        if constexpr (Policy::poison) poison(i);
+        to_free(s);
+        free_stack_[top++] = i;
+        ++back;
+      }
+      free_top_ = top;
+      free_count_.store(top);
+      returns_ += back;
+    }
+    if (foreign) [[unlikely]] {
+      for (T& item : items) {
+        handle& h = proj(item);
+        if (h.pool_ == nullptr) continue;
+        const errc e = h.release();
+        if (e != errc::ok && first == errc::ok) first = e;
+      }
+    }
+    return first;
+  }
+
   /// A detached reference as a handle again (no new reference). Empty handle on misuse.
   handle adopt(rx_ref r) noexcept {
     if (r.pool != this || r.index >= count_) {
@@ -591,7 +658,7 @@ class rx_pool {
   std::byte* host_address(std::uint32_t i) const noexcept {
     return base_ + std::size_t{i} * buffer_size_;
   }
-  rx_state state(std::uint32_t i) const noexcept { return slots_[i].state.load(); }
+  rx_state state(std::uint32_t i) const noexcept { return state_of(slots_[i].tag.load()); }
   /// Caller misuse seen so far, by errc (double_release, foreign_buffer, stale_handle, ...).
   std::uint64_t misuse(errc e) const noexcept {
     return misuse_[static_cast<std::size_t>(e)].load(std::memory_order_relaxed);
@@ -656,8 +723,10 @@ class rx_pool {
   /// on one cache line. The guest address (read only when posting) lives in its own array.
   struct slot {
     refcount refs;
-    cell<std::uint32_t> gen{0};  // bumped each time the buffer returns to the free list
-    cell<rx_state> state{rx_state::free};
+    /// generation << 2 | state. One word, so that a handle's liveness check is one compare
+    /// (handles keep the tag their loan started with) and a change of state one add. The
+    /// generation moves on each time a loan ends: every handle of the old loan is then stale.
+    cell<std::uint32_t> tag{static_cast<std::uint32_t>(rx_state::free)};
     cell<holder_id> holder{holder_stack};
     cell<std::int64_t> since{0};  // when it was lent (clock ns)
   };
@@ -696,21 +765,23 @@ class rx_pool {
     }
   }
 
-  /// Is (i, gen) a live loan? The error says how it is not. `i` is in range: handles are made
+  /// Is (i, tag) a live loan? The error says how it is not. `i` is in range: handles are made
   /// by the pool, and rx_refs (plain values from outside) are range-checked on the way in.
-  errc check(std::uint32_t i, std::uint32_t gen) noexcept {
-    const slot& s = slots_[i];
-    if (s.gen.load() == gen && s.state.load() == rx_state::held) [[likely]] {
+  /// `tag` is the slot's tag when the loan began (generation and `held`): one compare.
+  errc check(std::uint32_t i, std::uint32_t tag) noexcept {
+    if (slots_[i].tag.load() == tag) [[likely]]
       return errc::ok;
-    }
-    return not_live(i, gen);
+    return not_live(i, tag);
   }
-  [[gnu::cold]] errc not_live(std::uint32_t i, std::uint32_t gen) noexcept {
-    const slot& s = slots_[i];
-    // The buffer came back since this reference was made: still free means this is a second
-    // release of the same loan; otherwise it was lent again and this handle is stale.
-    return note(s.state.load() == rx_state::free && s.gen.load() == gen + 1 ? errc::double_release
-                                                                            : errc::stale_handle);
+  [[gnu::cold]] errc not_live(std::uint32_t i, std::uint32_t tag) noexcept {
+    // The buffer came back since this reference was made: free in the very next generation
+    // means this is a second release of the same loan; otherwise it was lent again (or the
+    // value never was a loan of this buffer) and the handle is stale.
+    constexpr std::uint32_t freed = one_generation + static_cast<std::uint32_t>(rx_state::free) -
+                                    static_cast<std::uint32_t>(rx_state::held);
+    return note(state_of(tag) == rx_state::held && slots_[i].tag.load() == tag + freed
+                    ? errc::double_release
+                    : errc::stale_handle);
   }
 
   errc add_ref(std::uint32_t i, std::uint32_t gen) noexcept {
@@ -727,9 +798,10 @@ class rx_pool {
     // Re-checked under the lock: two racing "last" releases (a misuse) must not free it twice.
     // Only atomic counts can race; with plain counts check() above was the last word.
     if constexpr (Policy::atomic_refs) {
-      if (slots_[i].state.load() != rx_state::held) return note(errc::double_release);
+      if (state_of(slots_[i].tag.load()) != rx_state::held) return note(errc::double_release);
     }
     ++returns_;
+    to_free(slots_[i]);
     push_free(i);
     return errc::ok;
   }
@@ -748,12 +820,27 @@ class rx_pool {
 
   /// Under lock_.
   void push_free(std::uint32_t i) noexcept {
-    slot& s = slots_[i];
-    s.gen.store(s.gen.load() + 1);
-    s.state.store(rx_state::free);
     free_stack_[free_top_++] = i;
     free_count_.store(free_top_);
   }
+
+  static constexpr std::uint32_t state_mask = 3;
+  static constexpr std::uint32_t one_generation = 4;
+  static rx_state state_of(std::uint32_t tag) noexcept {
+    return static_cast<rx_state>(tag & state_mask);
+  }
+  /// A slot from state `From` to `To` (one add); leaving `held` starts a new generation.
+  template <rx_state From, rx_state To>
+  static std::uint32_t move_state(slot& s) noexcept {
+    constexpr std::uint32_t step = static_cast<std::uint32_t>(To) -
+                                   static_cast<std::uint32_t>(From) +
+                                   (From == rx_state::held ? one_generation : 0U);
+    const std::uint32_t t = s.tag.load() + step;  // unsigned: wraps like the generation
+    s.tag.store(t);
+    return t;
+  }
+  /// A buffer's last reference is gone.
+  static void to_free(slot& s) noexcept { (void)move_state<rx_state::held, rx_state::free>(s); }
 
   void poison(std::uint32_t i) noexcept {
     std::memset(host_address(i), static_cast<int>(poison_byte), buffer_size_);

@@ -233,7 +233,8 @@ class rx_queue {
         pool_(pool),
         opts_(std::move(opts)),
         clock_(clock),
-        scratch_(std::make_unique<std::uint32_t[]>(q.size())),
+        bufs_(std::make_unique<buffer[]>(q.size())),
+        tokens_(std::make_unique<token_t[]>(q.size())),
         repost_(std::make_unique<std::uint32_t[]>(q.size())) {
     const std::uint32_t cap = std::min(q.size(), pool.size());
     reserve_ = opts_.reserve != 0 ? opts_.reserve : std::max<std::uint32_t>(2, cap / 8);
@@ -303,6 +304,14 @@ class rx_queue {
     cb.fire(opts_);
     if (failure != errc::ok) return failure;
     return r;
+  }
+
+  /// Gives back the buffers of `pkts` (their handles become empty), with one pool lock per
+  /// call: the stack returning a batch of packets (NDIS returns NET_BUFFER_LISTs in chains).
+  /// Equivalent to pkt.buffer.release() on each; ok or the first misuse met. Any thread (per
+  /// the pool policy); the buffers are reposted by the next poll() or refill().
+  errc release(std::span<packet> pkts) noexcept {
+    return pool_.release(pkts, [](packet& p) -> typename Pool::handle& { return p.buffer; });
   }
 
   /// Runs the starvation detector and the loan deadlines at `now` (a watchdog's call: when the
@@ -499,11 +508,7 @@ class rx_queue {
     const bool low = in_ring < std::max(opts_.repost_batch, opts_.low_watermark + 1);
     if (free_n != 0 && (free_n >= opts_.repost_batch || low)) {
       const std::uint32_t room = q_.num_free();
-      const std::uint32_t* const taken = scratch_.get();
-      const std::size_t n = pool_.take(std::span(scratch_.get(), std::min(free_n, room)));
-      const std::size_t j =
-          post_each(q_, taken, n, pool_.guest_addresses().data(), pool_.buffer_size());
-      for (std::size_t u = j; u < n; ++u) (void)pool_.unpost(taken[u]);
+      const std::size_t j = post_free(std::min(free_n, room));
       added += static_cast<std::uint32_t>(j);
       stats_.allocations += j;
     }
@@ -515,16 +520,26 @@ class rx_queue {
     return notify;
   }
 
-  /// add_inbuf() for each of taken[0..n); how many went in. Out of line, so that the loop
-  /// has few live values: they stay in registers across the add_inbuf() calls.
-  [[gnu::noinline]] static std::size_t post_each(Queue& q, const std::uint32_t* taken,
-                                                 std::size_t n, const std::uint64_t* addr,
-                                                 std::uint32_t size) {
+  /// Takes up to `want` free buffers from the pool and adds them to the ring; how many went
+  /// in (any the ring refused go back to the free list: cannot happen, `want` fits the room).
+  std::size_t post_free(std::uint32_t want) {
+    buffer* const bufs = bufs_.get();
+    token_t* const tokens = tokens_.get();
+    const std::uint32_t size = pool_.buffer_size();
+    const std::size_t n = pool_.take(want, [&](std::size_t k, std::uint32_t i, std::uint64_t a) {
+      bufs[k] = buffer{a, size};
+      tokens[k] = i;
+    });
     std::size_t j = 0;
-    for (; j < n; ++j) {
-      const std::uint32_t i = taken[j];
-      if (q.add_inbuf(buffer{addr[i], size}, i) != errc::ok) break;
+    if constexpr (requires { q_.add_inbufs(std::span<const buffer>(), std::span<const token_t>()); }) {
+      // The queue's batch add: one lock, one broken test, one statistics update for all of them.
+      const result<std::size_t> got = q_.add_inbufs(std::span<const buffer>(bufs, n),
+                                                    std::span<const token_t>(tokens, n));
+      j = got ? *got : 0;
+    } else {
+      while (j < n && q_.add_inbuf(bufs[j], tokens[j]) == errc::ok) ++j;
     }
+    for (std::size_t u = j; u < n; ++u) (void)pool_.unpost(static_cast<std::uint32_t>(tokens[u]));
     return j;
   }
 
@@ -599,7 +614,8 @@ class rx_queue {
   rx_queue_options opts_;
   Clock clock_;
   std::unique_ptr<Pool> bounce_;
-  std::unique_ptr<std::uint32_t[]> scratch_;  // indices taken for posting
+  std::unique_ptr<buffer[]> bufs_;     // what post_free() adds: buffers...
+  std::unique_ptr<token_t[]> tokens_;  // ...and their tokens (pool indices)
   std::unique_ptr<std::uint32_t[]> repost_;   // ring buffers to repost after a copy
   std::uint32_t n_repost_ = 0;
   std::uint32_t reserve_ = 0;
