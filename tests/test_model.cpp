@@ -19,6 +19,10 @@
 // notification is due iff one of the positions just published has it. The areas in ring memory
 // are compared with the model after every step. Packed sizes include non-powers of 2.
 //
+// The batch calls run in the same sequences as the single ones: add_inbufs (as many as fit),
+// pop_buffers (stops at the first chain that is not one direct descriptor) and complete(span);
+// the kick and interrupt predictions hold whichever way the chains went in and out.
+//
 // Hostile peers (both layouts): corrupt_used writes a used element/descriptor by hand that the
 // driver must reject, corrupt_avail an avail idx/descriptor the device must reject; each checks
 // the specific errc and broken(), then a reset of both sides returns every outstanding token
@@ -289,7 +293,10 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
     enable_notif,
     reset,
     corrupt_used,
-    corrupt_avail
+    corrupt_avail,
+    add_batch,
+    pop_batch,
+    complete_span
   };
   int kind = add;
   std::vector<std::uint32_t> rd, wr;
@@ -311,6 +318,9 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
                                                   {2, enable_notif},
                                                   {1, reset}};
     if (m.in_order) w.push_back({3, complete_batch});
+    w.push_back({3, add_batch});
+    w.push_back({3, pop_batch});
+    w.push_back({3, complete_span});
     w.push_back({1, corrupt_used});
     w.push_back({1, corrupt_avail});
     std::size_t total = 0;
@@ -333,7 +343,9 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
   }
 
   void checkPreconditions(const model& m) const override {
-    if (kind == complete || kind == complete_batch) RC_PRE(!m.held.empty());
+    if (kind == complete || kind == complete_batch || kind == complete_span) {
+      RC_PRE(!m.held.empty());
+    }
     if (kind == corrupt_used) RC_PRE(m.used.empty());
     // Packed: the device has popped everything published, so the hostile descriptor is the
     // very next one it reads.
@@ -354,7 +366,8 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
                                   "irq",           "reap_one",     "reap_many",
                                   "disable_irq",   "enable_irq",   "enable_irq_delayed",
                                   "disable_notif", "enable_notif", "reset",
-                                  "corrupt_used",  "corrupt_avail"};
+                                  "corrupt_used",  "corrupt_avail", "add_batch",
+                                  "pop_batch",     "complete_span"};
     os << names[kind] << " rd=" << rd.size() << " wr=" << wr.size() << " pick=" << pick
        << " len%=" << len_pct << " count=" << count;
   }
@@ -607,6 +620,122 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
     RC_ASSERT(s.q.device.pop(c) == errc::broken);
   }
 
+  // add_inbufs: `count` one-buffer device-writable chains in one call; as many as fit are
+  // staged (each takes one slot, directly or as an indirect table of one).
+  void do_add_batch(model& m, S* s) const {
+    const std::size_t fit = std::min<std::size_t>(count, m.num_free);
+    std::vector<token_t> tokens;
+    std::vector<std::uint32_t> lens;
+    for (std::size_t k = 0; k < count; ++k) {
+      tokens.push_back(m.next_token++);
+      lens.push_back(wr.empty() ? 16U : wr[k % wr.size()] * 2U);
+    }
+    if (s != nullptr) {
+      std::vector<buffer> bufs;
+      for (std::size_t k = 0; k < count; ++k) {
+        const std::size_t slot = s->take_slot(tokens[k]);
+        std::byte* base = s->arena.data() + slot * slot_bytes;
+        std::fill(base, base + slot_bytes, std::byte{0});
+        bufs.push_back(s->arena.at(slot * slot_bytes + writable_at, lens[k]));
+      }
+      const result<std::size_t> got = s->q.driver.add_inbufs(bufs, tokens);
+      RC_ASSERT(got.has_value());
+      RC_ASSERT(*got == fit);
+      for (std::size_t k = fit; k < count; ++k) s->give_back(tokens[k]);
+      if constexpr (Layout::is_packed) {
+        for (std::size_t k = 0; k < fit; ++k) {
+          const std::uint64_t at = m.p_avail + model::slots_of(m.staged) + k;
+          s->id_of[tokens[k]] = get<little_endian>(s->q.ring.view().ring[off_at(at, m.size)].id);
+        }
+      }
+    }
+    for (std::size_t k = 0; k < fit; ++k) {
+      m.staged.push_back(mchain{tokens[k], {}, {lens[k]}, 1, 0, lens[k]});
+      --m.num_free;
+    }
+  }
+
+  // The device takes one published chain (the model's half of pop and pop_batch).
+  static void model_pop(model& m) {
+    m.held.push_back(m.published.front());
+    m.published.pop_front();
+    m.last_avail = add16(m.last_avail, 1);
+    if (m.event_negotiated && m.notif_on) m.avail_event = m.last_avail;
+    // Packed desc mode: the device's event follows its next avail position.
+    m.p_popped += m.held.back().ndesc;
+    if (m.dev_area.flags == area::desc) m.dev_area.at = m.p_popped;
+  }
+
+  // pop_buffers: up to `count` chains, as long as each is one direct descriptor; a chain of
+  // more, or an indirect one, stops the batch and stays for pop(chain&).
+  void do_pop_batch(model& m, S* s) const {
+    std::size_t k = 0;
+    while (k < count && k < m.published.size()) {
+      const mchain& c = m.published[k];
+      const std::size_t n = c.rd.size() + c.wr.size();
+      const bool indirect = n >= m.indirect_min && n <= m.indirect_max;
+      if (n != 1 || indirect) break;
+      ++k;
+    }
+    if (s != nullptr) {
+      std::vector<popped_buffer> out(count);
+      const result<std::size_t> got = s->q.device.pop_buffers(out);
+      RC_ASSERT(got.has_value());
+      RC_ASSERT(*got == k);
+      for (std::size_t j = 0; j < k; ++j) {
+        const mchain& want = m.published[j];
+        const popped_buffer& b = out[j];
+        const bool writable = !want.wr.empty();
+        RC_ASSERT(b.writable == writable);
+        RC_ASSERT(b.len == (writable ? want.wr[0] : want.rd[0]));
+        if (!writable) {
+          for (std::size_t i = 0; i < b.len; ++i) {
+            RC_ASSERT(b.data[i] == virtq_test::pattern(want.token ^ read_salt, i));
+          }
+        }
+        // The same view as pop(chain&) gives, for the complete commands.
+        chain c;
+        c.begin(b.id, m.size);
+        RC_ASSERT(c.append(identity_memory{}, reinterpret_cast<std::uintptr_t>(b.data), b.len,
+                           b.writable) == errc::ok);
+        s->held_chains[want.token] = c;
+      }
+    }
+    for (std::size_t j = 0; j < k; ++j) model_pop(m);
+  }
+
+  // complete(span): up to 4 held chains in one call (IN_ORDER: the oldest, in order).
+  void do_complete_span(model& m, S* s) const {
+    const std::size_t n = 1 + pick % std::min<std::size_t>(m.held.size(), 4);
+    std::vector<std::size_t> picks;  // indices into m.held, in completion order
+    for (std::size_t j = 0; j < n; ++j) {
+      picks.push_back(m.in_order ? j : (pick / 7 + j) % m.held.size());
+    }
+    std::vector<used_entry> done;
+    std::vector<mused> model_done;
+    for (std::size_t idx : picks) {
+      const mchain& c = m.held[idx];
+      const auto len = static_cast<std::uint32_t>(c.wbytes * len_pct / 100);
+      model_done.push_back(mused{c.token, len, c.ndesc});
+      if (s != nullptr) {
+        const chain& ch = s->held_chains.at(c.token);
+        std::vector<std::byte> data(len);
+        for (std::size_t k = 0; k < len; ++k) data[k] = virtq_test::pattern(c.token, k);
+        RC_ASSERT(ch.write(data) == len);
+        done.push_back(used_entry{ch.id(), len});
+      }
+    }
+    if (s != nullptr) {
+      const result<std::size_t> got = s->q.device.complete(std::span<const used_entry>(done));
+      RC_ASSERT(got.has_value());
+      RC_ASSERT(*got == n);
+    }
+    std::vector<std::size_t> sorted = picks;
+    std::sort(sorted.rbegin(), sorted.rend());
+    for (std::size_t idx : sorted) m.held.erase(m.held.begin() + static_cast<std::ptrdiff_t>(idx));
+    for (const mused& u : model_done) m.completed.push_back(mentry{u});
+  }
+
   // One transition: of the model alone (apply), or of the model and the system under test
   // with every answer checked against the model's prediction (run).
   void step(model& m, S* s) const {
@@ -657,17 +786,18 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
             s->held_chains[want.token] = c;
           }
         }
-        if (!m.published.empty()) {
-          m.held.push_back(m.published.front());
-          m.published.pop_front();
-          m.last_avail = add16(m.last_avail, 1);
-          if (m.event_negotiated && m.notif_on) m.avail_event = m.last_avail;
-          // Packed desc mode: the device's event follows its next avail position.
-          m.p_popped += m.held.back().ndesc;
-          if (m.dev_area.flags == area::desc) m.dev_area.at = m.p_popped;
-        }
+        if (!m.published.empty()) model_pop(m);
         break;
       }
+      case add_batch:
+        do_add_batch(m, s);
+        break;
+      case pop_batch:
+        do_pop_batch(m, s);
+        break;
+      case complete_span:
+        do_complete_span(m, s);
+        break;
       case complete: {
         const std::size_t i = m.in_order ? 0 : pick % m.held.size();
         const mchain c = m.held[i];
