@@ -63,9 +63,10 @@ runner rx_scenario(std::size_t batch, bool copy_reserve, bool bulk_release = tru
 }
 
 template <class Layout, class P>
-runner queue_scenario(std::size_t batch) {
-  return [batch](std::size_t cycles) {
+runner queue_scenario(std::size_t batch, bool single_calls = false) {
+  return [batch, single_calls](std::size_t cycles) {
     auto q = std::make_unique<virtq_bench::queue_pair<Layout, P>>();
+    q->use_single_calls(single_calls);
     for (std::size_t i = 0; i < cycles; ++i) {
       if (phase_driver_add(*q, batch) != batch || phase_device_serve(*q, batch) != batch ||
           phase_driver_reap(*q, batch) != batch) {
@@ -95,6 +96,11 @@ std::vector<std::pair<std::string, runner>> scenarios() {
     s.emplace_back("packed-spin-event-" + n,
                    queue_scenario<virtq::packed_layout, vb::p_spin_event>(b));
   }
+  // The same cycle through the one-chain-per-call API: what the batch calls save.
+  s.emplace_back("split-event-single-32",
+                 queue_scenario<virtq::split_layout, vb::p_event>(32, true));
+  s.emplace_back("packed-event-single-32",
+                 queue_scenario<virtq::packed_layout, vb::p_event>(32, true));
   s.emplace_back(
       "rx-split-32",
       rx_scenario<virtq::split_layout, vb::rx_plain, virtq::steady_clock_source>(32, true));

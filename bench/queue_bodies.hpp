@@ -71,10 +71,13 @@ class queue_pair {
 
   std::size_t capacity() const noexcept { return size_; }
 
+  /// Use the one-chain-per-call API (add_inbuf, pop(chain&), complete(id, len)) instead of the
+  /// batch calls: what a batch API saves, measured.
+  void use_single_calls(bool on) noexcept { single_calls_ = on; }
+
   std::size_t send(std::size_t n) {
     std::size_t i = 0;
-    if constexpr (requires { drv_.add_inbufs(std::span<const virtq::buffer>(),
-                                             std::span<const virtq::token_t>()); }) {
+    if (!single_calls_) {
       // The batch call: one lock, one broken test, one statistics update per batch. The
       // buffers and tokens of each slot are laid out once, so the harness adds nothing per
       // packet but the call.
@@ -100,7 +103,7 @@ class queue_pair {
 
   std::size_t serve(std::size_t n) {
     std::size_t i = 0;
-    if constexpr (requires { dev_.pop_buffers(std::span<virtq::popped_buffer>()); }) {
+    if (!single_calls_) {
       // The batch calls: pop single-descriptor chains, complete them together. A chain of
       // more than one descriptor (never posted here) would take the pop(chain&) path.
       while (i < n) {
@@ -148,6 +151,7 @@ class queue_pair {
   // benchmarks each is written by its own CPU.
   alignas(64) driver_type drv_;
   std::uint32_t next_ = 0;
+  bool single_calls_ = false;
   std::uint64_t kicks_ = 0;
   virtq::used_buffer used_[max_batch];
   std::vector<virtq::buffer> bufs_;     // slot k's buffer, laid out once

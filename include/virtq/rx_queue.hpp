@@ -530,15 +530,10 @@ class rx_queue {
       bufs[k] = buffer{a, size};
       tokens[k] = i;
     });
-    std::size_t j = 0;
-    if constexpr (requires { q_.add_inbufs(std::span<const buffer>(), std::span<const token_t>()); }) {
-      // The queue's batch add: one lock, one broken test, one statistics update for all of them.
-      const result<std::size_t> got = q_.add_inbufs(std::span<const buffer>(bufs, n),
-                                                    std::span<const token_t>(tokens, n));
-      j = got ? *got : 0;
-    } else {
-      while (j < n && q_.add_inbuf(bufs[j], tokens[j]) == errc::ok) ++j;
-    }
+    // The queue's batch add: one lock, one broken test, one statistics update for all of them.
+    const result<std::size_t> got =
+        q_.add_inbufs(std::span<const buffer>(bufs, n), std::span<const token_t>(tokens, n));
+    const std::size_t j = got ? *got : 0;
     for (std::size_t u = j; u < n; ++u) (void)pool_.unpost(static_cast<std::uint32_t>(tokens[u]));
     return j;
   }

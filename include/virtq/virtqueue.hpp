@@ -155,6 +155,13 @@ class ring_memory {
 ///                         buffers; errc::ok, errc::no_space (nothing changed), invalid_argument,
 ///                         or broken. Staged chains are invisible to the device until
 ///                         kick_prepare(), so a batch costs one publish.
+///  add_inbuf(b, token)    add() of one device-writable buffer (the receive case).
+///  add_inbufs(bufs, tokens) / add_outbufs(bufs, tokens)
+///                         the batch form: one-buffer chains, token i for buffer i, device-
+///                         writable / device-readable; stages as many as fit and returns that
+///                         count (fewer than asked: the ring is full, stats().ring_full counts
+///                         it once); invalid_argument if the spans differ in size, or broken.
+///                         One lock, one broken test, one statistics update per call.
 ///  kick_prepare()         publish staged chains (D1), then decide by the suppression policy
 ///                         whether the device wants a notification (D2). true: notify it.
 ///  notification_data(vq)  the 32-bit value to write with VIRTIO_F_NOTIFICATION_DATA.
@@ -168,9 +175,12 @@ class ring_memory {
 ///                         device, or used but not reaped); the ring is back to its initial state.
 template <class Q>
 concept driver_queue = requires(Q& q, const Q& cq, std::span<const buffer> bufs, buffer b,
-                                token_t t, std::span<used_buffer> out, void (*on_token)(token_t)) {
+                                token_t t, std::span<const token_t> tokens,
+                                std::span<used_buffer> out, void (*on_token)(token_t)) {
   { q.add(bufs, bufs, t) } -> std::same_as<errc>;
   { q.add_inbuf(b, t) } -> std::same_as<errc>;
+  { q.add_inbufs(bufs, tokens) } -> std::same_as<result<std::size_t>>;
+  { q.add_outbufs(bufs, tokens) } -> std::same_as<result<std::size_t>>;
   { q.kick_prepare() } -> std::same_as<bool>;
   { cq.notification_data(std::uint16_t{}) } -> std::same_as<std::uint32_t>;
   { q.get_used() } -> std::same_as<result<used_buffer>>;
@@ -189,17 +199,31 @@ concept driver_queue = requires(Q& q, const Q& cq, std::span<const buffer> bufs,
 /// The device side of a virtqueue.
 ///  pop(chain&)              the next available chain, walked and validated; errc::ok,
 ///                           errc::empty, or a fatal errc (queue broken; the chain is left empty).
+///  pop_buffers(span<popped_buffer>)
+///                           the batch form of pop for chains of one direct descriptor: pops
+///                           up to span.size() of them and returns the count; it stops before
+///                           the first chain that is not one direct descriptor (NEXT or
+///                           INDIRECT), which pop(chain&) then takes, so 0 means "empty, or
+///                           call pop(chain&)". Same checks as pop; a fatal errc after k > 0
+///                           popped returns k (the queue is broken, error() says why).
 ///  complete(id, len)        stage a used entry; invisible to the driver until
 ///                           interrupt_prepare(). invalid_argument for an id not popped.
+///  complete(span<const used_entry>)
+///                           the batch form: completes in order, stops at the first invalid
+///                           entry (invalid_argument if it is the first, else the count done).
 ///  interrupt_prepare()      publish staged used entries (V2), decide by the suppression
 ///                           policy whether the driver wants an interrupt (V3).
 ///  disable_notifications() / enable_notifications() -> bool pending (true: chains arrived
 ///                           before re-enabling took effect; pop again).
 ///  reset()                  forget everything; the ring is back to its initial state.
 template <class Q>
-concept device_queue = requires(Q& q, const Q& cq, chain& c, std::uint16_t id, std::uint32_t len) {
+concept device_queue = requires(Q& q, const Q& cq, chain& c, std::uint16_t id, std::uint32_t len,
+                                std::span<popped_buffer> popped,
+                                std::span<const used_entry> done) {
   { q.pop(c) } -> std::same_as<errc>;
+  { q.pop_buffers(popped) } -> std::same_as<result<std::size_t>>;
   { q.complete(id, len) } -> std::same_as<errc>;
+  { q.complete(done) } -> std::same_as<result<std::size_t>>;
   { q.interrupt_prepare() } -> std::same_as<bool>;
   q.disable_notifications();
   { q.enable_notifications() } -> std::same_as<bool>;
