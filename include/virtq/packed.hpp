@@ -394,7 +394,7 @@ class packed_driver : public detail::queue_common<P> {
   void reset(F&& on_token) {
     guard g(this->lock_);
     for (std::uint32_t i = 0; i < size_; ++i) {
-      if (ids_[i].slots != 0) on_token(ids_[i].token);
+      if (ids_[i].batch != free_batch) on_token(ids_[i].token);
     }
     init_state();
   }
@@ -408,12 +408,15 @@ class packed_driver : public detail::queue_common<P> {
   const packed::ring_view& view() const noexcept { return view_; }
 
  private:
+  /// id_info::batch of an id not in use: above every kick generation, so that one compare,
+  /// batch < batch_, says "in use and published".
+  static constexpr std::uint64_t free_batch = ~std::uint64_t{0};
   struct id_info {
     token_t token = 0;
-    std::uint64_t batch = 0;     ///< kick generation it was staged in (published once passed)
-    std::uint32_t writable = 0;  ///< device-writable bytes, saturated at 2^32-1
-    std::uint16_t slots = 0;     ///< ring slots taken; 0 = id free
-    std::uint16_t next = 0;      ///< IN_ORDER: the id added after this one
+    std::uint64_t batch = free_batch;  ///< kick generation it was staged in, or free_batch
+    std::uint32_t writable = 0;        ///< device-writable bytes, saturated at 2^32-1
+    std::uint16_t slots = 0;           ///< ring slots taken; 0 = id free
+    std::uint16_t next = 0;            ///< IN_ORDER: the id added after this one
   };
 
   void init_state() {
@@ -636,7 +639,7 @@ class packed_driver : public detail::queue_common<P> {
     if (id >= size_) return fail(errc::used_id_out_of_range);
     const id_info& s = ids_[id];
     // A used id must name a chain the device was given: in use and already published.
-    if (s.slots == 0 || s.batch == batch_) return fail(errc::used_id_not_outstanding);
+    if (s.batch >= batch_) return fail(errc::used_id_not_outstanding);
     // 2.8.4 / 2.7.8.2: the used length may not exceed the buffer's device-writable space.
     if (len > s.writable) return fail(errc::used_len_too_large);
     if (in_order_ && id != order_head_) [[unlikely]]
@@ -651,7 +654,6 @@ class packed_driver : public detail::queue_common<P> {
     bool wrap = used_wrap_;
     // 2.8.1: used in lap `wrap` means AVAIL == USED == wrap.
     std::uint16_t want = detail::packed_used_bits(wrap);
-    std::uint32_t outstanding = outstanding_;
     std::uint32_t top = free_top_;
     std::uint32_t freed = 0;
     const std::uint32_t size = size_;
@@ -659,18 +661,16 @@ class packed_driver : public detail::queue_common<P> {
     id_info* const ids = ids_.data();
     std::uint16_t* const free_ids = free_ids_.data();
     errc e = errc::ok;
+    // 2.8.1: the device writes used descriptors only over chains it was given, so there are at
+    // most `outstanding_` of them; a used descriptor beyond that is checked after the loop.
+    const std::size_t bound = std::min<std::size_t>(out.size(), outstanding_);
     std::size_t n = 0;
-    for (; n < out.size(); ++n) {
+    for (; n < bound; ++n) {
       const packed::desc& d = view_.ring[pos];
       // D3 (2.8.21.2, partner V2): the device wrote id and len before it released these flags.
       const std::uint16_t flags = load_acquire<E>(d.flags);
       if ((flags & detail::packed_wrap_bits) != want) break;
       B::after_observe();
-      // 2.8.1: with no chain outstanding this slot cannot hold a used descriptor.
-      if (outstanding == 0) [[unlikely]] {
-        e = errc::used_unexpected;
-        break;
-      }
       const std::uint16_t id = get<E>(d.id);
       const std::uint32_t len = get<E>(d.len);
       if (id >= size) [[unlikely]] {
@@ -679,7 +679,7 @@ class packed_driver : public detail::queue_common<P> {
       }
       id_info& s = ids[id];
       // A used id must name a chain the device was given: in use and already published.
-      if ((s.slots == 0) | (s.batch == batch)) [[unlikely]] {
+      if (s.batch >= batch) [[unlikely]] {
         e = errc::used_id_not_outstanding;
         break;
       }
@@ -700,13 +700,18 @@ class packed_driver : public detail::queue_common<P> {
         want = detail::packed_used_bits(wrap);
       }
       pos = static_cast<std::uint16_t>(o);
-      s.slots = 0;
+      s.batch = free_batch;
       free_ids[top++] = id;
-      --outstanding;
+    }
+    if (n == outstanding_ && n < out.size() && e == errc::ok) [[unlikely]] {
+      // 2.8.1: with no chain outstanding the next slot cannot hold a used descriptor.
+      if ((load_acquire<E>(view_.ring[pos].flags) & detail::packed_wrap_bits) == want) {
+        e = errc::used_unexpected;
+      }
     }
     last_used_ = pos;
     used_wrap_ = wrap;
-    outstanding_ = outstanding;
+    outstanding_ -= static_cast<std::uint32_t>(n);
     free_top_ = top;
     num_free_ += freed;
     this->stats_.reaped += n;
@@ -747,7 +752,7 @@ class packed_driver : public detail::queue_common<P> {
     num_free_ += s.slots;
     detail::packed_advance(last_used_, used_wrap_, s.slots, size_);
     if (in_order_) order_head_ = s.next;
-    s.slots = 0;
+    s.batch = free_batch;
     free_ids_[free_top_++] = id;
     --outstanding_;
     ++this->stats_.reaped;
@@ -1168,63 +1173,62 @@ class packed_device : public detail::queue_common<P> {
   /// position, the wrap counter and the id records in registers. Stops at the first descriptor
   /// that is not available, has NEXT or INDIRECT, or breaks a rule (`e`, without failing).
   std::size_t take_buffers(popped_buffer* out, std::size_t want, errc& e) {
-    const packed::desc* const ring = view_.ring;
-    held* const rec = held_.data();
-    const M& mem = *mem_;
-    const std::uint32_t size = size_;
-    std::uint32_t pos = next_avail_;
-    bool wrap = avail_wrap_;
-    // 2.8.1 (available in lap `wrap`) and "one direct descriptor" in one masked compare.
-    constexpr std::uint16_t mask =
-        detail::packed_wrap_bits | packed::desc_f_next | packed::desc_f_indirect;
     std::size_t n = 0;
     while (n < want) {
       // Up to the ring's end: the wrap counter is tested once per run (2.8.1).
-      const std::size_t end = n + std::min<std::size_t>(want - n, size - pos);
-      const std::uint16_t expect = detail::packed_avail_bits(wrap);
-      for (; n < end; ++n, ++pos) {
-        const packed::desc& d = ring[pos];
-        // V1 (2.8.21.1, partner D1): each descriptor's flags are acquired before its other
-        // fields are read (a later head of the batch may have been released by a later kick).
-        const std::uint16_t f = load_acquire<E>(d.flags);
-        if ((f & mask) != expect) goto stop;
-        B::after_observe();
-        const std::uint64_t addr = get<E>(d.addr);
-        const std::uint32_t len = get<E>(d.len);
-        // 2.8.6: the buffer id sits in the chain's last descriptor, here the only one.
-        const std::uint16_t id = get<E>(d.id);
-        const bool writable = (f & packed::desc_f_write) != 0;
-        const result<std::byte*> host = mem.translate(addr, len);
-        const std::uint32_t safe_id = id < size ? id : 0U;
-        // 2.8.4: the driver picks ids below the queue size and never reuses one in flight.
-        if ((id >= size) | (rec[safe_id].slots != 0) | (len == 0) | !host) [[unlikely]] {
-          e = odd_buffer(addr, len, id, out[n]);
-          if (e != errc::ok) goto stop;
-          out[n].writable = writable;
-        } else {
-          out[n] = popped_buffer{*host, len, id, writable};
-        }
-        // Checked mode: the device never reads a slot it has not given back.
-        if (!packed_shadow_slots(this->shadow_, pos, 1, size, detail::desc_state::free,
-                                 detail::desc_state::device)) {
-          e = errc::state_violation;
-          goto stop;
-        }
-        rec[id] = held{writable ? len : 0U, 1};
-      }
-      if (pos == size) {
-        pos = 0;
-        wrap = !wrap;
-      }
+      const auto run =
+          static_cast<std::uint32_t>(std::min<std::size_t>(want - n, size_ - next_avail_));
+      const std::uint32_t got = take_run(out + n, run, e);
+      n += got;
+      detail::packed_advance(next_avail_, avail_wrap_, got, size_);
+      if (got != run) break;
     }
-  stop:
-    if (pos == size) {  // stopped exactly at the end of a run
-      pos = 0;
-      wrap = !wrap;
-    }
-    next_avail_ = static_cast<std::uint16_t>(pos);
-    avail_wrap_ = wrap;
     return n;
+  }
+
+  /// take_buffers within one lap: `run` slots from next_avail at most, none past the last.
+  [[gnu::always_inline]] inline std::uint32_t take_run(popped_buffer* out, std::uint32_t run,
+                                                       errc& e) {
+    const packed::desc* d = view_.ring + next_avail_;
+    held* const rec = held_.data();
+    const M& mem = *mem_;
+    const std::uint32_t size = size_;
+    // 2.8.1 (available in lap `wrap`) and "one direct descriptor" in one masked compare.
+    constexpr std::uint16_t mask =
+        detail::packed_wrap_bits | packed::desc_f_next | packed::desc_f_indirect;
+    const std::uint16_t expect = detail::packed_avail_bits(avail_wrap_);
+    std::uint32_t k = 0;
+    for (; k < run; ++k, ++d) {
+      // V1 (2.8.21.1, partner D1): each descriptor's flags are acquired before its other
+      // fields are read (a later head of the batch may have been released by a later kick).
+      const std::uint16_t f = load_acquire<E>(d->flags);
+      if ((f & mask) != expect) break;
+      B::after_observe();
+      const std::uint64_t addr = get<E>(d->addr);
+      const std::uint32_t len = get<E>(d->len);
+      // 2.8.6: the buffer id sits in the chain's last descriptor, here the only one.
+      const std::uint16_t id = get<E>(d->id);
+      const bool writable = (f & packed::desc_f_write) != 0;
+      const result<std::byte*> host = mem.translate(addr, len);
+      const std::uint32_t safe_id = id < size ? id : 0U;
+      // 2.8.4: the driver picks ids below the queue size and never reuses one in flight.
+      if ((id >= size) | (rec[safe_id].slots != 0) | (len == 0) | !host) [[unlikely]] {
+        e = odd_buffer(addr, len, id, out[k]);
+        if (e != errc::ok) break;
+        out[k].writable = writable;
+      } else {
+        out[k] = popped_buffer{*host, len, id, writable};
+      }
+      // Checked mode: the device never reads a slot it has not given back.
+      if (!packed_shadow_slots(this->shadow_, next_avail_ + k, 1, size, detail::desc_state::free,
+                               detail::desc_state::device)) {
+        e = errc::state_violation;
+        break;
+      }
+      // 2.7.8.2: a device-readable buffer bounds its used len at 0.
+      rec[id] = held{len & (0U - static_cast<std::uint32_t>(writable)), 1};
+    }
+    return k;
   }
 
   /// A one-descriptor chain off the fast path, checked in pop()'s order (chain::begin_one, then
