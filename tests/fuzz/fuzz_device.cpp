@@ -118,6 +118,41 @@ void run(const virtq_fuzz::config& cfg, reader& ops, reader& rest) {
       case 0:
       case 1:
       case 2: {  // pop, touch the buffers, complete now or later
+        if ((op & 4U) != 0) {
+          // The batch pop: one-descriptor chains until one that is not. A fatal error after
+          // some were popped returns them and leaves the queue broken (the pop_buffers
+          // contract): what came out must still be inside guest memory.
+          popped_buffer pb[4];
+          const result<std::size_t> got = dev.pop_buffers(std::span(pb, 1U + (op & 3U)));
+          if (!got) {
+            e = got.error();
+            break;
+          }
+          for (std::size_t k = 0; k < *got; ++k) {
+            if (pb[k].len != 0) {
+              const chain::segment seg(pb[k].data, pb[k].len);
+              FUZZ_CHECK(g.contains(seg));
+              if (pb[k].writable) {
+                std::memset(seg.data(), 0x5A, std::min<std::size_t>(seg.size(), 64));
+              } else {
+                std::memcpy(scratch.data(), seg.data(), std::min(seg.size(), scratch.size()));
+              }
+            } else {
+              FUZZ_CHECK(pb[k].data == nullptr);
+            }
+            held.push_back({pb[k].id, pb[k].writable ? pb[k].len : 0U});
+          }
+          if (dev.broken()) {
+            e = dev.error();
+          } else if (*got == 0) {
+            e = dev.pop(c);  // empty, or a chain that is not one direct descriptor
+            if (e == errc::ok) {
+              check_chain(g, c);
+              held.push_back({c.id(), c.writable_bytes()});
+            }
+          }
+          break;
+        }
         e = dev.pop(c);
         if (e == errc::empty) break;
         if (e != errc::ok) break;
@@ -139,8 +174,36 @@ void run(const virtq_fuzz::config& cfg, reader& ops, reader& rest) {
         }
         break;
       }
-      case 3:  // complete the oldest held chain
-        if (!held.empty()) {
+      case 3:  // complete the oldest held chain, or (batch form) all of them in one call
+        if (!held.empty() && (op & 4U) != 0) {
+          std::vector<used_entry> done;
+          for (const held_chain& h : held) {
+            done.push_back({h.id, static_cast<std::uint32_t>(
+                                      std::min<std::uint64_t>(h.writable, ops.u16()))});
+          }
+          // Over-stating one length is the caller's error: the entries before it complete, the
+          // queue stays usable (2.7.8.2).
+          const std::size_t bad = ops.u8() % (done.size() + 1);
+          std::size_t want = done.size();
+          bool refused = false;
+          if (bad < done.size()) {
+            want = bad;
+            if (held[bad].writable < max_chain_bytes - 1) {
+              done[bad].len = static_cast<std::uint32_t>(held[bad].writable + 1);
+              refused = bad == 0;
+            } else {
+              done.resize(bad);  // a 4 GiB chain cannot be over-stated: stop there instead
+            }
+          }
+          const result<std::size_t> got = dev.complete(std::span<const used_entry>(done));
+          if (refused) {
+            FUZZ_CHECK(!got.has_value() && got.error() == errc::invalid_argument);
+          } else {
+            FUZZ_CHECK(got.has_value() && *got == want);
+          }
+          FUZZ_CHECK(!dev.broken());
+          held.erase(held.begin(), held.begin() + static_cast<std::ptrdiff_t>(want));
+        } else if (!held.empty()) {
           const held_chain h = held.front();
           held.pop_front();
           e = complete(h, op);

@@ -75,6 +75,29 @@ void run(const virtq_fuzz::config& cfg, reader& in) {
       }
     }
   };
+  // add_inbufs / add_outbufs: as many one-buffer chains as fit, no more, in one call.
+  const auto add_batch = [&](std::size_t n, bool writable) {
+    std::array<buffer, 8> bufs{};
+    std::array<token_t, 8> tokens{};
+    for (std::size_t j = 0; j < n; ++j) {
+      bufs[j] = buffer{0x100000 + 0x1000 * j, 1U + (in.u16() & 0x3FFU)};
+      tokens[j] = next_token++;
+    }
+    const std::uint32_t room = drv.num_free();
+    const result<std::size_t> got =
+        writable ? drv.add_inbufs(std::span(bufs).first(n), std::span(tokens).first(n))
+                 : drv.add_outbufs(std::span(bufs).first(n), std::span(tokens).first(n));
+    if (!got) {
+      FUZZ_CHECK(got.error() == errc::broken && drv.broken());
+      return;
+    }
+    // A single buffer takes one slot, direct or as an indirect table of one.
+    FUZZ_CHECK(*got == std::min<std::size_t>(n, room));
+    for (std::size_t j = 0; j < *got; ++j) {
+      outstanding.emplace(tokens[j], writable ? bufs[j].len : 0U);
+      all_added.insert(tokens[j]);
+    }
+  };
   const auto reap = [&](const used_buffer& u) {
     const auto it = outstanding.find(u.token);
     FUZZ_CHECK(it != outstanding.end());  // given out, and not returned before
@@ -141,7 +164,11 @@ void run(const virtq_fuzz::config& cfg, reader& in) {
         }
         break;
       case 6:
-        add_some(static_cast<std::uint8_t>(1U + ((op >> 3) & 3U)));
+        if ((op & 0x80U) != 0) {
+          add_batch(static_cast<std::size_t>(1U + ((op >> 3) & 7U)), (op & 0x40U) != 0);
+        } else {
+          add_some(static_cast<std::uint8_t>(1U + ((op >> 3) & 3U)));
+        }
         break;
       default:
         (void)drv.kick_prepare();
