@@ -173,6 +173,8 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     }
     next_.resize(size_);
     slots_.resize(size_);
+    tokens_.resize(size_);
+    last_.resize(size_);
     this->shadow_.resize(size_);
     init_ring();
   }
@@ -189,6 +191,23 @@ class alignas(64) split_driver : public detail::queue_common<P> {
   /// visible to the device until kick_prepare(). no_space leaves the queue unchanged.
   errc add(std::span<const buffer> out, std::span<const buffer> in, token_t token) {
     guard g(this->lock_);
+    return add_locked(out, in, token);
+  }
+
+  /// The receive hot path for a batch: stages min(n, num_free()) chains of one device-writable
+  /// buffer each, token i for bufs[i], and returns how many. Fewer than n (ring full) counts
+  /// once in stats().ring_full. invalid_argument if the spans differ in size (nothing staged);
+  /// broken. Nothing is visible to the device until kick_prepare().
+  result<std::size_t> add_inbufs(std::span<const buffer> bufs, std::span<const token_t> tokens) {
+    return add_ones<true>(bufs, tokens);
+  }
+  /// add_inbufs with device-readable buffers (a transmit queue).
+  result<std::size_t> add_outbufs(std::span<const buffer> bufs, std::span<const token_t> tokens) {
+    return add_ones<false>(bufs, tokens);
+  }
+
+ private:
+  errc add_locked(std::span<const buffer> out, std::span<const buffer> in, token_t token) {
     if (this->broken()) return errc::broken;
     const std::size_t n = out.size() + in.size();
     // 2.7.5.2: "A driver MUST NOT create a descriptor chain longer than the Queue Size".
@@ -248,7 +267,9 @@ class alignas(64) split_driver : public detail::queue_common<P> {
       free_head_ = i;
     }
     num_free_ -= needed;
-    slots_[head] = slot{token, writable, detail::u16(needed), last, avail_shadow_};
+    tokens_[head] = token;
+    last_[head] = last;
+    slots_[head] = slot{writable + 1U, avail_shadow_, detail::u16(needed)};
     if (!shadow_walk(head, detail::desc_state::free, detail::desc_state::avail)) {
       return fail(errc::state_violation);
     }
@@ -256,6 +277,74 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     return errc::ok;
   }
 
+  // add_inbufs / add_outbufs. The batch loop keeps the driver's indices in locals (stores
+  // through the private arrays would otherwise force reloads) and tests nothing per buffer:
+  // the room was counted once, a one-descriptor chain cannot break a length rule (2.7.5.2),
+  // and broken / indirect / checked are per call.
+  template <bool Writable>
+  result<std::size_t> add_ones(std::span<const buffer> bufs, std::span<const token_t> tokens) {
+    guard g(this->lock_);
+    if (bufs.size() != tokens.size()) [[unlikely]]
+      return errc::invalid_argument;
+    if (this->broken()) [[unlikely]]
+      return errc::broken;
+    if (P::checked || indirect_min_ <= 1) [[unlikely]]
+      return add_ones_general<Writable>(bufs, tokens);
+    const std::size_t n = bufs.size();
+    const std::uint32_t k = static_cast<std::uint32_t>(std::min<std::size_t>(n, num_free_));
+    if (k < n) ++this->stats_.ring_full;
+    split::desc* const table = ring_.table;
+    const split::avail_ring avail = ring_.avail;
+    const std::uint16_t* const next = next_.data();
+    slot* const slots = slots_.data();
+    token_t* const toks = tokens_.data();
+    std::uint16_t* const lasts = last_.data();
+    const std::uint32_t mask = mask_;
+    std::uint16_t head = free_head_;
+    std::uint16_t seq = avail_shadow_;
+    for (std::uint32_t i = 0; i < k; ++i) {
+      const buffer& b = bufs[i];
+      // No NEXT flag, so the device never reads `next` (2.7.5): it is not written. The free
+      // list lives in next_, never in the shared table.
+      split::desc& d = table[head];
+      put<E>(d.addr, b.addr);
+      put<E>(d.len, b.len);
+      put<E>(d.flags, Writable ? split::desc_f_write : std::uint16_t{0});
+      toks[head] = tokens[i];
+      slot& s = slots[head];
+      s.limit = (Writable ? std::uint64_t{b.len} : 0U) + 1U;
+      s.seq = seq;
+      s.ndesc = 1;
+      lasts[head] = head;
+      put<E>(avail.ring(seq & mask), head);
+      ++seq;
+      head = next[head];
+    }
+    free_head_ = head;
+    avail_shadow_ = seq;
+    num_free_ -= k;
+    if (k != 0) {
+      this->stats_.added += k;
+      this->note_free(num_free_);
+    }
+    return std::size_t{k};
+  }
+  // Single buffers go indirect, or checked mode: one add per buffer, under the lock held.
+  template <bool Writable>
+  [[gnu::noinline]] result<std::size_t> add_ones_general(std::span<const buffer> bufs,
+                                                         std::span<const token_t> tokens) {
+    std::size_t k = 0;
+    for (; k < bufs.size(); ++k) {
+      const std::span<const buffer> one(&bufs[k], 1);
+      const errc e = Writable ? add_locked({}, one, tokens[k]) : add_locked(one, {}, tokens[k]);
+      if (e == errc::ok) continue;
+      if (e == errc::no_space || k > 0) break;  // no_space counted once, in add_locked
+      return e;
+    }
+    return k;
+  }
+
+ public:
   /// The receive hot path: one device-writable buffer (no indirect, no loops over spans).
   errc add_inbuf(buffer b, token_t token) {
     // Single buffers go indirect too, or no room: the general path (out of line, so that
@@ -275,11 +364,11 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     put<E>(d.len, b.len);
     put<E>(d.flags, split::desc_f_write);
     // Field by field: a whole-struct store makes the compiler assemble the small fields.
+    tokens_[head] = token;
+    last_[head] = head;
     slot& s = slots_[head];
-    s.token = token;
-    s.writable = b.len;
+    s.limit = std::uint64_t{b.len} + 1U;
     s.ndesc = 1;
-    s.last = head;
     s.seq = avail_shadow_;
     if (!shadow_walk(head, detail::desc_state::free, detail::desc_state::avail)) {
       return fail(errc::state_violation);
@@ -407,10 +496,10 @@ class alignas(64) split_driver : public detail::queue_common<P> {
   template <class F>
   void reset(F&& on_token) {
     guard g(this->lock_);
-    for (slot& s : slots_) {
-      if (s.ndesc != 0) {
-        s.ndesc = 0;
-        on_token(s.token);
+    for (std::uint32_t i = 0; i < size_; ++i) {
+      if (slots_[i].limit != 0) {
+        slots_[i].limit = 0;
+        on_token(tokens_[i]);
       }
     }
     this->shadow_.reset();
@@ -434,12 +523,15 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     return errc::no_space;
   }
 
+  // Per head, what reaping checks, in 8 bytes; the token (tokens_) and the chain's last ring
+  // descriptor (last_, for the free-list splice) live apart, so that each add writes only
+  // what it must and each check reads one small record.
   struct slot {
-    token_t token = 0;
-    std::uint64_t writable = 0;  ///< bytes the device may write: bound for used len (2.7.8.2)
-    std::uint16_t ndesc = 0;     ///< ring descriptors of the chain; 0: not outstanding
-    std::uint16_t last = 0;      ///< its last ring descriptor (free-list splice)
-    std::uint16_t seq = 0;       ///< avail idx it was staged at: staged vs. published
+    /// 0: not outstanding; else the bytes the device may write + 1, so that one compare
+    /// (used len < limit) checks both "outstanding" and 2.7.8.2.
+    std::uint64_t limit = 0;
+    std::uint16_t seq = 0;    ///< avail idx it was staged at: staged vs. published
+    std::uint16_t ndesc = 0;  ///< ring descriptors of the chain
   };
 
   void init_ring() {
@@ -494,6 +586,20 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     return detail::u16(s.seq - avail_published_) < detail::u16(avail_shadow_ - avail_published_);
   }
 
+  // Why a used element (id, len) cannot be accepted, or ok. The hot paths test the same with
+  // one branch and come here only to name the rule.
+  [[gnu::cold, gnu::noinline]] errc used_reason(std::uint32_t id,
+                                                std::uint32_t len) const noexcept {
+    // 2.7.8: id is a descriptor-chain head, an index into the table of Queue Size entries.
+    if (id >= size_) return errc::used_id_out_of_range;
+    // Only chains the driver published and has not reaped can be used.
+    const slot& s = slots_[id];
+    if (s.limit == 0 || is_staged(s)) return errc::used_id_not_outstanding;
+    // 2.7.8.2: the device MUST NOT report more than it could have written.
+    if (len >= s.limit) return errc::used_len_too_large;
+    return errc::ok;
+  }
+
   // Reads and checks the next used element. The device is untrusted: its id indexes our arrays
   // only after the range check, and only outstanding, published heads are accepted.
   errc read_used(std::uint16_t& id, std::uint32_t& len) {
@@ -510,12 +616,9 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     const split::used_elem& e = ring_.used.ring(last_used_ & mask_);
     const std::uint32_t raw_id = get<E>(e.id);
     len = get<E>(e.len);
-    if (raw_id >= size_) return fail(errc::used_id_out_of_range);
+    const errc why = used_reason(raw_id, len);
+    if (why != errc::ok) return fail(why);
     id = detail::u16(raw_id);
-    const slot& s = slots_[id];
-    if (s.ndesc == 0 || is_staged(s)) return fail(errc::used_id_not_outstanding);
-    // 2.7.8.2: the device MUST NOT report more than it could have written.
-    if (len > s.writable) return fail(errc::used_len_too_large);
     ++last_used_;
     return errc::ok;
   }
@@ -528,6 +631,14 @@ class alignas(64) split_driver : public detail::queue_common<P> {
       if (out.empty()) return std::size_t{0};
       return errc::broken;
     }
+    // Nothing staged since the last kick (the usual case when reaping): then no outstanding
+    // chain can be staged, and the outstanding test is the limit compare alone.
+    if (avail_shadow_ == avail_published_) return reap_batch_as<false>(out);
+    return reap_batch_as<true>(out);
+  }
+
+  template <bool AnyStaged>
+  result<std::size_t> reap_batch_as(std::span<used_buffer> out) {
     std::size_t n = 0;
     errc bad = errc::ok;
     std::uint16_t last = last_used_;
@@ -538,6 +649,8 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     const std::uint32_t mask = mask_;
     const split::used_ring used = ring_.used;
     slot* const slots = slots_.data();
+    const token_t* const toks = tokens_.data();
+    const std::uint16_t* const lasts = last_.data();
     std::uint16_t* const next = next_.data();
     const std::uint16_t published = avail_published_;
     const std::uint16_t staged = detail::u16(avail_shadow_ - avail_published_);
@@ -555,30 +668,27 @@ class alignas(64) split_driver : public detail::queue_common<P> {
         cache = idx;
         if (idx == last) break;
       }
-      const std::size_t todo = std::min<std::size_t>(detail::u16(cache - last), out.size() - n);
-      for (std::size_t k = 0; k < todo; ++k) {
+      const std::size_t end = n + std::min<std::size_t>(detail::u16(cache - last), out.size() - n);
+      for (; n < end; ++n) {
         const split::used_elem& e = used.ring(last & mask);
         const std::uint32_t id = get<E>(e.id);
         const std::uint32_t len = get<E>(e.len);
-        if (id >= size) [[unlikely]] {
-          bad = errc::used_id_out_of_range;
+        // In range, outstanding (limit != 0), within its writable bytes (2.7.8.2: len < limit)
+        // and published: used_reason names which. `id & mask` keeps the read in the array for
+        // an id the range test refuses.
+        slot& s = slots[id & mask];
+        bool refused = (id >= size) | (len >= s.limit);
+        if constexpr (AnyStaged) refused |= detail::u16(s.seq - published) < staged;
+        if (refused) [[unlikely]] {
+          bad = used_reason(id, len);
           break;
         }
-        slot& s = slots[id];
-        // Outstanding (published, not yet used) and within its writable bytes (2.7.8.2).
-        if ((s.ndesc == 0) | (detail::u16(s.seq - published) < staged) | (len > s.writable))
-            [[unlikely]] {
-          bad = len > s.writable && s.ndesc != 0 && !is_staged(s) ? errc::used_len_too_large
-                                                                  : errc::used_id_not_outstanding;
-          break;
-        }
-        out[n] = used_buffer{s.token, len};
-        next[s.last] = free_head;
+        out[n] = used_buffer{toks[id], len};
+        next[lasts[id]] = free_head;
         free_head = detail::u16(id);
         freed += s.ndesc;
-        s.ndesc = 0;
+        s.limit = 0;
         ++last;
-        ++n;
       }
       if (bad != errc::ok) break;
     }
@@ -622,13 +732,13 @@ class alignas(64) split_driver : public detail::queue_common<P> {
         !shadow_walk(head, detail::desc_state::used, detail::desc_state::free)) {
       return fail(errc::state_violation);
     }
-    out = used_buffer{s.token, len};
+    out = used_buffer{tokens_[head], len};
     if (!in_order_) {
-      next_[s.last] = free_head_;
+      next_[last_[head]] = free_head_;
       free_head_ = head;
     }
     num_free_ += s.ndesc;
-    s.ndesc = 0;
+    s.limit = 0;
     --device_chains_;
     ++this->stats_.reaped;
     return errc::ok;
@@ -682,6 +792,8 @@ class alignas(64) split_driver : public detail::queue_common<P> {
   std::uint32_t batch_len_ = 0;
   std::vector<std::uint16_t> next_;  ///< private descriptor links (free list and chains)
   std::vector<slot> slots_;          ///< per head
+  std::vector<token_t> tokens_;      ///< per head: the chain's token
+  std::vector<std::uint16_t> last_;  ///< per head: the chain's last ring descriptor
   aligned_buffer indirect_;
   std::uint64_t indirect_guest_ = 0;
 };
@@ -736,21 +848,12 @@ class alignas(64) split_device : public detail::queue_common<P> {
     guard g(this->lock_);
     if (this->broken()) return errc::broken;
     if (last_avail_ == avail_cache_) {
-      // V1 (pairs with D1) 2.7.13: acquire avail idx before reading the ring entries and the
-      // descriptors they name.
-      const std::uint16_t idx = load_acquire<E>(ring_.avail.idx());
-      B::after_observe();
-      // 2.7.6: the driver cannot have more than Queue Size chains available at once.
-      if (detail::u16(idx - last_avail_) > size_) return fail(errc::avail_idx_jump);
-      avail_cache_ = idx;
-      if (idx == last_avail_) return errc::empty;
+      const errc e = refresh_avail();
+      if (e != errc::ok) return e;
     }
     const std::uint16_t head = get<E>(ring_.avail.ring(last_avail_ & mask_));
-    // 2.7.6: ring[] holds descriptor-chain heads, indices into a table of Queue Size entries.
-    if (head >= size_) return fail(errc::desc_index_out_of_range);
-    // A chain the device still holds cannot be made available again (2.7.13.1: the driver
-    // gives buffers, the device gives them back; a re-offered head would be completed twice).
-    if (held_[head] != 0) return fail(errc::state_violation);
+    if ((head >= size_) | (held_[head & mask_] != 0)) [[unlikely]]
+      return fail(bad_head(head));
     // The driver may rewrite the descriptor under us: copy it out once, decide on the copy.
     const split::desc d = ring_.table[head];
     const std::uint16_t flags = get<E>(d.flags);
@@ -783,28 +886,137 @@ class alignas(64) split_device : public detail::queue_common<P> {
     return errc::ok;
   }
 
+  /// The batch pop for chains of exactly one direct descriptor (the receive fast path, and
+  /// that of simple transmit queues): up to out.size() of them, validated as pop() validates
+  /// (avail idx, head range, re-offered head, address translation; a zero-length buffer has
+  /// data == nullptr and is not translated). It stops BEFORE the first chain that is not a
+  /// single direct descriptor (NEXT or INDIRECT set) and leaves it for pop(chain&): so 0 means
+  /// either "nothing available" or "the next chain needs pop(chain&)"; a caller that can see
+  /// longer chains calls pop(chain&) when this returns fewer than it asked for.
+  /// A fatal error with nothing popped returns that errc (the queue is broken); after k > 0
+  /// pops it returns k (the queue is broken, error() says why, the next call returns
+  /// errc::broken), as get_used(span) does. Complete each buffer with its `id`.
+  result<std::size_t> pop_buffers(std::span<popped_buffer> out) {
+    guard g(this->lock_);
+    if (this->broken()) [[unlikely]]
+      return errc::broken;
+    // The mode is tested once per batch: the loop is compiled once for each.
+    return in_order_ ? pop_ones<true>(out) : pop_ones<false>(out);
+  }
+
+  /// complete(id, len) for each entry in order, one lock and one statistics update for all.
+  /// Stops at the first entry complete(id, len) would refuse: returns invalid_argument if that
+  /// is the first, else the count completed before it (the queue stays usable: the error is
+  /// the caller's). errc::broken on a broken queue.
+  result<std::size_t> complete(std::span<const used_entry> done) {
+    guard g(this->lock_);
+    if (this->broken()) [[unlikely]]
+      return errc::broken;
+    errc why;
+    const std::size_t n = in_order_ ? complete_n<true>(done.data(), done.size(), why)
+                                    : complete_n<false>(done.data(), done.size(), why);
+    if (why != errc::ok && n == 0) return why;
+    return n;
+  }
+
   /// Stages a used element for chain `id` with `len` bytes written. invalid_argument (a caller
   /// error, the queue stays usable) if `id` is not a held chain, len exceeds its writable space
   /// (2.7.8.2: the device MUST NOT over-state), or, with IN_ORDER, `id` is not the oldest held.
   errc complete(std::uint16_t id, std::uint32_t len) {
     guard g(this->lock_);
     if (this->broken()) return errc::broken;
-    // Not held (0) and too long both fail the one comparison: held_ is writable bytes + 1.
-    if (id >= size_ || len >= held_[id]) [[unlikely]]
-      return errc::invalid_argument;
+    const used_entry one{id, len};
+    errc why;
     if (in_order_) {
-      // 2.7.9: "the device MUST use buffers in the same order in which they have been
-      // available".
-      if (order_[order_head_] != id) return errc::invalid_argument;
-      order_head_ = (order_head_ + 1) & mask_;
-      --order_count_;
+      complete_n<true>(&one, 1, why);
+    } else {
+      complete_n<false>(&one, 1, why);
     }
-    if (!release(id)) return fail(errc::state_violation);
-    write_used(id, len);
-    return errc::ok;
+    return why;
   }
   errc complete(const chain& c, std::uint32_t len) { return complete(c.id(), len); }
 
+ private:
+  // pop_buffers for one IN_ORDER mode, the lock held and the queue not broken.
+  template <bool InOrder>
+  result<std::size_t> pop_ones(std::span<popped_buffer> out) {
+    std::uint32_t avail = detail::u16(avail_cache_ - last_avail_);
+    if (avail < out.size()) {
+      // Fewer cached than wanted: one look at avail idx per batch.
+      const errc e = refresh_avail();
+      if (e == errc::empty) return std::size_t{0};
+      if (e != errc::ok) return e;
+      avail = detail::u16(avail_cache_ - last_avail_);
+    }
+    const std::uint32_t todo = static_cast<std::uint32_t>(std::min<std::size_t>(avail, out.size()));
+    // The batch in locals: stores through held_ / out would otherwise force reloads.
+    const split::desc* const table = ring_.table;
+    const split::avail_ring ring = ring_.avail;
+    std::uint64_t* const held = held_.data();
+    std::uint16_t* const order = order_.data();
+    const M& mem = *mem_;
+    const std::uint32_t size = size_;
+    const std::uint32_t mask = mask_;
+    std::uint16_t last = last_avail_;
+    std::uint32_t tail = order_head_ + order_count_;
+    errc bad = errc::ok;
+    std::uint32_t n = 0;
+    for (; n < todo; ++n) {
+      const std::uint16_t head = get<E>(ring.ring(last & mask));
+      // The queue size is a power of 2 (2.7), so once the range test passed h == head; before
+      // it, `head & mask` keeps the read in the array.
+      const std::uint32_t h = head & mask;
+      if ((head >= size) | (held[h] != 0)) [[unlikely]] {
+        bad = bad_head(head);
+        break;
+      }
+      // The driver may rewrite the descriptor under us: each field is read once and every
+      // decision is made on that copy.
+      const split::desc& d = table[h];
+      const std::uint16_t flags = get<E>(d.flags);
+      if ((flags & (split::desc_f_next | split::desc_f_indirect)) != 0) break;  // pop(chain&)'s
+      const std::uint32_t len = get<E>(d.len);
+      std::byte* data = nullptr;
+      if (len != 0) [[likely]] {
+        // 2.7.5: the buffer is guest memory; chain::append translates the same way.
+        const result<std::byte*> host = mem.translate(get<E>(d.addr), len);
+        if (!host) [[unlikely]] {
+          bad = host.error();
+          break;
+        }
+        data = *host;
+      }
+      if constexpr (P::checked) {
+        links_.start();
+        links_.visit(head);
+        if (!links_.commit(this->shadow_, head)) {
+          bad = errc::state_violation;
+          break;
+        }
+      }
+      const bool writable = (flags & split::desc_f_write) != 0;
+      held[h] = (writable ? std::uint64_t{len} : 0U) + 1U;
+      if constexpr (InOrder) order[tail++ & mask] = head;
+      out[n] = popped_buffer{data, len, head, writable};
+      ++last;
+    }
+    last_avail_ = last;
+    if constexpr (InOrder) order_count_ += n;
+    this->stats_.popped += n;
+    // 2.7.10: avail_event is written once per batch, with the value per-pop updates would end
+    // at. The driver notifies only when avail_event lies in [its old idx, its new idx); its old
+    // idx is at least the avail idx we read (avail_cache_), and every intermediate value would
+    // have been below that, so none of them could have asked for a notification the final one
+    // does not.
+    if (follow_avail_ && n != 0) store_relaxed<E>(ring_.used.avail_event(), last);
+    if (bad != errc::ok) [[unlikely]] {
+      fail(bad);
+      if (n == 0) return bad;
+    }
+    return std::size_t{n};
+  }
+
+ public:
   /// IN_ORDER batch (2.7.9): completes the next `count` held chains (in the order they were
   /// popped) with one used element carrying the id of the last of them and `len_of_last`.
   errc complete_in_order(std::uint16_t count, std::uint32_t len_of_last) {
@@ -900,6 +1112,77 @@ class alignas(64) split_device : public detail::queue_common<P> {
     used_shadow_ = used_published_ = opts_.initial_index;
     order_head_ = order_count_ = 0;
     follow_avail_ = event_negotiated_;
+  }
+
+  // V1 (pairs with D1) 2.7.13: acquire avail idx before reading the ring entries and the
+  // descriptors they name. errc::empty if nothing new, or a fatal errc.
+  errc refresh_avail() noexcept {
+    const std::uint16_t idx = load_acquire<E>(ring_.avail.idx());
+    B::after_observe();
+    // 2.7.6: the driver cannot have more than Queue Size chains available at once.
+    if (detail::u16(idx - last_avail_) > size_) return fail(errc::avail_idx_jump);
+    avail_cache_ = idx;
+    return idx == last_avail_ ? errc::empty : errc::ok;
+  }
+
+  // Why an avail ring entry cannot be a new chain's head (its test is the caller's one branch).
+  [[gnu::cold, gnu::noinline]] errc bad_head(std::uint16_t head) const noexcept {
+    // 2.7.6: ring[] holds descriptor-chain heads, indices into a table of Queue Size entries.
+    if (head >= size_) return errc::desc_index_out_of_range;
+    // A chain the device still holds cannot be made available again (2.7.13.1: the driver
+    // gives buffers, the device gives them back; a re-offered head would be completed twice).
+    return errc::state_violation;
+  }
+
+  // complete(id, len) for `count` entries; the count done, `why` the reason it stopped (ok:
+  // all done). The used ring index and the IN_ORDER head in locals for the batch.
+  template <bool InOrder>
+  std::size_t complete_n(const used_entry* done, std::size_t count, errc& why) noexcept {
+    std::uint64_t* const held = held_.data();
+    const std::uint16_t* const order = order_.data();
+    const split::used_ring used = ring_.used;
+    const std::uint32_t size = size_;
+    const std::uint32_t mask = mask_;
+    std::uint16_t idx = used_shadow_;
+    std::uint32_t order_head = order_head_;
+    why = errc::ok;
+    std::size_t n = 0;
+    for (; n < count; ++n) {
+      const std::uint16_t id = done[n].id;
+      const std::uint32_t len = done[n].len;
+      // Not held (0) and too long (2.7.8.2) both fail the one comparison: held_ is writable
+      // bytes + 1. `id & mask` keeps the read in the array for an id the range test refuses.
+      const std::uint32_t h = id & mask;  // == id once the range test passed (size is 2^k)
+      if ((id >= size) | (len >= held[h])) [[unlikely]] {
+        why = errc::invalid_argument;
+        break;
+      }
+      if constexpr (InOrder) {
+        // 2.7.9: "the device MUST use buffers in the same order in which they have been
+        // available".
+        if (order[order_head] != id) [[unlikely]] {
+          why = errc::invalid_argument;
+          break;
+        }
+        order_head = (order_head + 1) & mask;
+      }
+      held[h] = 0;
+      if (!links_.release(this->shadow_, id)) [[unlikely]] {
+        why = fail(errc::state_violation);
+        break;
+      }
+      split::used_elem& e = used.ring(idx & mask);
+      put<E>(e.id, id);
+      put<E>(e.len, len);
+      ++idx;
+    }
+    used_shadow_ = idx;
+    if constexpr (InOrder) {
+      order_head_ = order_head;
+      order_count_ -= static_cast<std::uint32_t>(n);
+    }
+    this->stats_.completed += n;
+    return n;
   }
 
   bool release(std::uint16_t id) noexcept {
