@@ -299,26 +299,32 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     slot* const slots = slots_.data();
     token_t* const toks = tokens_.data();
     std::uint16_t* const lasts = last_.data();
-    const std::uint32_t mask = mask_;
     std::uint16_t head = free_head_;
     std::uint16_t seq = avail_shadow_;
-    for (std::uint32_t i = 0; i < k; ++i) {
-      const buffer& b = bufs[i];
-      // No NEXT flag, so the device never reads `next` (2.7.5): it is not written. The free
-      // list lives in next_, never in the shared table.
-      split::desc& d = table[head];
-      put<E>(d.addr, b.addr);
-      put<E>(d.len, b.len);
-      put<E>(d.flags, Writable ? split::desc_f_write : std::uint16_t{0});
-      toks[head] = tokens[i];
-      slot& s = slots[head];
-      s.limit = (Writable ? std::uint64_t{b.len} : 0U) + 1U;
-      s.seq = seq;
-      s.ndesc = 1;
-      lasts[head] = head;
-      put<E>(avail.ring(seq & mask), head);
-      ++seq;
-      head = next[head];
+    std::uint32_t pos = seq & mask_;
+    // At most two runs of ring entries (before and after the end of the ring), each indexed
+    // linearly: no mask per entry.
+    for (std::uint32_t i = 0; i < k; pos = 0) {
+      const std::uint32_t run_end = i + std::min(k - i, size_ - pos);
+      wire<std::uint16_t>* entry = &avail.ring(pos);
+      for (; i < run_end; ++i, ++entry) {
+        const buffer& b = bufs[i];
+        // No NEXT flag, so the device never reads `next` (2.7.5): it is not written. The free
+        // list lives in next_, never in the shared table.
+        split::desc& d = table[head];
+        put<E>(d.addr, b.addr);
+        put<E>(d.len, b.len);
+        put<E>(d.flags, Writable ? split::desc_f_write : std::uint16_t{0});
+        toks[head] = tokens[i];
+        slot& s = slots[head];
+        s.limit = (Writable ? std::uint64_t{b.len} : 0U) + 1U;
+        s.seq = seq;
+        s.ndesc = 1;
+        lasts[head] = head;
+        put<E>(*entry, head);
+        ++seq;
+        head = next[head];
+      }
     }
     free_head_ = head;
     avail_shadow_ = seq;
@@ -669,26 +675,32 @@ class alignas(64) split_driver : public detail::queue_common<P> {
         if (idx == last) break;
       }
       const std::size_t end = n + std::min<std::size_t>(detail::u16(cache - last), out.size() - n);
-      for (; n < end; ++n) {
-        const split::used_elem& e = used.ring(last & mask);
-        const std::uint32_t id = get<E>(e.id);
-        const std::uint32_t len = get<E>(e.len);
-        // In range, outstanding (limit != 0), within its writable bytes (2.7.8.2: len < limit)
-        // and published: used_reason names which. `id & mask` keeps the read in the array for
-        // an id the range test refuses.
-        slot& s = slots[id & mask];
-        bool refused = (id >= size) | (len >= s.limit);
-        if constexpr (AnyStaged) refused |= detail::u16(s.seq - published) < staged;
-        if (refused) [[unlikely]] {
-          bad = used_reason(id, len);
-          break;
+      // At most two runs of used elements (before and after the end of the ring), each read
+      // linearly.
+      for (std::uint32_t pos = last & mask; n < end && bad == errc::ok; pos = 0) {
+        const std::size_t start = n;
+        const std::size_t run_end = n + std::min<std::size_t>(end - n, size - pos);
+        const split::used_elem* e = &used.ring(pos);
+        for (; n < run_end; ++n, ++e) {
+          const std::uint32_t id = get<E>(e->id);
+          const std::uint32_t len = get<E>(e->len);
+          // In range, outstanding (limit != 0), within its writable bytes (2.7.8.2: len < limit)
+          // and published: used_reason names which. `id & mask` keeps the read in the array for
+          // an id the range test refuses.
+          slot& s = slots[id & mask];
+          bool refused = (id >= size) | (len >= s.limit);
+          if constexpr (AnyStaged) refused |= detail::u16(s.seq - published) < staged;
+          if (refused) [[unlikely]] {
+            bad = used_reason(id, len);
+            break;
+          }
+          out[n] = used_buffer{toks[id], len};
+          next[lasts[id]] = free_head;
+          free_head = detail::u16(id);
+          freed += s.ndesc;
+          s.limit = 0;
         }
-        out[n] = used_buffer{toks[id], len};
-        next[lasts[id]] = free_head;
-        free_head = detail::u16(id);
-        freed += s.ndesc;
-        s.limit = 0;
-        ++last;
+        last = detail::u16(last + static_cast<std::uint32_t>(n - start));
       }
       if (bad != errc::ok) break;
     }
@@ -961,45 +973,52 @@ class alignas(64) split_device : public detail::queue_common<P> {
     std::uint32_t tail = order_head_ + order_count_;
     errc bad = errc::ok;
     std::uint32_t n = 0;
-    for (; n < todo; ++n) {
-      const std::uint16_t head = get<E>(ring.ring(last & mask));
-      // The queue size is a power of 2 (2.7), so once the range test passed h == head; before
-      // it, `head & mask` keeps the read in the array.
-      const std::uint32_t h = head & mask;
-      if ((head >= size) | (held[h] != 0)) [[unlikely]] {
-        bad = bad_head(head);
-        break;
-      }
-      // The driver may rewrite the descriptor under us: each field is read once and every
-      // decision is made on that copy.
-      const split::desc& d = table[h];
-      const std::uint16_t flags = get<E>(d.flags);
-      if ((flags & (split::desc_f_next | split::desc_f_indirect)) != 0) break;  // pop(chain&)'s
-      const std::uint32_t len = get<E>(d.len);
-      std::byte* data = nullptr;
-      if (len != 0) [[likely]] {
-        // 2.7.5: the buffer is guest memory; chain::append translates the same way.
-        const result<std::byte*> host = mem.translate(get<E>(d.addr), len);
-        if (!host) [[unlikely]] {
-          bad = host.error();
+    // At most two runs of avail entries (before and after the end of the ring), each read
+    // linearly; a run left early (an error, or a chain for pop(chain&)) ends the batch.
+    for (std::uint32_t pos = last & mask; n < todo; pos = 0) {
+      const std::uint32_t run_end = n + std::min(todo - n, size - pos);
+      const wire<std::uint16_t>* entry = &ring.ring(pos);
+      for (; n < run_end; ++n, ++entry) {
+        const std::uint16_t head = get<E>(*entry);
+        // The queue size is a power of 2 (2.7), so once the range test passed h == head; before
+        // it, `head & mask` keeps the read in the array.
+        const std::uint32_t h = head & mask;
+        if ((head >= size) | (held[h] != 0)) [[unlikely]] {
+          bad = bad_head(head);
           break;
         }
-        data = *host;
-      }
-      if constexpr (P::checked) {
-        links_.start();
-        links_.visit(head);
-        if (!links_.commit(this->shadow_, head)) {
-          bad = errc::state_violation;
-          break;
+        // The driver may rewrite the descriptor under us: each field is read once and every
+        // decision is made on that copy.
+        const split::desc& d = table[h];
+        const std::uint16_t flags = get<E>(d.flags);
+        if ((flags & (split::desc_f_next | split::desc_f_indirect)) != 0) break;  // pop(chain&)'s
+        const std::uint32_t len = get<E>(d.len);
+        std::byte* data = nullptr;
+        if (len != 0) [[likely]] {
+          // 2.7.5: the buffer is guest memory; chain::append translates the same way.
+          const result<std::byte*> host = mem.translate(get<E>(d.addr), len);
+          if (!host) [[unlikely]] {
+            bad = host.error();
+            break;
+          }
+          data = *host;
         }
+        if constexpr (P::checked) {
+          links_.start();
+          links_.visit(head);
+          if (!links_.commit(this->shadow_, head)) {
+            bad = errc::state_violation;
+            break;
+          }
+        }
+        const bool writable = (flags & split::desc_f_write) != 0;
+        held[h] = (writable ? std::uint64_t{len} : 0U) + 1U;
+        if constexpr (InOrder) order[tail++ & mask] = head;
+        out[n] = popped_buffer{data, len, head, writable};
       }
-      const bool writable = (flags & split::desc_f_write) != 0;
-      held[h] = (writable ? std::uint64_t{len} : 0U) + 1U;
-      if constexpr (InOrder) order[tail++ & mask] = head;
-      out[n] = popped_buffer{data, len, head, writable};
-      ++last;
+      if (n != run_end) break;
     }
+    last = detail::u16(last + n);
     last_avail_ = last;
     if constexpr (InOrder) order_count_ += n;
     this->stats_.popped += n;
@@ -1143,40 +1162,44 @@ class alignas(64) split_device : public detail::queue_common<P> {
     const split::used_ring used = ring_.used;
     const std::uint32_t size = size_;
     const std::uint32_t mask = mask_;
-    std::uint16_t idx = used_shadow_;
     std::uint32_t order_head = order_head_;
     why = errc::ok;
     std::size_t n = 0;
-    for (; n < count; ++n) {
-      const std::uint16_t id = done[n].id;
-      const std::uint32_t len = done[n].len;
-      // Not held (0) and too long (2.7.8.2) both fail the one comparison: held_ is writable
-      // bytes + 1. `id & mask` keeps the read in the array for an id the range test refuses.
-      const std::uint32_t h = id & mask;  // == id once the range test passed (size is 2^k)
-      if ((id >= size) | (len >= held[h])) [[unlikely]] {
-        why = errc::invalid_argument;
-        break;
-      }
-      if constexpr (InOrder) {
-        // 2.7.9: "the device MUST use buffers in the same order in which they have been
-        // available".
-        if (order[order_head] != id) [[unlikely]] {
+    // At most two runs of used elements (before and after the end of the ring), each written
+    // linearly; a run left early (a refused entry) ends the batch.
+    for (std::uint32_t pos = used_shadow_ & mask; n < count; pos = 0) {
+      const std::size_t run_end = n + std::min<std::size_t>(count - n, size - pos);
+      split::used_elem* e = &used.ring(pos);
+      for (; n < run_end; ++n, ++e) {
+        const std::uint16_t id = done[n].id;
+        const std::uint32_t len = done[n].len;
+        // Not held (0) and too long (2.7.8.2) both fail the one comparison: held_ is writable
+        // bytes + 1. `id & mask` keeps the read in the array for an id the range test refuses.
+        const std::uint32_t h = id & mask;  // == id once the range test passed (size is 2^k)
+        if ((id >= size) | (len >= held[h])) [[unlikely]] {
           why = errc::invalid_argument;
           break;
         }
-        order_head = (order_head + 1) & mask;
+        if constexpr (InOrder) {
+          // 2.7.9: "the device MUST use buffers in the same order in which they have been
+          // available".
+          if (order[order_head] != id) [[unlikely]] {
+            why = errc::invalid_argument;
+            break;
+          }
+          order_head = (order_head + 1) & mask;
+        }
+        held[h] = 0;
+        if (!links_.release(this->shadow_, id)) [[unlikely]] {
+          why = fail(errc::state_violation);
+          break;
+        }
+        put<E>(e->id, id);
+        put<E>(e->len, len);
       }
-      held[h] = 0;
-      if (!links_.release(this->shadow_, id)) [[unlikely]] {
-        why = fail(errc::state_violation);
-        break;
-      }
-      split::used_elem& e = used.ring(idx & mask);
-      put<E>(e.id, id);
-      put<E>(e.len, len);
-      ++idx;
+      if (n != run_end) break;
     }
-    used_shadow_ = idx;
+    used_shadow_ = detail::u16(used_shadow_ + static_cast<std::uint32_t>(n));
     if constexpr (InOrder) {
       order_head_ = order_head;
       order_count_ -= static_cast<std::uint32_t>(n);
