@@ -25,7 +25,6 @@ namespace {
 
 constexpr std::uint16_t A = packed::desc_f_avail;  // AVAIL under wrap 1
 constexpr std::uint16_t U = packed::desc_f_used;
-constexpr std::uint16_t NEXT = packed::desc_f_next;
 constexpr std::uint16_t WRITE = packed::desc_f_write;
 
 // ---------------------------------------------------------------------------------------------
