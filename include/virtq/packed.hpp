@@ -576,41 +576,46 @@ class packed_driver : public detail::queue_common<P> {
     std::uint32_t top = free_top_;
     std::uint32_t pos = next_avail_;
     bool wrap = avail_wrap_;
-    // D1: the first head of a batch keeps its flags until kick_prepare().
-    bool hold = staged_slots_ == 0;
     std::uint16_t tail = order_tail_;
     bool first_in_use = InOrder && staged_chains_ == 0 && outstanding_ == 0;
+    // Descriptor i at `pos`; the first head of a batch keeps its flags until kick_prepare (D1).
+    const auto stage = [&](std::uint32_t i, std::uint16_t f, bool hold)
+        __attribute__((always_inline)) {
+      const std::uint16_t id = free_ids[--top];
+      packed::desc& d = ring[pos];
+      write_desc(d, bufs[i].addr, bufs[i].len, id);
+      if (hold) {
+        hold_head(static_cast<std::uint16_t>(pos), f);
+      } else {
+        store_relaxed<E>(d.flags, f);
+      }
+      id_info& s = ids[id];
+      s.token = tokens[i];
+      s.batch = batch;
+      s.writable = Writable ? bufs[i].len : 0U;
+      s.slots = 1;
+      if constexpr (InOrder) {
+        if (first_in_use) {
+          order_head_ = id;
+          first_in_use = false;
+        } else {
+          ids[tail].next = id;
+        }
+        tail = id;
+      }
+    };
     std::uint32_t i = 0;
     while (i < n) {
       // Up to the ring's end: the wrap counter is tested once per run, not per descriptor
       // (2.8.1: it flips when the position passes the last slot).
       const std::uint32_t end = i + std::min(n - i, size - pos);
       const auto f = static_cast<std::uint16_t>(kind | detail::packed_avail_bits(wrap));
-      for (; i < end; ++i, ++pos) {
-        const std::uint16_t id = free_ids[--top];
-        packed::desc& d = ring[pos];
-        write_desc(d, bufs[i].addr, bufs[i].len, id);
-        if (hold) [[unlikely]] {
-          hold_head(static_cast<std::uint16_t>(pos), f);
-          hold = false;
-        } else {
-          store_relaxed<E>(d.flags, f);
-        }
-        id_info& s = ids[id];
-        s.token = tokens[i];
-        s.batch = batch;
-        s.writable = Writable ? bufs[i].len : 0U;
-        s.slots = 1;
-        if constexpr (InOrder) {
-          if (first_in_use) {
-            order_head_ = id;
-            first_in_use = false;
-          } else {
-            ids[tail].next = id;
-          }
-          tail = id;
-        }
+      if (i == 0 && staged_slots_ == 0) {
+        stage(0, f, true);
+        i = 1;
+        ++pos;
       }
+      for (; i < end; ++i, ++pos) stage(i, f, false);
       if (pos == size) {
         pos = 0;
         wrap = !wrap;
@@ -1276,24 +1281,23 @@ class packed_device : public detail::queue_common<P> {
     std::uint32_t pos = next_used_;
     bool wrap = used_wrap_;
     std::uint16_t f = detail::packed_used_bits(wrap);
-    bool hold = staged_slots_ == 0;
     std::uint32_t slots = 0;
-    std::size_t n = 0;
-    for (; n < done.size(); ++n) {
-      const std::uint16_t id = done[n].id;
-      const std::uint32_t len = done[n].len;
+    // One entry; false: complete(id, len) would refuse it (or checked mode's `e`).
+    const auto use = [&](const used_entry& u, bool hold) __attribute__((always_inline)) {
+      const std::uint16_t id = u.id;
+      const std::uint32_t len = u.len;
       if (id >= size) [[unlikely]]
-        break;
+        return false;
       const held h = rec[id];
       // 2.8.4 / 2.7.8.2: only a chain the device holds, and "the device MUST NOT" report more
       // than its writable bytes; 2.8.11 IN_ORDER: the oldest popped chain first.
       if ((h.slots == 0) | (len > h.writable) | (InOrder && fifo_[fifo_head_] != id)) [[unlikely]]
-        break;
+        return false;
       // Checked mode: a used descriptor only ever covers slots this device popped.
       if (!packed_shadow_slots(this->shadow_, pos, h.slots, size, detail::desc_state::device,
                                detail::desc_state::free)) {
         e = errc::state_violation;
-        break;
+        return false;
       }
       if constexpr (InOrder) fifo_pop();
       rec[id] = held{};
@@ -1305,6 +1309,18 @@ class packed_device : public detail::queue_common<P> {
         wrap = !wrap;
         f = detail::packed_used_bits(wrap);
       }
+      return true;
+    };
+    std::size_t n = 0;
+    if (staged_slots_ == 0) {
+      // The first used descriptor of a batch keeps its flags for interrupt_prepare (V2).
+      if (done.empty() || !use(done[0], true)) {
+        done = {};  // refused: nothing more either
+      } else {
+        n = 1;
+      }
+    }
+    for (; n < done.size() && use(done[n], false); ++n) {
     }
     next_used_ = static_cast<std::uint16_t>(pos);
     used_wrap_ = wrap;
@@ -1359,14 +1375,14 @@ class packed_device : public detail::queue_common<P> {
   /// of a batch (`hold`) keeps its flags for interrupt_prepare() (V2); the driver cannot pass
   /// it, so the others' flags are stored relaxed now. Written in place, the batch's lines move
   /// to the driver once, when it follows the published first one.
-  void put_used(packed::desc& d, std::uint32_t slot, std::uint16_t id, std::uint32_t len,
-                std::uint16_t flags, bool& hold) noexcept {
+  [[gnu::always_inline]] inline void put_used(packed::desc& d, std::uint32_t slot, std::uint16_t id,
+                                              std::uint32_t len, std::uint16_t flags,
+                                              bool hold) noexcept {
     put<E>(d.id, id);
     put<E>(d.len, len);
-    if (hold) [[unlikely]] {
+    if (hold) {
       pending_slot_ = static_cast<std::uint16_t>(slot);
       pending_flags_ = flags;
-      hold = false;
     } else {
       store_relaxed<E>(d.flags, flags);
     }
