@@ -937,14 +937,16 @@ class alignas(64) split_device : public detail::queue_common<P> {
   errc complete(std::uint16_t id, std::uint32_t len) {
     guard g(this->lock_);
     if (this->broken()) return errc::broken;
-    const used_entry one{id, len};
-    errc why;
+    if (refused(id, len, held_.data(), size_, mask_)) [[unlikely]]
+      return errc::invalid_argument;
     if (in_order_) {
-      complete_n<true>(&one, 1, why);
-    } else {
-      complete_n<false>(&one, 1, why);
+      if (!oldest(order_.data(), order_head_, id)) return errc::invalid_argument;
+      order_head_ = (order_head_ + 1) & mask_;
+      --order_count_;
     }
-    return why;
+    if (!release(id)) return fail(errc::state_violation);
+    write_used(id, len);
+    return errc::ok;
   }
   errc complete(const chain& c, std::uint32_t len) { return complete(c.id(), len); }
 
@@ -1153,6 +1155,21 @@ class alignas(64) split_device : public detail::queue_common<P> {
     return errc::state_violation;
   }
 
+  // What complete() refuses, one implementation for both forms: an id out of range, not held
+  // (held 0), or len beyond the chain's writable bytes (2.7.8.2: the device MUST NOT
+  // over-state); the last two fail the one comparison, held being writable bytes + 1.
+  // `id & mask` keeps the read in the array for an id the range test refuses (size is 2^k).
+  static bool refused(std::uint32_t id, std::uint32_t len, const std::uint64_t* held,
+                      std::uint32_t size, std::uint32_t mask) noexcept {
+    return (id >= size) | (len >= held[id & mask]);
+  }
+  // IN_ORDER, 2.7.9: "the device MUST use buffers in the same order in which they have been
+  // available": `id` must be the oldest held chain.
+  static bool oldest(const std::uint16_t* order, std::uint32_t order_head,
+                     std::uint16_t id) noexcept {
+    return order[order_head] == id;
+  }
+
   // complete(id, len) for `count` entries; the count done, `why` the reason it stopped (ok:
   // all done). The used ring index and the IN_ORDER head in locals for the batch.
   template <bool InOrder>
@@ -1173,23 +1190,18 @@ class alignas(64) split_device : public detail::queue_common<P> {
       for (; n < run_end; ++n, ++e) {
         const std::uint16_t id = done[n].id;
         const std::uint32_t len = done[n].len;
-        // Not held (0) and too long (2.7.8.2) both fail the one comparison: held_ is writable
-        // bytes + 1. `id & mask` keeps the read in the array for an id the range test refuses.
-        const std::uint32_t h = id & mask;  // == id once the range test passed (size is 2^k)
-        if ((id >= size) | (len >= held[h])) [[unlikely]] {
+        if (refused(id, len, held, size, mask)) [[unlikely]] {
           why = errc::invalid_argument;
           break;
         }
         if constexpr (InOrder) {
-          // 2.7.9: "the device MUST use buffers in the same order in which they have been
-          // available".
-          if (order[order_head] != id) [[unlikely]] {
+          if (!oldest(order, order_head, id)) [[unlikely]] {
             why = errc::invalid_argument;
             break;
           }
           order_head = (order_head + 1) & mask;
         }
-        held[h] = 0;
+        held[id] = 0;
         if (!links_.release(this->shadow_, id)) [[unlikely]] {
           why = fail(errc::state_violation);
           break;
