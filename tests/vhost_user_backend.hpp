@@ -134,14 +134,17 @@ class unique_fd {
 struct tx_frame {
   std::span<const std::byte> bytes;  ///< the device-readable part, gathered (at most 256 KiB)
   std::uint64_t length;              ///< the device-readable bytes of the whole chain
-  std::uint32_t descriptors;         ///< descriptors the chain had (1 from pop_buffers)
+  std::uint32_t descriptors;         ///< descriptors walked, indirect ones included
+  std::uint32_t ring_slots;          ///< ring slots the chain took (an indirect table is one)
   bool has_writable;                 ///< a device-writable buffer in a TX chain (5.1.6.2: wrong)
 };
 using frame_sink = std::function<void(const tx_frame&)>;
 
 struct backend_options {
   std::string socket_path;
-  bool offer_packed = true;  ///< offer VIRTIO_F_RING_PACKED
+  bool offer_packed = true;     ///< offer VIRTIO_F_RING_PACKED
+  bool offer_indirect = false;  ///< offer VIRTIO_F_INDIRECT_DESC
+  bool offer_in_order = false;  ///< offer VIRTIO_F_IN_ORDER
   /// Spin on the transmit ring (throughput runs) instead of sleeping on the kick eventfd
   /// with notifications enabled (the default: exercises the suppression handshake).
   bool busy_poll = false;
@@ -161,6 +164,7 @@ struct queue_report {
   std::uint64_t frames = 0;
   std::uint64_t via_batch = 0;  ///< chains taken by pop_buffers
   std::uint64_t via_chain = 0;  ///< chains taken by pop(chain&) (more than one descriptor)
+  std::uint64_t batches = 0;    ///< pop_buffers calls that returned at least one chain
   std::uint64_t kicks = 0;      ///< kick eventfd wake-ups
   std::uint64_t calls = 0;      ///< call eventfd writes
   bool broken = false;
@@ -505,6 +509,8 @@ class backend {
   std::uint64_t offered() const noexcept {
     std::uint64_t f = std::uint64_t{1} << virtq::feature::version_1;
     if (opts_.offer_packed) f |= std::uint64_t{1} << virtq::feature::ring_packed;
+    if (opts_.offer_indirect) f |= std::uint64_t{1} << virtq::feature::indirect_desc;
+    if (opts_.offer_in_order) f |= std::uint64_t{1} << virtq::feature::in_order;
     return f;
   }
 
@@ -823,10 +829,50 @@ class backend {
       }
     }
     if (d.broken()) {
-      throw protocol_error("transmit queue broken by the driver: " +
-                           std::string(virtq::to_string(d.error())));
+      throw protocol_error(
+          "transmit queue broken by the driver: " + std::string(virtq::to_string(d.error())) +
+          " [" + describe_position(q) + "]");
     }
     return more;
+  }
+
+  /// For an error message: the descriptor at the device's position (and the first entries of
+  /// its indirect table), read through the same checked translation. Diagnostics only.
+  std::string describe_position(const vring& q) const {
+    struct raw_desc {
+      std::uint64_t addr;
+      std::uint32_t len;
+      std::uint16_t a, b;  // split: flags, next; packed: id, flags
+    };
+    const bool packed = q.packed != nullptr;
+    std::uint32_t slot = q.next;
+    if (!packed) {
+      const auto ring = user_.translate(q.avail_user + 4 + 2U * (q.next & (q.num - 1U)), 2);
+      if (!ring) return "avail ring unreadable";
+      std::uint16_t head;
+      std::memcpy(&head, *ring, 2);
+      if (head >= q.num) return "avail entry names descriptor " + std::to_string(head);
+      slot = head;
+    }
+    const auto at = user_.translate(q.desc_user + 16U * std::uint64_t{slot}, 16);
+    if (!at) return "descriptor unreadable";
+    raw_desc d;
+    std::memcpy(&d, *at, sizeof d);
+    const std::uint16_t flags = packed ? d.b : d.a;
+    std::string s = std::string(packed ? "ring slot " : "descriptor ") + std::to_string(slot) +
+                    ": addr 0x" + hex(d.addr) + " len " + std::to_string(d.len) + " flags 0x" +
+                    hex(flags);
+    if ((flags & virtq::split::desc_f_indirect) != 0 && d.len % 16 == 0) {
+      const auto table = mem_.translate(d.addr, d.len);
+      if (!table) return s + "; indirect table unreadable";
+      s += "; indirect entries' flags:";
+      for (std::uint32_t i = 0; i < d.len / 16 && i < 8; ++i) {
+        raw_desc e;
+        std::memcpy(&e, *table + 16U * i, sizeof e);
+        s += " 0x" + hex(packed ? e.b : e.a);
+      }
+    }
+    return s;
   }
 
   /// One batch: pop_buffers, then one pop(chain&) if the batch stopped short at a longer chain.
@@ -839,11 +885,12 @@ class backend {
     const std::size_t n = *r;
     for (std::size_t i = 0; i < n; ++i) {
       const auto& b = batch[i];
-      deliver(q, tx_frame{{b.data, b.len}, b.len, 1, b.writable});
+      deliver(q, tx_frame{{b.data, b.len}, b.len, 1, 1, b.writable});
       done[i] = virtq::used_entry{b.id, 0};
       advance(q, 1);
     }
     q.rep.via_batch += n;
+    if (n != 0) ++q.rep.batches;
     if (n != 0) {
       const virtq::result<std::size_t> c =
           d.complete(std::span<const virtq::used_entry>(done.data(), n));
@@ -859,6 +906,7 @@ class backend {
     deliver(q, tx_frame{{scratch_.data(), got},
                         chain_.readable_bytes(),
                         chain_.descriptors(),
+                        chain_.ring_slots(),
                         chain_.writable_bytes() != 0});
     advance(q, q.packed ? chain_.ring_slots() : 1U);
     ++q.rep.via_chain;
