@@ -669,8 +669,9 @@ class packed_driver : public detail::queue_common<P> {
     // 2.8.1: the device writes used descriptors only over chains it was given, so there are at
     // most `outstanding_` of them; a used descriptor beyond that is checked after the loop.
     const std::size_t bound = std::min<std::size_t>(out.size(), outstanding_);
-    std::size_t n = 0;
-    for (; n < bound; ++n) {
+    used_buffer* o = out.data();
+    used_buffer* const end = o + bound;
+    for (; o != end; ++o) {
       const packed::desc& d = view_.ring[pos];
       // D3 (2.8.21.2, partner V2): the device wrote id and len before it released these flags.
       const std::uint16_t flags = load_acquire<E>(d.flags);
@@ -693,21 +694,22 @@ class packed_driver : public detail::queue_common<P> {
         e = errc::used_len_too_large;
         break;
       }
-      out[n].token = s.token;
-      out[n].len = len;
+      o->token = s.token;
+      o->len = len;
       // The next s.slots slots from pos come back, whichever chain took them.
       const std::uint32_t slots = s.slots;
       freed += slots;
-      std::uint32_t o = pos + slots;
-      if (o >= size) {
-        o -= size;
+      std::uint32_t next = pos + slots;
+      if (next >= size) {
+        next -= size;
         wrap = !wrap;
         want = detail::packed_used_bits(wrap);
       }
-      pos = static_cast<std::uint16_t>(o);
+      pos = static_cast<std::uint16_t>(next);
       s.batch = free_batch;
       free_ids[top++] = id;
     }
+    const auto n = static_cast<std::size_t>(o - out.data());
     if (n == outstanding_ && n < out.size() && e == errc::ok) [[unlikely]] {
       // 2.8.1: with no chain outstanding the next slot cannot hold a used descriptor.
       if ((load_acquire<E>(view_.ring[pos].flags) & detail::packed_wrap_bits) == want) {
@@ -1202,8 +1204,10 @@ class packed_device : public detail::queue_common<P> {
     constexpr std::uint16_t mask =
         detail::packed_wrap_bits | packed::desc_f_next | packed::desc_f_indirect;
     const std::uint16_t expect = detail::packed_avail_bits(avail_wrap_);
-    std::uint32_t k = 0;
-    for (; k < run; ++k, ++d) {
+    const packed::desc* const first = d;
+    const packed::desc* const end = d + run;
+    popped_buffer* o = out;
+    for (; d != end; ++d, ++o) {
       // V1 (2.8.21.1, partner D1): each descriptor's flags are acquired before its other
       // fields are read (a later head of the batch may have been released by a later kick).
       const std::uint16_t f = load_acquire<E>(d->flags);
@@ -1218,22 +1222,22 @@ class packed_device : public detail::queue_common<P> {
       const std::uint32_t safe_id = id < size ? id : 0U;
       // 2.8.4: the driver picks ids below the queue size and never reuses one in flight.
       if ((id >= size) | (rec[safe_id].slots != 0) | (len == 0) | !host) [[unlikely]] {
-        e = odd_buffer(addr, len, id, out[k]);
+        e = odd_buffer(addr, len, id, *o);
         if (e != errc::ok) break;
-        out[k].writable = writable;
+        o->writable = writable;
       } else {
-        out[k] = popped_buffer{*host, len, id, writable};
+        *o = popped_buffer{*host, len, id, writable};
       }
       // Checked mode: the device never reads a slot it has not given back.
-      if (!packed_shadow_slots(this->shadow_, next_avail_ + k, 1, size, detail::desc_state::free,
-                               detail::desc_state::device)) {
+      if (!packed_shadow_slots(this->shadow_, next_avail_ + static_cast<std::uint32_t>(d - first),
+                               1, size, detail::desc_state::free, detail::desc_state::device)) {
         e = errc::state_violation;
         break;
       }
       // 2.7.8.2: a device-readable buffer bounds its used len at 0.
       rec[id] = held{len & (0U - static_cast<std::uint32_t>(writable)), 1};
     }
-    return k;
+    return static_cast<std::uint32_t>(o - out);
   }
 
   /// A one-descriptor chain off the fast path, checked in pop()'s order (chain::begin_one, then
