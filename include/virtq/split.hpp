@@ -269,7 +269,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     num_free_ -= needed;
     tokens_[head] = token;
     last_[head] = last;
-    slots_[head] = slot{writable + 1U, avail_shadow_, detail::u16(needed)};
+    slots_[head] = slot{writable + 1U, avail_shadow_, needed};
     if (!shadow_walk(head, detail::desc_state::free, detail::desc_state::avail)) {
       return fail(errc::state_violation);
     }
@@ -537,7 +537,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     /// (used len < limit) checks both "outstanding" and 2.7.8.2.
     std::uint64_t limit = 0;
     std::uint16_t seq = 0;    ///< avail idx it was staged at: staged vs. published
-    std::uint16_t ndesc = 0;  ///< ring descriptors of the chain
+    std::uint32_t ndesc = 0;  ///< ring descriptors of the chain (32 bits: a plain store of 1)
   };
 
   void init_ring() {
