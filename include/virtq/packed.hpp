@@ -570,10 +570,9 @@ class packed_driver : public detail::queue_common<P> {
     constexpr std::uint16_t kind = Writable ? packed::desc_f_write : std::uint16_t{0};
     packed::desc* const ring = view_.ring;
     id_info* const ids = ids_.data();
-    const std::uint16_t* const free_ids = free_ids_.data();
+    const std::uint16_t* free_top = free_ids_.data() + free_top_;
     const std::uint64_t batch = batch_;
     const std::uint32_t size = size_;
-    std::uint32_t top = free_top_;
     std::uint32_t pos = next_avail_;
     bool wrap = avail_wrap_;
     std::uint16_t tail = order_tail_;
@@ -581,7 +580,7 @@ class packed_driver : public detail::queue_common<P> {
     // Descriptor i at `pos`; the first head of a batch keeps its flags until kick_prepare (D1).
     const auto stage = [&](std::uint32_t i, std::uint16_t f, bool hold)
         __attribute__((always_inline)) {
-      const std::uint16_t id = free_ids[--top];
+      const std::uint16_t id = *--free_top;
       packed::desc& d = ring[pos];
       write_desc(d, bufs[i].addr, bufs[i].len, id);
       if (hold) {
@@ -621,7 +620,7 @@ class packed_driver : public detail::queue_common<P> {
         wrap = !wrap;
       }
     }
-    free_top_ = top;
+    free_top_ = static_cast<std::uint32_t>(free_top - free_ids_.data());
     next_avail_ = static_cast<std::uint16_t>(pos);
     avail_wrap_ = wrap;
     if constexpr (InOrder) order_tail_ = tail;
@@ -659,12 +658,12 @@ class packed_driver : public detail::queue_common<P> {
     bool wrap = used_wrap_;
     // 2.8.1: used in lap `wrap` means AVAIL == USED == wrap.
     std::uint16_t want = detail::packed_used_bits(wrap);
-    std::uint32_t top = free_top_;
     std::uint32_t freed = 0;
     const std::uint32_t size = size_;
     const std::uint64_t batch = batch_;
     id_info* const ids = ids_.data();
-    std::uint16_t* const free_ids = free_ids_.data();
+    // The id stack through a pointer: one store and one increment per id.
+    std::uint16_t* free_top = free_ids_.data() + free_top_;
     errc e = errc::ok;
     // 2.8.1: the device writes used descriptors only over chains it was given, so there are at
     // most `outstanding_` of them; a used descriptor beyond that is checked after the loop.
@@ -707,7 +706,7 @@ class packed_driver : public detail::queue_common<P> {
       }
       pos = static_cast<std::uint16_t>(next);
       s.batch = free_batch;
-      free_ids[top++] = id;
+      *free_top++ = id;
     }
     const auto n = static_cast<std::size_t>(o - out.data());
     if (n == outstanding_ && n < out.size() && e == errc::ok) [[unlikely]] {
@@ -719,7 +718,7 @@ class packed_driver : public detail::queue_common<P> {
     last_used_ = pos;
     used_wrap_ = wrap;
     outstanding_ -= static_cast<std::uint32_t>(n);
-    free_top_ = top;
+    free_top_ = static_cast<std::uint32_t>(free_top - free_ids_.data());
     num_free_ += freed;
     this->stats_.reaped += n;
     if (e != errc::ok) [[unlikely]] {
@@ -1218,10 +1217,15 @@ class packed_device : public detail::queue_common<P> {
       // 2.8.6: the buffer id sits in the chain's last descriptor, here the only one.
       const std::uint16_t id = get<E>(d->id);
       const bool writable = (f & packed::desc_f_write) != 0;
-      const result<std::byte*> host = mem.translate(addr, len);
-      const std::uint32_t safe_id = id < size ? id : 0U;
-      // 2.8.4: the driver picks ids below the queue size and never reuses one in flight.
-      if ((id >= size) | (rec[safe_id].slots != 0) | (len == 0) | !host) [[unlikely]] {
+      // 2.8.4: the driver picks ids below the queue size and never reuses one in flight. A
+      // zero-length buffer is not translated (odd_buffer takes it).
+      bool odd = (id >= size) | (len == 0);
+      result<std::byte*> host = nullptr;
+      if (!odd) [[likely]] {
+        host = mem.translate(addr, len);
+        odd = (rec[id].slots != 0) | !host;
+      }
+      if (odd) [[unlikely]] {
         e = odd_buffer(addr, len, id, *o);
         if (e != errc::ok) break;
         o->writable = writable;
