@@ -578,20 +578,19 @@ class packed_driver : public detail::queue_common<P> {
     std::uint16_t tail = order_tail_;
     bool first_in_use = InOrder && staged_chains_ == 0 && outstanding_ == 0;
     // Descriptor i at `pos`; the first head of a batch keeps its flags until kick_prepare (D1).
-    const auto stage = [&](std::uint32_t i, std::uint16_t f, bool hold)
-        __attribute__((always_inline)) {
+    const auto stage = [&](const buffer& b, token_t token, packed::desc& d, std::uint16_t f,
+                           bool hold) __attribute__((always_inline)) {
       const std::uint16_t id = *--free_top;
-      packed::desc& d = ring[pos];
-      write_desc(d, bufs[i].addr, bufs[i].len, id);
+      write_desc(d, b.addr, b.len, id);
       if (hold) {
         hold_head(static_cast<std::uint16_t>(pos), f);
       } else {
         store_relaxed<E>(d.flags, f);
       }
       id_info& s = ids[id];
-      s.token = tokens[i];
+      s.token = token;
       s.batch = batch;
-      s.writable = Writable ? bufs[i].len : 0U;
+      s.writable = Writable ? b.len : 0U;
       s.slots = 1;
       if constexpr (InOrder) {
         if (first_in_use) {
@@ -610,11 +609,17 @@ class packed_driver : public detail::queue_common<P> {
       const std::uint32_t end = i + std::min(n - i, size - pos);
       const auto f = static_cast<std::uint16_t>(kind | detail::packed_avail_bits(wrap));
       if (i == 0 && staged_slots_ == 0) {
-        stage(0, f, true);
+        stage(bufs[0], tokens[0], ring[pos], f, true);
         i = 1;
         ++pos;
       }
-      for (; i < end; ++i, ++pos) stage(i, f, false);
+      packed::desc* d = ring + pos;
+      const token_t* t = tokens + i;
+      for (const buffer *b = bufs + i, *last = bufs + end; b != last; ++b, ++t, ++d) {
+        stage(*b, *t, *d, f, false);
+      }
+      pos += end - i;
+      i = end;
       if (pos == size) {
         pos = 0;
         wrap = !wrap;
