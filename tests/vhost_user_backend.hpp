@@ -809,7 +809,12 @@ class backend {
     for (int round = 0; round < 64 && !d.broken(); ++round) {
       const std::uint64_t n = take(q, d);
       total += n;
-      if (n != 0) continue;
+      if (n != 0) {
+        // Give each batch back at once: the driver can only refill slots it got back, so
+        // holding completions until the ring runs dry would make the two sides take turns.
+        publish(q, d);
+        continue;
+      }
       if (!sleeping) {
         more = false;
         break;
@@ -822,11 +827,11 @@ class backend {
       }
       d.disable_notifications();
     }
-    if (total != 0 && d.interrupt_prepare() && q.call) {
-      const std::uint64_t one = 1;
-      if (::write(q.call.get(), &one, sizeof(one)) == static_cast<ssize_t>(sizeof(one))) {
-        ++q.rep.calls;
-      }
+    if (total != 0) {
+      const auto now = clock::now();
+      if (q.rep.frames == total) q.rep.first_frame = now;
+      q.rep.last_frame = now;
+      tx_frames_.store(q.rep.frames, std::memory_order_release);
     }
     if (d.broken()) {
       throw protocol_error(
@@ -916,13 +921,20 @@ class backend {
     return n + 1;
   }
 
+  /// Publishes staged used entries; interrupts the driver if it asked (2.7.7 / 2.8.10).
+  template <class Dev>
+  void publish(vring& q, Dev& d) {
+    if (d.interrupt_prepare() && q.call) {
+      const std::uint64_t one = 1;
+      if (::write(q.call.get(), &one, sizeof(one)) == static_cast<ssize_t>(sizeof(one))) {
+        ++q.rep.calls;
+      }
+    }
+  }
+
   void deliver(vring& q, const tx_frame& f) {
-    const auto now = clock::now();
-    if (q.rep.frames == 0) q.rep.first_frame = now;
-    q.rep.last_frame = now;
     ++q.rep.frames;
     (*sink_)(f);
-    tx_frames_.fetch_add(1, std::memory_order_release);
   }
 
   void advance(vring& q, std::uint32_t slots) {
