@@ -1333,8 +1333,11 @@ class packed_device : public detail::queue_common<P> {
         n = 1;
       }
     }
-    for (; n < done.size() && use(done[n], false); ++n) {
+    const used_entry* u = done.data() + n;
+    for (const used_entry* const last = done.data() + done.size(); u != last; ++u) {
+      if (!use(*u, false)) break;
     }
+    n = static_cast<std::size_t>(u - done.data());
     next_used_ = static_cast<std::uint16_t>(pos);
     used_wrap_ = wrap;
     staged_slots_ += slots;
