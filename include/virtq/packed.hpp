@@ -415,7 +415,7 @@ class packed_driver : public detail::queue_common<P> {
     token_t token = 0;
     std::uint64_t batch = free_batch;  ///< kick generation it was staged in, or free_batch
     std::uint32_t writable = 0;        ///< device-writable bytes, saturated at 2^32-1
-    std::uint16_t slots = 0;           ///< ring slots taken; 0 = id free
+    std::uint16_t slots = 0;           ///< ring slots taken (meaningful while in use)
     std::uint16_t next = 0;            ///< IN_ORDER: the id added after this one
   };
 
@@ -577,7 +577,8 @@ class packed_driver : public detail::queue_common<P> {
     bool wrap = avail_wrap_;
     std::uint16_t tail = order_tail_;
     bool first_in_use = InOrder && staged_chains_ == 0 && outstanding_ == 0;
-    // Descriptor i at `pos`; the first head of a batch keeps its flags until kick_prepare (D1).
+    // One buffer into slot `d` (at `pos`); the first head of a batch keeps its flags until
+    // kick_prepare (D1).
     const auto stage = [&](const buffer& b, token_t token, packed::desc& d, std::uint16_t f,
                            bool hold) __attribute__((always_inline)) {
       const std::uint16_t id = *--free_top;
@@ -715,7 +716,8 @@ class packed_driver : public detail::queue_common<P> {
     }
     const auto n = static_cast<std::size_t>(o - out.data());
     if (n == outstanding_ && n < out.size() && e == errc::ok) [[unlikely]] {
-      // 2.8.1: with no chain outstanding the next slot cannot hold a used descriptor.
+      // 2.8.1: with no chain outstanding the next slot cannot hold a used descriptor. D3
+      // (2.8.21.2, partner V2): only its flags are read.
       if ((load_acquire<E>(view_.ring[pos].flags) & detail::packed_wrap_bits) == want) {
         e = errc::used_unexpected;
       }
@@ -919,8 +921,9 @@ class packed_device : public detail::queue_common<P> {
   /// buffer gives data == nullptr and is not translated, as chain::append). It stops BEFORE the
   /// first chain that is not one direct descriptor and leaves it for pop(chain&): 0 means "none
   /// available" or "the next one needs pop(chain&)". A fatal error with nothing popped returns
-  /// the errc (queue broken); after k > 0 were popped it returns k (they are the caller's to
-  /// complete), the queue is broken, error() names the rule and the next call says broken.
+  /// the errc (queue broken); after k > 0 were popped it returns k (their buffers were validated
+  /// and are the caller's until reset), the queue is broken, error() names the rule and the next
+  /// call, complete() included, says broken.
   result<std::size_t> pop_buffers(std::span<popped_buffer> out) {
     guard g(this->lock_);
     if (this->broken()) [[unlikely]]
@@ -1272,6 +1275,7 @@ class packed_device : public detail::queue_common<P> {
   /// (empty, or flags no driver writes: 2.8.1), is the head of a chain pop(chain&) must walk,
   /// or is available although every slot is still held by the device (2.8.4: overrun).
   [[gnu::cold, gnu::noinline]] errc stop_reason(bool room_exhausted) const noexcept {
+    // V1 (2.8.21.1, partner D1): only the flags are read here.
     const std::uint16_t f = load_acquire<E>(view_.ring[next_avail_].flags);
     if ((f & detail::packed_wrap_bits) != detail::packed_avail_bits(avail_wrap_)) {
       // 2.8.1: AVAIL == USED == our wrap is neither available nor anything this device wrote.
