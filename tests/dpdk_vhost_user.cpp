@@ -600,7 +600,13 @@ struct fake_session {
   std::thread server;
   vhost::unique_fd fd;
   std::uint64_t frames = 0;
-  vhost::frame_sink sink = [this](const vhost::tx_frame&) { ++frames; };
+  std::vector<std::uint64_t> lengths;
+  std::vector<unsigned> first_bytes;
+  vhost::frame_sink sink = [this](const vhost::tx_frame& f) {
+    ++frames;
+    lengths.push_back(f.length);
+    first_bytes.push_back(f.bytes.empty() ? 0U : std::to_integer<unsigned>(f.bytes[0]));
+  };
 
   fake_session() {
     server = std::thread([this] { report = be.serve(sink); });
@@ -789,13 +795,15 @@ TEST_CASE("vhost-user backend: ring addresses outside the shared memory are refu
   // 4096 + 518 + 2054 bytes, so a ring that starts 0x10 bytes before the end does not fit.
   const std::uint64_t gpa = 0x100000, uva = 0x7f0000000000, size = 0x10000;
   const auto set_up = [&](fake_session& s, const vhost::unique_fd& m, std::uint64_t desc,
-                          std::uint64_t avail, std::uint64_t used) {
+                          std::uint64_t avail, std::uint64_t used,
+                          std::uint64_t features = std::uint64_t{1} << virtq::feature::version_1,
+                          std::uint32_t base = 0) {
     const int fds[1] = {m.get()};
     s.send(vhost::request::set_owner);
-    s.send(vhost::request::set_features, pack(std::uint64_t{1} << virtq::feature::version_1));
+    s.send(vhost::request::set_features, pack(features));
     s.send(vhost::request::set_mem_table, one_region(gpa, size, uva, 0), fds);
     s.send(vhost::request::set_vring_num, pack(std::uint32_t{1}, std::uint32_t{256}));
-    s.send(vhost::request::set_vring_base, pack(std::uint32_t{1}, std::uint32_t{0}));
+    s.send(vhost::request::set_vring_base, pack(std::uint32_t{1}, base));
     s.send(vhost::request::set_vring_addr,
            pack(std::uint32_t{1}, std::uint32_t{0}, desc, used, avail, std::uint64_t{0}));
     vhost::unique_fd kick(::eventfd(0, EFD_CLOEXEC));
@@ -817,6 +825,23 @@ TEST_CASE("vhost-user backend: ring addresses outside the shared memory are refu
     set_up(s, m, uva, uva + 0x1000, uva + size - 0x10);
     CHECK_THAT(s.finish().error,
                Catch::Contains("used ring") && Catch::Contains("crosses the end of its region"));
+  }
+  SECTION("a split ring whose used idx disagrees with its base (chains in flight) is refused") {
+    fake_session s;
+    const auto m = memory_file(size);
+    set_up(s, m, uva, uva + 0x1000, uva + 0x2000, std::uint64_t{1} << virtq::feature::version_1, 5);
+    CHECK_THAT(s.finish().error, Catch::Contains("used idx 0 differs from SET_VRING_BASE 5"));
+  }
+  SECTION("a packed ring resumed anywhere but offset 0, wrap 1 is refused") {
+    // packed_device has no starting position (device_options::initial_index is split only).
+    fake_session s;
+    const auto m = memory_file(size);
+    set_up(s, m, uva, uva + 0x1000, uva + 0x1004,
+           (std::uint64_t{1} << virtq::feature::version_1) |
+               (std::uint64_t{1} << virtq::feature::ring_packed),
+           0x8005);
+    CHECK_THAT(s.finish().error, Catch::Contains("packed SET_VRING_BASE 0x8005") &&
+                                     Catch::Contains("only offset 0, wrap 1"));
   }
   SECTION("misaligned descriptor table") {
     fake_session s;
@@ -856,4 +881,92 @@ TEST_CASE("vhost-user backend: ring addresses outside the shared memory are refu
     CHECK(r.queues[1].broken);
     CHECK(r.queues[1].error == virtq::errc::address_out_of_range);
   }
+}
+
+TEST_CASE("vhost-user backend: a split ring resumed at SET_VRING_BASE 65530 crosses the wrap",
+          "[vhost-user]") {
+  // A well-behaved frontend played by the test: 12 one-descriptor chains posted from avail
+  // idx 65530 (device_options::initial_index), so both indices wrap past 65535.
+  const std::uint64_t gpa = 0x100000, uva = 0x7f0000000000, size = 0x10000;
+  const std::uint32_t qsize = 256;
+  const std::uint16_t base = 65530;
+  const int chains = 12;
+  fake_session s;
+  const auto m = memory_file(size);
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, m.get(), 0);
+  REQUIRE(p != MAP_FAILED);
+  auto* bytes = static_cast<std::byte*>(p);
+  auto* avail_idx = reinterpret_cast<std::uint16_t*>(bytes + 0x1000 + 2);
+  auto* used_idx = reinterpret_cast<std::uint16_t*>(bytes + 0x2000 + 2);
+  *avail_idx = base;
+  *used_idx = base;  // every chain before the base came back (no inflight)
+  const int fds[1] = {m.get()};
+  s.send(vhost::request::set_owner);
+  s.send(vhost::request::set_features, pack(std::uint64_t{1} << virtq::feature::version_1));
+  s.send(vhost::request::set_mem_table, one_region(gpa, size, uva, 0), fds);
+  s.send(vhost::request::set_vring_num, pack(std::uint32_t{1}, qsize));
+  s.send(vhost::request::set_vring_base, pack(std::uint32_t{1}, std::uint32_t{base}));
+  s.send(vhost::request::set_vring_addr, pack(std::uint32_t{1}, std::uint32_t{0}, uva, uva + 0x2000,
+                                              uva + 0x1000, std::uint64_t{0}));
+  vhost::unique_fd kick(::eventfd(0, EFD_CLOEXEC));
+  const int kfd[1] = {kick.get()};
+  s.send(vhost::request::set_vring_kick, pack(std::uint64_t{1}), kfd);
+  // Chains: descriptor i -> 64 bytes at guest 0x104000 + 64 i (a guest-physical address,
+  // unlike the ring addresses above), each filled with its own index.
+  for (int i = 0; i < chains; ++i) {
+    const std::uint64_t addr = gpa + 0x4000 + 64U * static_cast<std::uint64_t>(i);
+    const std::uint32_t len = 64;
+    const std::uint16_t flags = 0, next = 0;
+    std::byte* d = bytes + 16 * i;
+    std::memcpy(d, &addr, 8);
+    std::memcpy(d + 8, &len, 4);
+    std::memcpy(d + 12, &flags, 2);
+    std::memcpy(d + 14, &next, 2);
+    std::memset(bytes + 0x4000 + 64 * i, i + 1, 64);
+    const auto slot = static_cast<std::uint16_t>(base + i) % qsize;
+    const auto head = static_cast<std::uint16_t>(i);
+    std::memcpy(bytes + 0x1000 + 4 + 2 * slot, &head, 2);
+  }
+  std::atomic_ref<std::uint16_t>(*avail_idx)
+      .store(static_cast<std::uint16_t>(base + chains), std::memory_order_release);
+  const std::uint64_t one = 1;
+  REQUIRE(::write(kick.get(), &one, sizeof(one)) == sizeof(one));
+  const auto deadline = clock_type::now() + 3s;
+  while (s.be.tx_frames() < static_cast<std::uint64_t>(chains) && clock_type::now() < deadline) {
+    std::this_thread::sleep_for(1ms);
+  }
+  // Stop the ring: the reply names where the driver resumes, past the wrap.
+  s.send(vhost::request::get_vring_base, pack(std::uint32_t{1}, std::uint32_t{0}));
+  std::uint8_t reply[20] = {};
+  pollfd pf{s.fd.get(), POLLIN, 0};
+  REQUIRE(::poll(&pf, 1, 3000) == 1);
+  REQUIRE(::recv(s.fd.get(), reply, sizeof(reply), MSG_WAITALL) == 20);
+  std::uint32_t hdr[3], state[2];
+  std::memcpy(hdr, reply, 12);
+  std::memcpy(state, reply + 12, 8);
+  CHECK(hdr[0] == 11U);
+  CHECK(hdr[1] == (vhost::flag_version | vhost::flag_reply));
+  CHECK(state[0] == 1U);
+  CHECK(state[1] == static_cast<std::uint16_t>(base + chains));
+  CHECK(std::atomic_ref<std::uint16_t>(*used_idx).load(std::memory_order_acquire) ==
+        static_cast<std::uint16_t>(base + chains));
+  for (int i = 0; i < chains; ++i) {  // used ring: each chain once, in order, 0 bytes written
+    const auto slot = static_cast<std::uint16_t>(base + i) % qsize;
+    std::uint32_t id, len;
+    std::memcpy(&id, bytes + 0x2000 + 4 + 8 * slot, 4);
+    std::memcpy(&len, bytes + 0x2000 + 4 + 8 * slot + 4, 4);
+    CHECK(id == static_cast<std::uint32_t>(i));
+    CHECK(len == 0U);
+  }
+  const auto& r = s.finish();
+  ::munmap(p, size);
+  CHECK(r.error.empty());
+  CHECK(s.frames == static_cast<std::uint64_t>(chains));
+  for (std::size_t i = 0; i < s.first_bytes.size(); ++i) {  // each buffer read, in order
+    CHECK(s.first_bytes[i] == i + 1);
+    CHECK(s.lengths[i] == 64U);
+  }
+  CHECK(r.queues[1].got_vring_base);
+  CHECK(r.queues[1].stats.popped == static_cast<std::uint64_t>(chains));
+  CHECK_FALSE(r.queues[1].broken);
 }
