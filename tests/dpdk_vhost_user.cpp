@@ -843,6 +843,25 @@ TEST_CASE("vhost-user backend: ring addresses outside the shared memory are refu
     CHECK_THAT(s.finish().error, Catch::Contains("packed SET_VRING_BASE 0x8005") &&
                                      Catch::Contains("only offset 0, wrap 1"));
   }
+  SECTION("a kick fd that hangs up") {
+    fake_session s;
+    const auto m = memory_file(size);
+    const int fds[1] = {m.get()};
+    s.send(vhost::request::set_features, pack(std::uint64_t{1} << virtq::feature::version_1));
+    s.send(vhost::request::set_mem_table, one_region(gpa, size, uva, 0), fds);
+    s.send(vhost::request::set_vring_num, pack(std::uint32_t{1}, std::uint32_t{256}));
+    s.send(vhost::request::set_vring_addr, pack(std::uint32_t{1}, std::uint32_t{0}, uva,
+                                                uva + 0x2000, uva + 0x1000, std::uint64_t{0}));
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    vhost::unique_fd rd(p[0]), wr(p[1]);
+    const int kfd[1] = {rd.get()};
+    s.send(vhost::request::set_vring_kick, pack(std::uint64_t{1}), kfd);
+    wr.reset();
+    pollfd pf{s.fd.get(), POLLIN, 0};
+    CHECK(::poll(&pf, 1, 3000) == 1);  // the backend ends the session on its own
+    CHECK_THAT(s.finish().error, Catch::Contains("kick fd hung up"));
+  }
   SECTION("misaligned descriptor table") {
     fake_session s;
     const auto m = memory_file(size);

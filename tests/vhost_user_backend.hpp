@@ -375,6 +375,10 @@ class backend {
           return;
         }
       }
+      if (r > 0 && p[1].fd >= 0 && (p[1].revents & (POLLERR | POLLHUP | POLLNVAL)) != 0) {
+        // Not an eventfd (a pipe whose writer left, say): it would wake us forever.
+        throw protocol_error("queue 1: the kick fd hung up or is invalid");
+      }
       if (r > 0 && p[1].fd >= 0 && (p[1].revents & POLLIN) != 0) {
         std::uint64_t v = 0;
         if (::read(tx.kick.get(), &v, sizeof(v)) == static_cast<ssize_t>(sizeof(v))) {
