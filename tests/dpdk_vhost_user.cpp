@@ -578,8 +578,11 @@ TEST_CASE("virtio-user txonly rate into our device: report only", "[dpdk][vhost-
     CHECK(tx.got_vring_base);
     const double secs = std::chrono::duration<double>(tx.last_frame - tx.first_frame).count();
     const double mpps = secs > 0 ? static_cast<double>(tx.frames) / secs / 1e6 : 0.0;
-    WARN((packed ? "packed" : "split") << " txonly: " << tx.frames << " frames in " << secs
-                                       << " s = " << mpps << " Mpps (busy-polling device)");
+    WARN((packed ? "packed" : "split")
+         << " txonly: " << tx.frames << " frames in " << secs << " s = " << mpps
+         << " Mpps (busy-polling device; " << tx.idle_polls << " idle / " << tx.busy_polls
+         << " busy service turns, " << (tx.busy_polls ? tx.frames / tx.busy_polls : 0)
+         << " frames per busy turn)");
   }
 }
 

@@ -165,11 +165,13 @@ struct queue_report {
   bool got_vring_base = false;   ///< GET_VRING_BASE arrived and was answered
   std::uint32_t vring_base = 0;  ///< what we answered
   std::uint64_t frames = 0;
-  std::uint64_t via_batch = 0;  ///< chains taken by pop_buffers
-  std::uint64_t via_chain = 0;  ///< chains taken by pop(chain&) (more than one descriptor)
-  std::uint64_t batches = 0;    ///< pop_buffers calls that returned at least one chain
-  std::uint64_t kicks = 0;      ///< kick eventfd wake-ups
-  std::uint64_t calls = 0;      ///< call eventfd writes
+  std::uint64_t via_batch = 0;   ///< chains taken by pop_buffers
+  std::uint64_t via_chain = 0;   ///< chains taken by pop(chain&) (more than one descriptor)
+  std::uint64_t batches = 0;     ///< pop_buffers calls that returned at least one chain
+  std::uint64_t idle_polls = 0;  ///< service turns that found nothing
+  std::uint64_t busy_polls = 0;  ///< service turns that found chains
+  std::uint64_t kicks = 0;       ///< kick eventfd wake-ups
+  std::uint64_t calls = 0;       ///< call eventfd writes
   bool broken = false;
   virtq::errc error = virtq::errc::ok;
   virtq::queue_stats stats{};
@@ -355,15 +357,16 @@ class backend {
       if (stop != nullptr && stop->load(std::memory_order_acquire)) {
         throw protocol_error("stopped by the test before the frontend disconnected");
       }
-      if (clock::now() > deadline) throw protocol_error("session timeout");
       vring& tx = queues_[1];
       const bool spin = opts_.busy_poll && tx.running();
-      // Spinning: look at the socket only every 256 turns (a syscall per turn would cap the
-      // rate); sleeping: wait on the socket and the transmit kick together.
+      // Spinning: look at the socket and the clock only every 256 turns (a syscall or a clock
+      // read per turn would dominate an idle turn); sleeping: wait on the socket and the
+      // transmit kick together.
       if (spin && (++spins & 255U) != 0) {
         more = service_tx(tx);
         continue;
       }
+      if (clock::now() > deadline) throw protocol_error("session timeout");
       std::array<pollfd, 2> p{pollfd{conn_.get(), POLLIN, 0}, pollfd{-1, POLLIN, 0}};
       if (tx.running() && tx.kick) p[1].fd = tx.kick.get();
       const int timeout = (spin || more) ? 0 : (tx.running() && !tx.kick ? 1 : 50);
@@ -834,6 +837,7 @@ class backend {
       }
       d.disable_notifications();
     }
+    ++(total != 0 ? q.rep.busy_polls : q.rep.idle_polls);
     if (total != 0) {
       const auto now = clock::now();
       if (q.rep.frames == total) q.rep.first_frame = now;
