@@ -255,11 +255,20 @@ class packed_driver : public detail::queue_common<P> {
     return errc::ok;
   }
 
-  /// The receive hot path: one device-writable buffer in one slot (add_inbufs of one).
+  /// The receive hot path: one device-writable buffer in one slot. The slot is written by the
+  /// helpers add() uses (take_id, write_slot, commit): a batch's set-up buys nothing for one.
   errc add_inbuf(buffer b, token_t token) {
-    const result<std::size_t> r = add_bufs<true>({&b, 1}, {&token, 1});
-    if (!r) return r.error();
-    return *r == 1 ? errc::ok : errc::no_space;
+    guard g(this->lock_);
+    if (this->broken()) [[unlikely]]
+      return errc::broken;
+    if (num_free_ == 0) [[unlikely]] {
+      ++this->stats_.ring_full;
+      return errc::no_space;
+    }
+    const std::uint16_t id = take_id();
+    write_slot(b.addr, b.len, id, packed::desc_f_write);
+    commit(id, token, 1, b.len);
+    return errc::ok;
   }
 
   /// Stages one-descriptor chains of device-writable buffers, token i for buffer i, as many as
@@ -954,9 +963,17 @@ class packed_device : public detail::queue_common<P> {
   /// writable bytes (2.8.4 / 2.7.8.2: the device MUST NOT over-state), or, with IN_ORDER, `id`
   /// is not the oldest popped chain (2.8.11).
   errc complete(std::uint16_t id, std::uint32_t len) {
-    const used_entry u{id, len};
-    const result<std::size_t> r = complete({&u, 1});
-    return r ? errc::ok : r.error();
+    guard g(this->lock_);
+    if (this->broken()) [[unlikely]]
+      return errc::broken;
+    if (in_order_ ? refused<true>(held_.data(), size_, id, len)
+                  : refused<false>(held_.data(), size_, id, len)) [[unlikely]]
+      return errc::invalid_argument;
+    if (in_order_) fifo_pop();
+    const errc e = write_used(id, len, release_id(id));
+    if (e != errc::ok) return e;
+    ++this->stats_.completed;
+    return errc::ok;
   }
 
   /// complete(id, len) for each entry in order, one used descriptor each, in completion order.
@@ -1287,6 +1304,18 @@ class packed_device : public detail::queue_common<P> {
     return errc::ok;  // NEXT or INDIRECT: pop(chain&) walks it
   }
 
+  /// What complete(id, len) and complete(span) refuse (invalid_argument): an id that is not a
+  /// chain the device holds (2.8.4), a len over its writable bytes (2.7.8.2: "the device MUST
+  /// NOT" over-state it), and with IN_ORDER any chain but the oldest popped one (2.8.11).
+  template <bool InOrder, class Held>  // Held: the per-id record, declared below
+  [[gnu::always_inline]] inline bool refused(const Held* rec, std::uint32_t size, std::uint16_t id,
+                                             std::uint32_t len) const noexcept {
+    if (id >= size) [[unlikely]]
+      return true;
+    const Held& h = rec[id];
+    return (h.slots == 0) | (len > h.writable) | (InOrder && fifo_[fifo_head_] != id);
+  }
+
   /// complete(span)'s loop: complete(id, len)'s checks per entry, used descriptors written in
   /// place with the position, wrap counter and id records in registers. `e` is set only for
   /// a fatal (checked-mode) error.
@@ -1303,13 +1332,9 @@ class packed_device : public detail::queue_common<P> {
     const auto use = [&](const used_entry& u, bool hold) __attribute__((always_inline)) {
       const std::uint16_t id = u.id;
       const std::uint32_t len = u.len;
-      if (id >= size) [[unlikely]]
+      if (refused<InOrder>(rec, size, id, len)) [[unlikely]]
         return false;
       const held h = rec[id];
-      // 2.8.4 / 2.7.8.2: only a chain the device holds, and "the device MUST NOT" report more
-      // than its writable bytes; 2.8.11 IN_ORDER: the oldest popped chain first.
-      if ((h.slots == 0) | (len > h.writable) | (InOrder && fifo_[fifo_head_] != id)) [[unlikely]]
-        return false;
       // Checked mode: a used descriptor only ever covers slots this device popped.
       if (!packed_shadow_slots(this->shadow_, pos, h.slots, size, detail::desc_state::device,
                                detail::desc_state::free)) {
