@@ -273,26 +273,27 @@ TEST_CASE("rx_pool: with the census policy off, counts stay exact and loans are 
   CHECK(c.holders[0].oldest == std::chrono::nanoseconds(0));
 }
 
-TEMPLATE_TEST_CASE("rx_pool: a bulk release frees last references, keeps shared ones, and names "
-                   "each misuse",
-                   "[rx_pool]", debug_pool, plain_pool, rx_pool<>) {
+TEMPLATE_TEST_CASE(
+    "rx_pool: a bulk release frees last references, keeps shared ones, and names "
+    "each misuse",
+    "[rx_pool]", debug_pool, plain_pool, rx_pool<>) {
   TestType pool(8, 256);
   TestType other(2, 256, "other");
   auto hs = lend_n(pool, 5, holder_stack, 0);
   auto theirs = lend_n(other, 1, holder_stack, 0);
-  auto copy = hs[1];                      // hs[1]'s buffer has two references
-  auto stale = hs[2];                     // a second reference, released below
-  REQUIRE(stale.release() == errc::ok);   // hs[2] is now the only reference
-  auto detached = hs[3].detach();         // hs[3] empty, the reference lives in `detached`
+  auto copy = hs[1];                            // hs[1]'s buffer has two references
+  auto stale = hs[2];                           // a second reference, released below
+  REQUIRE(stale.release() == errc::ok);         // hs[2] is now the only reference
+  auto detached = hs[3].detach();               // hs[3] empty, the reference lives in `detached`
   REQUIRE(pool.release(detached) == errc::ok);  // ... and is gone: buffer free again
 
   std::vector<typename TestType::handle> batch;
-  batch.push_back(std::move(hs[0]));     // last reference: freed
-  batch.push_back(std::move(hs[1]));     // shared: one reference dropped, still held
-  batch.push_back(std::move(hs[2]));     // last reference: freed
-  batch.push_back({});                   // empty: skipped
+  batch.push_back(std::move(hs[0]));      // last reference: freed
+  batch.push_back(std::move(hs[1]));      // shared: one reference dropped, still held
+  batch.push_back(std::move(hs[2]));      // last reference: freed
+  batch.push_back({});                    // empty: skipped
   batch.push_back(std::move(theirs[0]));  // another pool's: released into it
-  batch.push_back(std::move(hs[4]));     // last reference: freed
+  batch.push_back(std::move(hs[4]));      // last reference: freed
   CHECK(pool.release(std::span(batch)) == errc::ok);
   for (const auto& h : batch) CHECK_FALSE(h);
   CHECK(pool.held_count() == 1);  // copy's buffer
@@ -317,9 +318,10 @@ TEMPLATE_TEST_CASE("rx_pool: a bulk release frees last references, keeps shared 
   CHECK(pool.census(0).conserved);
 }
 
-TEST_CASE("rx_pool: a bulk release names a stale or double-released handle and still frees the "
-          "rest",
-          "[rx_pool]") {
+TEST_CASE(
+    "rx_pool: a bulk release names a stale or double-released handle and still frees the "
+    "rest",
+    "[rx_pool]") {
   rx_pool<> pool(2, 64);
   // Two handle values for one reference (a misuse adopt() makes possible): the first release
   // frees the buffer, the second is double_release -- in the same bulk call.
@@ -373,4 +375,76 @@ TEST_CASE("rx_pool: take() for posting hands out index and guest address of each
   CHECK(pool.free_count() == 0);
   for (std::uint32_t i = 0; i < 6; ++i) CHECK(pool.unpost(i) == errc::ok);
   CHECK(pool.census(0).conserved);
+}
+
+TEST_CASE("rx_pool: loan ages are exact in microseconds and survive the stamp's 48-bit wrap",
+          "[rx_pool]") {
+  constexpr std::int64_t us = 1'000;
+  // The stamp keeps the clock's low 48 bits of microseconds: lend just before they wrap.
+  constexpr std::int64_t wrap = std::int64_t{1} << 48;
+  const std::int64_t t0 = (wrap - 3) * us;
+  CHECK(loan_stamp::age(loan_stamp::make(holder_stack, t0), t0 + 7 * us) ==
+        std::chrono::microseconds(7));
+  // A clock that starts below zero reads the same way.
+  CHECK(loan_stamp::age(loan_stamp::make(holder_stack, -5 * us), 20 * us) ==
+        std::chrono::microseconds(25));
+  // A loan stamped after `now` (a caller's older clock) is age 0, not 4 years.
+  CHECK(loan_stamp::age(loan_stamp::make(holder_stack, 50 * us), 10 * us).count() == 0);
+  // A loan of 4 years is still read as such.
+  constexpr std::int64_t four_years_us = std::int64_t{4} * 365 * 24 * 3600 * 1'000'000;
+  CHECK(loan_stamp::age(loan_stamp::make(holder_stack, t0), t0 + four_years_us * us) ==
+        std::chrono::microseconds(four_years_us));
+
+  rx_pool<> pool(4, 64);
+  const holder_id ftp = pool.register_holder("ftp");
+  auto hs = lend_n(pool, 2, holder_stack, t0);
+  CHECK(hs[1].pass_to(ftp) == errc::ok);  // keeps the loan's time
+  const auto c = pool.census(t0 + 1500 * us);
+  REQUIRE(c.holders.size() == 2);
+  for (const auto& h : c.holders) {
+    CHECK(h.count == 1);
+    CHECK(h.oldest == std::chrono::microseconds(1500));
+    CHECK(h.ages[age_bucket(std::chrono::microseconds(1500))] == 1);
+  }
+  CHECK(c.find("ftp") != nullptr);
+}
+
+TEMPLATE_TEST_CASE(
+    "rx_pool: references beyond the first are counted apart; whichever copy goes "
+    "last frees the buffer, and the next loan starts with one reference",
+    "[rx_pool]", debug_pool, plain_pool, rx_pool<>) {
+  TestType pool(1, 64);  // one buffer: every loan reuses it
+  for (int order = 0; order < 4; ++order) {
+    auto hs = lend_n(pool, 1, holder_stack, 0);
+    std::vector<typename TestType::handle> refs{hs[0], hs[0], hs[0]};
+    refs.push_back(std::move(hs[0]));  // four references, the loan's own among them
+    // Release in a different order each round; only the fourth release frees.
+    for (int k = 0; k < 4; ++k) {
+      CHECK(pool.held_count() == 1);
+      CHECK(refs[static_cast<std::size_t>((k + order) % 4)].release() == errc::ok);
+    }
+    CHECK(pool.held_count() == 0);
+    CHECK(pool.free_count() == 1);
+    CHECK(pool.census(0).conserved);
+    // The next loan: a single release frees it (its count starts clean).
+    auto again = lend_n(pool, 1, holder_stack, 0);
+    CHECK(again[0].release() == errc::ok);
+    CHECK(pool.held_count() == 0);
+    CHECK(pool.free_count() == 1);
+  }
+  CHECK(pool.misuse_total() == 0);
+}
+
+TEST_CASE("rx_pool: the lender refuses a token out of range or not posted", "[rx_pool]") {
+  rx_pool<rx_single_thread_policy> pool(4, 64);
+  std::uint32_t i = 0;
+  REQUIRE(pool.take(std::span(&i, 1)) == 1);
+  const auto l = pool.lend_batch();
+  CHECK(l.is_posted(i));
+  CHECK_FALSE(l.is_posted(i + 1));                   // free
+  CHECK_FALSE(l.is_posted(4));                       // one past the end
+  CHECK_FALSE(l.is_posted(std::uint64_t{1} << 32));  // truncates to 0, which is posted
+  auto h = pool.lend(i, holder_stack, 0);
+  CHECK_FALSE(pool.lend_batch().is_posted(i));  // held now
+  CHECK(h.release() == errc::ok);
 }

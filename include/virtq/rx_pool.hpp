@@ -66,7 +66,7 @@ inline constexpr bool debug_build = true;
 ///              fit handles that move between threads but are never shared by two at once.
 ///  Poison      fill returned buffers with a pattern and check it when they are reused, to catch
 ///              writes after release. On by default in debug builds.
-///  Census      record holder and loan time per buffer (two relaxed stores per packet). On by
+///  Census      record holder and loan time per buffer (one relaxed store per packet). On by
 ///              default, release builds included: that is the point. Off only to measure its
 ///              cost; census() then counts by state but attributes every loan to "stack", age 0.
 template <bool AtomicRefs = true, lock_policy FreeLock = spin_lock,
@@ -137,6 +137,32 @@ class holder_registry {
   mutable std::mutex m_;
   std::vector<std::string> names_;
   std::atomic<std::uint32_t> size_{1};
+};
+
+/// The census's record of one loan in one word, so that lending stamps it with one store:
+/// when (the clock in microseconds, low 48 bits) and who (the holder, low 16 bits). Ages are
+/// differences modulo 2^48 us, so the clock may start anywhere and wrap; a loan reads correctly
+/// for 2^47 us (4.4 years), and a stamp from after `now` (a caller's older clock) reads as age 0.
+struct loan_stamp {
+  static constexpr int holder_bits = 16;
+  static constexpr std::uint64_t holder_mask = (std::uint64_t{1} << holder_bits) - 1;
+  static_assert(sizeof(holder_id) * 8 == holder_bits);
+
+  static constexpr std::uint64_t make(holder_id h, std::int64_t now_ns) noexcept {
+    // Dividing by a constant: a multiply, once per poll (the loop reuses the word).
+    return static_cast<std::uint64_t>(now_ns / 1000) << holder_bits | h;
+  }
+  static constexpr holder_id holder(std::uint64_t stamp) noexcept {
+    return static_cast<holder_id>(stamp & holder_mask);
+  }
+  static constexpr std::uint64_t with_holder(std::uint64_t stamp, holder_id h) noexcept {
+    return (stamp & ~holder_mask) | h;
+  }
+  static constexpr std::chrono::nanoseconds age(std::uint64_t stamp, std::int64_t now_ns) noexcept {
+    const std::uint64_t us = (make(0, now_ns) - (stamp & ~holder_mask)) >> holder_bits;
+    if (us >= std::uint64_t{1} << 47) return std::chrono::nanoseconds(0);
+    return std::chrono::microseconds(static_cast<std::int64_t>(us));
+  }
 };
 
 /// Log2 age buckets: [0] under 1 ms, [i] in [2^(i-1), 2^i) ms, the last one everything older.
@@ -309,7 +335,9 @@ class rx_buffer {
 };
 
 /// The state of one buffer.
-enum class rx_state : std::uint8_t { free, posted, held };
+/// `posted` is 0 so that the receive path's "is this token a posted buffer?" is one test of the
+/// tag's low bits.
+enum class rx_state : std::uint8_t { posted, free, held };
 
 namespace detail {
 /// A field another thread may read while its owner writes it: a relaxed atomic when the pool is
@@ -391,19 +419,19 @@ class rx_pool {
     {
       std::lock_guard g(lock_);
       // Locals: the caller's stores could otherwise alias the pool's fields.
-      std::uint32_t top = free_top_;
-      const std::uint32_t* const stack = free_stack_.get();
+      const std::uint32_t top = free_top_;
+      const std::uint32_t* p = free_stack_.get() + top;  // popped downwards
       const std::uint64_t* const addr = guest_addr_.get();
       slot* const slots = slots_.get();
       n = std::min<std::size_t>(n, top);
       for (std::size_t k = 0; k < n; ++k) {
-        const std::uint32_t i = stack[--top];
+        const std::uint32_t i = *--p;
         (void)move_state<rx_state::free, rx_state::posted>(slots[i]);
         if constexpr (Policy::poison) check_poison(i);
         put(k, i, addr[i]);
       }
-      free_top_ = top;
-      free_count_.store(top);
+      free_top_ = top - static_cast<std::uint32_t>(n);
+      free_count_.store(free_top_);
     }
     posted_ += static_cast<std::uint32_t>(n);
     return n;
@@ -440,14 +468,15 @@ class rx_pool {
     /// Lends buffer `i`, just checked with is_posted(), to `holder` into `out`; the reference
     /// `out` had before, if any, is released first.
     void lend(std::uint32_t i, holder_id holder, std::int64_t now_ns, handle& out) const noexcept {
+      lend(i, loan_stamp::make(holder, now_ns), out);
+    }
+    /// The same with the census's word made once for a batch (loan_stamp::make).
+    void lend(std::uint32_t i, std::uint64_t stamp, handle& out) const noexcept {
       if (out.pool_ != nullptr) [[unlikely]]
         out.reset_outlined();
       slot& s = slots_[i];
-      if constexpr (Policy::census) {
-        s.holder.store(holder);
-        s.since.store(now_ns);
-      }
-      s.refs.set(1);
+      if constexpr (Policy::census) s.loan.store(stamp);
+      // s.refs is 0 already: the last release of the previous loan left it so.
       out.pool_ = pool_;
       out.index_ = i;
       out.gen_ = move_state<rx_state::posted, rx_state::held>(s);
@@ -518,10 +547,11 @@ class rx_pool {
         const rx_state st = state_of(s.tag.load());
         ++tally[static_cast<std::size_t>(st)];
         if (st != rx_state::held) continue;
-        const holder_id h = s.holder.load();
+        const std::uint64_t loan = Policy::census ? s.loan.load() : loan_stamp::make(0, now_ns);
+        const holder_id h = loan_stamp::holder(loan);
         if (h >= by_id.size()) by_id.resize(std::size_t{h} + 1);
         holder_census& hc = by_id[h];
-        const std::chrono::nanoseconds age{Policy::census ? now_ns - s.since.load() : 0};
+        const std::chrono::nanoseconds age = loan_stamp::age(loan, now_ns);
         ++hc.count;
         hc.oldest = std::max(hc.oldest, age);
         ++hc.ages[age_bucket(age)];
@@ -535,10 +565,12 @@ class rx_pool {
       c.conserved = false;
       c.violation = "free " + std::to_string(c.free) + " + posted " + std::to_string(c.posted) +
                     " + held " + std::to_string(c.held) + " != total " + std::to_string(c.total);
-    } else if (tally[0] != c.free || tally[1] != c.posted || held_tally != c.held) {
+    } else if (const auto free_tally = tally[static_cast<std::size_t>(rx_state::free)],
+               posted_tally = tally[static_cast<std::size_t>(rx_state::posted)];
+               free_tally != c.free || posted_tally != c.posted || held_tally != c.held) {
       c.conserved = false;
-      c.violation = "buffer states (free " + std::to_string(tally[0]) + ", posted " +
-                    std::to_string(tally[1]) + ", held " + std::to_string(held_tally) +
+      c.violation = "buffer states (free " + std::to_string(free_tally) + ", posted " +
+                    std::to_string(posted_tally) + ", held " + std::to_string(held_tally) +
                     ") disagree with the counters";
     }
     for (std::size_t h = 0; h < by_id.size(); ++h) {
@@ -579,14 +611,17 @@ class rx_pool {
   }
   /// The same over any span of items holding a handle (`proj(item)` names it), e.g. packets.
   template <class T, class Proj>
-  requires std::is_invocable_r_v<handle&, Proj, T&>
-  errc release(std::span<T> items, Proj proj) noexcept {
+  requires std::is_invocable_r_v<handle&, Proj, T&> errc release(std::span<T> items, Proj proj)
+  noexcept {
     errc first = errc::ok;
     bool foreign = false;
     {
       std::lock_guard g(lock_);
-      std::uint32_t top = free_top_;
-      std::uint32_t back = 0;
+      // Locals: the stores into the handles could otherwise alias the pool's fields.
+      slot* const slots = slots_.get();
+      std::uint32_t* const stack = free_stack_.get();
+      const std::size_t top0 = free_top_;
+      std::size_t top = top0;
       for (T& item : items) {
         handle& h = proj(item);
         if (h.pool_ != this) [[unlikely]] {
@@ -595,11 +630,12 @@ class rx_pool {
         }
         h.pool_ = nullptr;
         const std::uint32_t i = h.index_;
-        if (const errc e = check(i, h.gen_); e != errc::ok) [[unlikely]] {
+        slot& s = slots[i];
+        if (s.tag.load() != h.gen_) [[unlikely]] {  // check(), with the slot at hand
+          const errc e = not_live(i, h.gen_);
           if (first == errc::ok) first = e;
           continue;
         }
-        slot& s = slots_[i];
         if (!s.refs.drop()) continue;
         if constexpr (Policy::atomic_refs) {
           // As in release_ref: two racing "last" releases (a misuse) must not free it twice.
@@ -610,12 +646,11 @@ class rx_pool {
         }
         if constexpr (Policy::poison) poison(i);
         to_free(s);
-        free_stack_[top++] = i;
-        ++back;
+        stack[top++] = i;
       }
-      free_top_ = top;
-      free_count_.store(top);
-      returns_ += back;
+      free_top_ = static_cast<std::uint32_t>(top);
+      free_count_.store(free_top_);
+      returns_ += static_cast<std::uint32_t>(top - top0);
     }
     if (foreign) [[unlikely]] {
       for (T& item : items) {
@@ -673,41 +708,33 @@ class rx_pool {
   template <class>
   friend class rx_buffer;
 
-  /// Reference count: atomic or plain by policy.
+  /// Reference count, atomic or plain by policy, kept as the references beyond the first: a
+  /// buffer that is not lent has 0, and so has one lent to a single handle, so neither a loan
+  /// nor the release of a sole reference (the receive path's case) stores anything.
   struct refcount {
-    std::conditional_t<Policy::atomic_refs, std::atomic<std::uint32_t>, std::uint32_t> n{0};
-    std::uint32_t load() const noexcept {
-      if constexpr (Policy::atomic_refs) {
-        return n.load(std::memory_order_acquire);
-      } else {
-        return n;
-      }
-    }
-    void set(std::uint32_t v) noexcept {
-      if constexpr (Policy::atomic_refs) {
-        n.store(v, std::memory_order_relaxed);
-      } else {
-        n = v;
-      }
-    }
+    std::conditional_t<Policy::atomic_refs, std::atomic<std::uint32_t>, std::uint32_t> others{0};
     void add() noexcept {
       if constexpr (Policy::atomic_refs) {
-        n.fetch_add(1, std::memory_order_relaxed);
+        others.fetch_add(1, std::memory_order_relaxed);
       } else {
-        ++n;
+        ++others;
       }
     }
-    /// Drops one reference; true when it was the last. A count of 1 belongs to us alone, so it
-    /// is a plain store (DPDK's trick); otherwise acq_rel so the last owner sees every write.
+    /// Drops one reference; true when it was the last. No others: nobody can add one (that
+    /// takes a live reference), so it is ours alone and nothing is written (DPDK's trick for a
+    /// count of 1); otherwise acq_rel so the last owner sees every write.
     bool drop() noexcept {
       if constexpr (Policy::atomic_refs) {
-        if (n.load(std::memory_order_acquire) == 1) {
-          n.store(0, std::memory_order_relaxed);
-          return true;
-        }
-        return n.fetch_sub(1, std::memory_order_acq_rel) == 1;
+        if (others.load(std::memory_order_acquire) == 0) return true;
+        if (others.fetch_sub(1, std::memory_order_acq_rel) != 0) return false;
+        // The others let go between the load and the sub: ours was the last after all, and
+        // the count went below zero. Nobody else can touch it now; the next loan needs 0.
+        others.store(0, std::memory_order_relaxed);
+        return true;
       } else {
-        return --n == 0;
+        if (others == 0) return true;
+        --others;
+        return false;
       }
     }
   };
@@ -719,17 +746,18 @@ class rx_pool {
   template <class T>
   using cell = detail::rx_cell<T, shared>;
 
-  /// Per-buffer metadata touched on every loan and release: 24 bytes with the census, together
-  /// on one cache line. The guest address (read only when posting) lives in its own array.
+  /// Per-buffer metadata touched on every loan and release: 16 bytes with the census (four to a
+  /// cache line, and indexing is a shift). The guest address (read only when posting) lives in
+  /// its own array.
   struct slot {
     refcount refs;
     /// generation << 2 | state. One word, so that a handle's liveness check is one compare
     /// (handles keep the tag their loan started with) and a change of state one add. The
     /// generation moves on each time a loan ends: every handle of the old loan is then stale.
     cell<std::uint32_t> tag{static_cast<std::uint32_t>(rx_state::free)};
-    cell<holder_id> holder{holder_stack};
-    cell<std::int64_t> since{0};  // when it was lent (clock ns)
+    cell<std::uint64_t> loan{0};  // loan_stamp: holder and time of the current loan
   };
+  static_assert(sizeof(slot) == 16, "a slot index is a shift");
 
   static std::size_t bytes(std::uint32_t count, std::uint32_t size) {
     if (count == 0 || size == 0) detail::throw_error(errc::invalid_argument, "rx_pool: zero size");
@@ -814,7 +842,12 @@ class rx_pool {
   errc set_holder(std::uint32_t i, std::uint32_t gen, holder_id h) noexcept {
     if (!holders_->valid(h)) return note(errc::invalid_argument);
     if (const errc e = check(i, gen); e != errc::ok) return e;
-    if constexpr (Policy::census) slots_[i].holder.store(h);
+    // A holder thread's read-modify-write: only the owner's lend() writes the time, and it
+    // cannot run while this loan is live.
+    if constexpr (Policy::census) {
+      slot& s = slots_[i];
+      s.loan.store(loan_stamp::with_holder(s.loan.load(), h));
+    }
     return errc::ok;
   }
 

@@ -441,6 +441,16 @@ class rx_queue {
   [[gnu::noinline]] std::size_t deliver(const used_buffer* used, std::size_t n, packet* out,
                                         std::int64_t now, batch& b) noexcept {
     const typename Pool::lender l = b.lender;
+    const std::uint64_t stamp = loan_stamp::make(holder_stack, now);
+    if (static_cast<std::int64_t>(n) <= b.lendable) [[likely]] {
+      // The reserve cannot be reached in this run (every packet lent): the loop without its
+      // test and with nothing of the copy path live (no spills).
+      const std::size_t w = lend_all(used, n, out, l, stamp);
+      stats_.bad_tokens += n - w;
+      b.lendable -= static_cast<std::int64_t>(w);
+      b.delivered += w;
+      return w;
+    }
     std::int64_t lendable = b.lendable;
     packet* pkt = out;
     for (const used_buffer* ub = used; ub != used + n; ++ub) {
@@ -462,15 +472,36 @@ class rx_queue {
           continue;
         }
       }
-      l.lend(i, holder_stack, now, pkt->buffer);
-      pkt->len = len;
-      pkt->flags = rx_flag_none;
+      lend_one(l, i, len, stamp, *pkt);
       --lendable;
       ++pkt;
     }
     b.lendable = lendable;
     b.delivered += static_cast<std::size_t>(pkt - out);
     return static_cast<std::size_t>(pkt - out);
+  }
+
+  /// deliver() away from the reserve: every completion with a posted token is lent. Returns how
+  /// many packets were written (a bad token writes none; the caller counts it).
+  static std::size_t lend_all(const used_buffer* used, std::size_t n, packet* out,
+                              const typename Pool::lender l, std::uint64_t stamp) noexcept {
+    packet* pkt = out;
+    for (const used_buffer* ub = used; ub != used + n; ++ub) {
+      // A bad token cannot come from a virtqueue that checks its used ids.
+      if (!l.is_posted(ub->token)) [[unlikely]]
+        continue;
+      lend_one(l, static_cast<std::uint32_t>(ub->token), std::min(ub->len, l.buffer_size()), stamp,
+               *pkt);
+      ++pkt;
+    }
+    return static_cast<std::size_t>(pkt - out);
+  }
+
+  static void lend_one(const typename Pool::lender& l, std::uint32_t i, std::uint32_t len,
+                       std::uint64_t stamp, packet& pkt) noexcept {
+    l.lend(i, stamp, pkt.buffer);
+    pkt.len = len;
+    pkt.flags = rx_flag_none;
   }
 
   /// At the reserve: the packet goes up as a copy and its ring buffer back to the ring.
@@ -609,9 +640,9 @@ class rx_queue {
   rx_queue_options opts_;
   Clock clock_;
   std::unique_ptr<Pool> bounce_;
-  std::unique_ptr<buffer[]> bufs_;     // what post_free() adds: buffers...
-  std::unique_ptr<token_t[]> tokens_;  // ...and their tokens (pool indices)
-  std::unique_ptr<std::uint32_t[]> repost_;   // ring buffers to repost after a copy
+  std::unique_ptr<buffer[]> bufs_;           // what post_free() adds: buffers...
+  std::unique_ptr<token_t[]> tokens_;        // ...and their tokens (pool indices)
+  std::unique_ptr<std::uint32_t[]> repost_;  // ring buffers to repost after a copy
   std::uint32_t n_repost_ = 0;
   std::uint32_t reserve_ = 0;
   rx_stats stats_;
