@@ -323,7 +323,7 @@ class rx_queue {
       if (stopped_) return false;
       evaluate_locked(now.count(), cb);
     }
-    const bool fired = cb.report.has_value();
+    const bool fired = cb.has_report();
     cb.fire(opts_);
     return fired;
   }
@@ -402,16 +402,31 @@ class rx_queue {
   }
 
  private:
-  /// Callbacks decided under the lock, run after it is dropped.
-  struct pending_callbacks {
-    std::optional<starvation_report> report;
-    std::vector<loan_overdue> overdue;
+  /// Callbacks decided under the lock, run after it is dropped. Allocated only when something
+  /// fires (then a report is being built anyway): every poll makes one, and an empty one is a
+  /// null pointer to set and test rather than a report and a vector to construct and destroy.
+  class pending_callbacks {
+   public:
+    struct fired {
+      std::optional<starvation_report> report;
+      std::vector<loan_overdue> overdue;
+    };
+    fired& get() {
+      if (!f_) f_ = std::make_unique<fired>();
+      return *f_;
+    }
+    bool has_report() const noexcept { return f_ && f_->report.has_value(); }
     void fire(const rx_queue_options& o) {
-      if (report && o.on_starvation) o.on_starvation(*report);
+      if (!f_) [[likely]]
+        return;
+      if (f_->report && o.on_starvation) o.on_starvation(*f_->report);
       if (o.on_loan_overdue) {
-        for (const auto& d : overdue) o.on_loan_overdue(d);
+        for (const auto& d : f_->overdue) o.on_loan_overdue(d);
       }
     }
+
+   private:
+    std::unique_ptr<fired> f_;
   };
 
   std::uint32_t held_total() const noexcept {
@@ -594,7 +609,7 @@ class rx_queue {
         r.posted = r.census.posted;
         r.free = r.census.free;
         r.held = r.census.held;
-        cb.report = std::move(r);
+        cb.get().report = std::move(r);
       }
     } else {
       close_episode(now);
@@ -610,7 +625,7 @@ class rx_queue {
     for (const auto& h : c.holders) {
       if (h.oldest <= opts_.loan_deadline) continue;
       ++stats_.deadline_callbacks;
-      cb.overdue.push_back(loan_overdue{opts_.name, h, opts_.loan_deadline});
+      cb.get().overdue.push_back(loan_overdue{opts_.name, h, opts_.loan_deadline});
     }
   }
 
