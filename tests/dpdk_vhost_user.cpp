@@ -299,7 +299,7 @@ run_result run_testpmd(const run_options& o) {
     argv.push_back("--txpkts=" + o.txpkts);
     argv.push_back("--tx-offloads=0x8000");  // RTE_ETH_TX_OFFLOAD_MULTI_SEGS
   }
-  {
+  try {
     child_process pmd(argv, log);
     const auto wait_for = [&](auto pred, std::chrono::milliseconds t) {
       const auto deadline = clock_type::now() + t;
@@ -337,6 +337,8 @@ run_result run_testpmd(const run_options& o) {
       if (res.failure.empty()) res.failure = "testpmd did not quit";
       pmd.kill_now();
     }
+  } catch (const std::exception& e) {  // the server thread must be joined whatever happens
+    res.failure = std::string("launching testpmd: ") + e.what();
   }
   // The backend ends when testpmd's connection closes; a hung session is stopped.
   const auto deadline = clock_type::now() + 5s;
