@@ -870,14 +870,21 @@ class packed_device : public detail::queue_common<P> {
  public:
   /// Touches no ring memory. Throws virtq::error: invalid_argument (a null area),
   /// bad_queue_size, feature_missing / feature_conflict (as check_features).
-  packed_device(packed::ring_view v, features f, const M& mem, device_options = {})
+  /// invalid_argument also for a device_options::packed_start offset not below the size.
+  packed_device(packed::ring_view v, features f, const M& mem, device_options o = {})
       : view_(v),
         size_(v.size),
         mem_(&mem),
         in_order_(f.has(feature::in_order)),
-        indirect_(f.has(feature::indirect_desc)) {
+        indirect_(f.has(feature::indirect_desc)),
+        start_off_(static_cast<std::uint16_t>(o.packed_start & 0x7FFFU)),
+        start_wrap_((o.packed_start & 0x8000U) != 0) {
     detail::check_packed_view(v);
     detail::check_features<P>(f, true);
+    // 2.8.1: a position is an offset into the ring of Queue Size descriptors.
+    if (start_off_ >= size_) {
+      detail::throw_error(errc::invalid_argument, "packed_start: offset not below the queue size");
+    }
     held_.assign(size_, held{});
     if (in_order_) fifo_.assign(size_, 0);
     this->shadow_.resize(size_);
@@ -1078,6 +1085,12 @@ class packed_device : public detail::queue_common<P> {
   }
 
   std::uint32_t size() const noexcept { return size_; }
+  /// The next descriptor the device reads, offset | wrap counter << 15 (vhost-user's
+  /// GET_VRING_BASE; feed it back as device_options::packed_start to resume there).
+  std::uint16_t avail_position() const {
+    guard g(this->lock_);
+    return static_cast<std::uint16_t>(next_avail_ | (avail_wrap_ ? 0x8000U : 0U));
+  }
   /// Chains popped and not yet completed.
   std::uint32_t in_flight() const noexcept { return in_flight_; }
   const packed::ring_view& view() const noexcept { return view_; }
@@ -1086,8 +1099,11 @@ class packed_device : public detail::queue_common<P> {
   void init_state() {
     std::fill(held_.begin(), held_.end(), held{});
     fifo_head_ = fifo_count_ = 0;
-    next_avail_ = next_used_ = 0;
-    avail_wrap_ = used_wrap_ = true;  // 2.8.1: wrap counters start at 1
+    // 2.8.1: a fresh ring starts at offset 0 with wrap counters 1 (the default start); a ring
+    // resumed elsewhere (vhost-user SET_VRING_BASE) starts with nothing in flight, so the used
+    // position is the avail one.
+    next_avail_ = next_used_ = start_off_;
+    avail_wrap_ = used_wrap_ = start_wrap_;
     staged_slots_ = 0;
     in_flight_ = 0;
     held_slots_ = 0;
@@ -1460,6 +1476,8 @@ class packed_device : public detail::queue_common<P> {
   const M* mem_;  ///< the caller's map; must outlive the queue (as with split_device)
   bool in_order_;
   bool indirect_;
+  std::uint16_t start_off_;  ///< device_options::packed_start: where init_state() begins
+  bool start_wrap_;
   /// Per buffer id, 8 bytes: a completion touches one of them.
   struct held {
     std::uint32_t writable = 0;  ///< bound for its used len (2.7.8.2), saturated at 2^32 - 1

@@ -853,6 +853,12 @@ class alignas(64) split_device : public detail::queue_common<P> {
   split_device& operator=(const split_device&) = delete;
 
   std::uint32_t size() const noexcept { return size_; }
+  /// The next avail entry the device reads (vhost-user's GET_VRING_BASE; device_options::
+  /// initial_index resumes there).
+  std::uint16_t avail_position() const {
+    guard g(this->lock_);
+    return last_avail_;
+  }
 
   /// The next available chain, walked and validated into `c`; errc::empty; or a fatal errc
   /// (the queue is then broken).

@@ -120,6 +120,12 @@ struct driver_options {
 struct device_options {
   /// Split only: must equal driver_options::initial_index.
   std::uint16_t initial_index = 0;
+  /// Packed only: where the device starts (and returns to on reset), in the form vhost-user's
+  /// SET_VRING_BASE carries it and avail_position() reports it: the next descriptor offset in
+  /// bits 0-14, the wrap counter in bit 15 (used position and wrap start at the same place:
+  /// nothing is in flight). Default: offset 0, wrap counter 1 (2.8.1). An offset not below the
+  /// queue size throws invalid_argument.
+  std::uint16_t packed_start = 0x8000;
 };
 
 /// Owning, zeroed, aligned memory for one ring of a layout, laid out by its geometry: for a
@@ -216,6 +222,8 @@ concept driver_queue = requires(Q& q, const Q& cq, std::span<const buffer> bufs,
 ///  disable_notifications() / enable_notifications() -> bool pending (true: chains arrived
 ///                           before re-enabling took effect; pop again).
 ///  reset()                  forget everything; the ring is back to its initial state.
+///  avail_position()         where the device reads next, as vhost-user's GET_VRING_BASE
+///                           reports it (split: the next avail idx; packed: offset | wrap << 15).
 template <class Q>
 concept device_queue = requires(Q& q, const Q& cq, chain& c, std::uint16_t id, std::uint32_t len,
                                 std::span<popped_buffer> popped,
@@ -229,6 +237,7 @@ concept device_queue = requires(Q& q, const Q& cq, chain& c, std::uint16_t id, s
   { q.enable_notifications() } -> std::same_as<bool>;
   q.reset();
   { cq.size() } -> std::same_as<std::uint32_t>;
+  { cq.avail_position() } -> std::same_as<std::uint16_t>;
   { cq.broken() } -> std::same_as<bool>;
   { cq.error() } -> std::same_as<errc>;
   { cq.stats() } -> std::same_as<const queue_stats&>;
