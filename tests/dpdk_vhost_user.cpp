@@ -837,16 +837,45 @@ TEST_CASE("vhost-user backend: ring addresses outside the shared memory are refu
     set_up(s, m, uva, uva + 0x1000, uva + 0x2000, std::uint64_t{1} << virtq::feature::version_1, 5);
     CHECK_THAT(s.finish().error, Catch::Contains("used idx 0 differs from SET_VRING_BASE 5"));
   }
-  SECTION("a packed ring resumed anywhere but offset 0, wrap 1 is refused") {
-    // packed_device has no starting position (device_options::initial_index is split only).
+  SECTION("a packed ring offset outside the ring is refused") {
     fake_session s;
     const auto m = memory_file(size);
     set_up(s, m, uva, uva + 0x1000, uva + 0x1004,
            (std::uint64_t{1} << virtq::feature::version_1) |
                (std::uint64_t{1} << virtq::feature::ring_packed),
-           0x8005);
-    CHECK_THAT(s.finish().error, Catch::Contains("packed SET_VRING_BASE 0x8005") &&
-                                     Catch::Contains("only offset 0, wrap 1"));
+           0x8000U | 256U);  // offset 256 of a 256-descriptor ring
+    CHECK_THAT(s.finish().error, Catch::Contains("offset not below the queue size"));
+  }
+  SECTION("a packed ring resumed at offset 5, wrap 0 starts there and reports it back") {
+    fake_session s;
+    const auto m = memory_file(size);
+    {
+      // A ring in its second lap: every descriptor was used in the first one (2.8.1: AVAIL ==
+      // USED == 1), so with wrap counter 0 none is available yet.
+      void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, m.get(), 0);
+      REQUIRE(p != MAP_FAILED);
+      for (std::size_t i = 0; i < 256; ++i) {
+        const std::uint16_t used_lap1 = 0x8080;
+        std::memcpy(static_cast<std::byte*>(p) + 16 * i + 14, &used_lap1, 2);
+      }
+      ::munmap(p, size);
+    }
+    const auto kick = set_up(s, m, uva, uva + 0x1000, uva + 0x1004,
+                             (std::uint64_t{1} << virtq::feature::version_1) |
+                                 (std::uint64_t{1} << virtq::feature::ring_packed),
+                             0x0005);
+    s.send(vhost::request::get_vring_base, pack(std::uint32_t{1}, std::uint32_t{0}));
+    std::uint8_t reply[20] = {};
+    pollfd pf{s.fd.get(), POLLIN, 0};
+    REQUIRE(::poll(&pf, 1, 3000) == 1);
+    const auto got = ::recv(s.fd.get(), reply, sizeof(reply), MSG_WAITALL);
+    if (got != 20) FAIL_CHECK(s.finish().error);
+    REQUIRE(got == 20);
+    std::uint32_t state[2];
+    std::memcpy(state, reply + 12, 8);
+    CHECK(state[0] == 1U);
+    CHECK(state[1] == 0x0005U);  // the device's own avail_position(): nothing was popped
+    CHECK(s.finish().error.empty());
   }
   SECTION("a kick fd that hangs up") {
     fake_session s;

@@ -284,9 +284,8 @@ class backend {
     unique_fd kick, call;
     std::unique_ptr<split_dev> split;
     std::unique_ptr<packed_dev> packed;
-    // Where the device will read next, in the driver's terms (GET_VRING_BASE): split avail
-    // index; packed ring offset and wrap counter. packed_device keeps its own position
-    // private, so the backend follows it chain by chain (ring_slots of each pop).
+    // Where the device will read next, followed chain by chain (ring_slots of each pop) for
+    // the error messages; GET_VRING_BASE asks the device itself (avail_position()).
     std::uint16_t next = 0;
     bool wrap = true;
     queue_report rep{};
@@ -623,7 +622,7 @@ class backend {
         std::uint32_t num;
         if (q.running()) {
           // Packed: bits 0-14 the ring offset, bit 15 the wrap counter; split: avail index.
-          num = packed ? ((q.next & 0x7FFFU) | (q.wrap ? 0x8000U : 0U)) : q.next;
+          num = packed ? q.packed->avail_position() : q.split->avail_position();
         } else {
           num = q.have_base ? q.base : (packed ? 0x8000U : 0U);
         }
@@ -750,15 +749,16 @@ class backend {
             area("driver event area", q.avail_user, sizeof(virtq::packed::event_suppress)),
             area("device event area", q.used_user, sizeof(virtq::packed::event_suppress)), q.num);
         if (!v) throw protocol_error(what + ": " + virtq::to_string(v.error()));
-        // packed_device always starts at offset 0 with wrap counter 1 (2.8.1): that is
-        // SET_VRING_BASE 0x8000; another position cannot be resumed (no library support).
-        if (q.have_base && q.base != 0x8000U) {
-          throw protocol_error(what + ": packed SET_VRING_BASE 0x" + hex(q.base) +
-                               " (only offset 0, wrap 1 = 0x8000 is supported)");
-        }
-        q.packed = std::make_unique<packed_dev>(*v, f, mem_);
-        q.next = 0;
-        q.wrap = true;
+        // SET_VRING_BASE: offset in bits 0-14, wrap counter in bit 15 (0x8000, offset 0 and
+        // wrap 1, is a fresh ring, 2.8.1); the device resumes there (an offset outside the
+        // ring is refused by the device's constructor).
+        const std::uint32_t start = q.have_base ? q.base : 0x8000U;
+        if (start > 0xFFFFU) throw protocol_error(what + ": SET_VRING_BASE over 16 bits");
+        virtq::device_options o;
+        o.packed_start = static_cast<std::uint16_t>(start);
+        q.packed = std::make_unique<packed_dev>(*v, f, mem_, o);
+        q.next = static_cast<std::uint16_t>(start & 0x7FFFU);
+        q.wrap = (start & 0x8000U) != 0;
       } else {
         const auto v = virtq::split::ring_view::make(
             area("descriptor table", q.desc_user, virtq::split::desc_table_bytes(q.num)),
