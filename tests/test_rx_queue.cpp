@@ -364,3 +364,96 @@ TEMPLATE_LIST_TEST_CASE(
   CHECK(rig.rxq.release(std::span(again)) == errc::ok);
   CHECK(rig.rxq.census().conserved);
 }
+
+namespace {
+/// A driver queue that passes everything through but corrupts the completions it reports, as a
+/// buggy Queue implementation would: the rx_queue must count them and never index out of bounds.
+template <class Q>
+struct corrupting_queue {
+  Q& q;
+  std::vector<token_t> replace;  // k-th completion's token := replace[k] (if any)
+  std::uint32_t long_len = 0;    // non-zero: every completion reports this length
+  std::size_t seen = 0;
+
+  errc add(std::span<const buffer> o, std::span<const buffer> i, token_t t) {
+    return q.add(o, i, t);
+  }
+  errc add_inbuf(buffer b, token_t t) { return q.add_inbuf(b, t); }
+  result<std::size_t> add_inbufs(std::span<const buffer> b, std::span<const token_t> t) {
+    return q.add_inbufs(b, t);
+  }
+  result<std::size_t> add_outbufs(std::span<const buffer> b, std::span<const token_t> t) {
+    return q.add_outbufs(b, t);
+  }
+  bool kick_prepare() { return q.kick_prepare(); }
+  std::uint32_t notification_data(std::uint16_t vq) const { return q.notification_data(vq); }
+  result<used_buffer> get_used() {
+    auto r = q.get_used();
+    if (r) corrupt(*r);
+    return r;
+  }
+  result<std::size_t> get_used(std::span<used_buffer> out) {
+    auto r = q.get_used(out);
+    if (r) {
+      for (std::size_t k = 0; k < *r; ++k) corrupt(out[k]);
+    }
+    return r;
+  }
+  void disable_interrupts() { q.disable_interrupts(); }
+  bool enable_interrupts() { return q.enable_interrupts(); }
+  bool enable_interrupts_delayed() { return q.enable_interrupts_delayed(); }
+  void reset(void (*f)(token_t)) { q.reset(f); }
+  std::uint32_t size() const { return q.size(); }
+  std::uint32_t num_free() const { return q.num_free(); }
+  bool broken() const { return q.broken(); }
+  errc error() const { return q.error(); }
+  const queue_stats& stats() const { return q.stats(); }
+
+  void corrupt(used_buffer& u) {
+    if (seen < replace.size()) u.token = replace[seen];
+    if (long_len != 0) u.len = long_len;
+    ++seen;
+  }
+};
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE(
+    "rx_queue: completions a buggy Queue corrupts are counted, never lent, "
+    "and lengths are clamped to the buffer",
+    "[rx_queue]", all_layouts) {
+  using pair_type = queue_pair<TestType, default_policy>;
+  using pool_type = rx_pool<rx_single_thread_policy>;
+  for (const bool reserve : {false, true}) {
+    CAPTURE(reserve);
+    pair_type qp(16);
+    corrupting_queue<typename pair_type::driver_type> bad{qp.driver, {}, 0, 0};
+    // With the reserve on, free + posted - K (18 - 14) is below the batch: deliver() takes its
+    // reserve-checking loop instead of the fast one.
+    pool_type pool(reserve ? 18 : 64, 128, "rx");
+    rx_queue_options o;
+    o.copy_reserve = reserve;
+    o.reserve = 14;
+    rx_queue<corrupting_queue<typename pair_type::driver_type>, pool_type> rxq(bad, pool, o);
+    REQUIRE(rxq.refill().has_value());
+    fake_nic<typename pair_type::device_type> nic{qp.device};
+    for (std::uint64_t k = 0; k < 6; ++k) REQUIRE(nic.send(make_frame(80, k)) == errc::ok);
+    nic.flush();
+    // Completion 0 names buffer 0 (posted: it is lent); 1: far out of range; 2: buffer 0 again
+    // (held by then); 3: an index that is not posted (free, or past the end of the small
+    // pool). Every length: longer than the buffer.
+    bad.replace = {0, token_t{1} << 40, 0, 60};
+    bad.long_len = 100'000;
+    std::array<typename decltype(rxq)::packet, 16> out;
+    auto r = rxq.poll(out);
+    REQUIRE(r.has_value());
+    const auto s = rxq.stats();
+    CHECK(s.bad_tokens == 3);
+    CHECK(r->received == 3);
+    for (std::size_t k = 0; k < r->received; ++k) {
+      CHECK(out[k].len == pool.buffer_size());
+      CHECK(out[k].data().size() == pool.buffer_size());
+    }
+    for (std::size_t k = 0; k < r->received; ++k) out[k].buffer.release();
+    CHECK(rxq.census().conserved);
+  }
+}
