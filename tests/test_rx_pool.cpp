@@ -318,16 +318,16 @@ TEMPLATE_TEST_CASE(
   CHECK(pool.census(0).conserved);
 }
 
-TEST_CASE(
+TEMPLATE_TEST_CASE(
     "rx_pool: a bulk release names a stale or double-released handle and still frees the "
     "rest",
-    "[rx_pool]") {
-  rx_pool<> pool(2, 64);
+    "[rx_pool]", debug_pool, plain_pool, rx_pool<>) {
+  TestType pool(2, 64);
   // Two handle values for one reference (a misuse adopt() makes possible): the first release
   // frees the buffer, the second is double_release -- in the same bulk call.
   auto first = lend_n(pool, 2, holder_stack, 0);
   rx_ref r = first[0].detach();
-  std::vector<rx_pool<>::handle> batch;
+  std::vector<typename TestType::handle> batch;
   batch.push_back(pool.adopt(r));
   batch.push_back(pool.adopt(r));
   batch.push_back(std::move(first[1]));
@@ -344,7 +344,7 @@ TEST_CASE(
   auto dup = pool.adopt(old);
   REQUIRE(pool.release(old) == errc::ok);
   auto b = lend_n(pool, 2, holder_stack, 2);  // buffer of `old` is lent again
-  std::vector<rx_pool<>::handle> late;
+  std::vector<typename TestType::handle> late;
   late.push_back(std::move(dup));
   late.push_back(std::move(b[1]));
   CHECK(pool.release(std::span(late)) == errc::stale_handle);

@@ -631,17 +631,19 @@ class rx_pool {
         h.pool_ = nullptr;
         const std::uint32_t i = h.index_;
         slot& s = slots[i];
-        if (s.tag.load() != h.gen_) [[unlikely]] {  // check(), with the slot at hand
-          const errc e = not_live(i, h.gen_);
-          if (first == errc::ok) first = e;
-          continue;
-        }
-        if (!s.refs.drop()) continue;
-        if constexpr (Policy::atomic_refs) {
-          // As in release_ref: two racing "last" releases (a misuse) must not free it twice.
-          if (state_of(s.tag.load()) != rx_state::held) {
-            if (first == errc::ok) first = note(errc::double_release);
+        if (!live_alone(s, h.gen_)) [[unlikely]] {
+          if (s.tag.load() != h.gen_) [[unlikely]] {  // check(), with the slot at hand
+            const errc e = not_live(i, h.gen_);
+            if (first == errc::ok) first = e;
             continue;
+          }
+          if (!s.refs.drop()) continue;
+          if constexpr (Policy::atomic_refs) {
+            // As in release_ref: two racing "last" releases (a misuse) must not free it twice.
+            if (state_of(s.tag.load()) != rx_state::held) {
+              if (first == errc::ok) first = note(errc::double_release);
+              continue;
+            }
           }
         }
         if constexpr (Policy::poison) poison(i);
@@ -750,14 +752,30 @@ class rx_pool {
   /// cache line, and indexing is a shift). The guest address (read only when posting) lives in
   /// its own array.
   struct slot {
-    refcount refs;
     /// generation << 2 | state. One word, so that a handle's liveness check is one compare
     /// (handles keep the tag their loan started with) and a change of state one add. The
     /// generation moves on each time a loan ends: every handle of the old loan is then stale.
     cell<std::uint32_t> tag{static_cast<std::uint32_t>(rx_state::free)};
+    refcount refs;                // right after the tag: see live_alone()
     cell<std::uint64_t> loan{0};  // loan_stamp: holder and time of the current loan
   };
   static_assert(sizeof(slot) == 16, "a slot index is a shift");
+
+  /// Is the slot live under `tag` with no reference but the caller's? With nothing shared, both
+  /// words are read as one (on little-endian machines: equal to `tag` zero-extended), so the
+  /// receive path's release tests liveness and "last reference" in one compare. Otherwise false,
+  /// and the caller takes the general path (an atomic count is read by itself).
+  static bool live_alone(const slot& s, std::uint32_t tag) noexcept {
+    if constexpr (shared) {
+      return false;
+    } else {
+      static_assert(offsetof(slot, refs) == 4 && sizeof(refcount) == 4);
+      constexpr int shift = std::endian::native == std::endian::little ? 0 : 32;
+      std::uint64_t both;
+      std::memcpy(&both, &s, sizeof both);
+      return both == std::uint64_t{tag} << shift;
+    }
+  }
 
   static std::size_t bytes(std::uint32_t count, std::uint32_t size) {
     if (count == 0 || size == 0) detail::throw_error(errc::invalid_argument, "rx_pool: zero size");
