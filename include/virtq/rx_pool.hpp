@@ -631,7 +631,7 @@ class rx_pool {
         h.pool_ = nullptr;
         const std::uint32_t i = h.index_;
         slot& s = slots[i];
-        if (!live_alone(s, h.gen_)) [[unlikely]] {
+        if (!live_alone(s, h.gen_)) {  // no hint: always taken when the pool is shared
           if (s.tag.load() != h.gen_) [[unlikely]] {  // check(), with the slot at hand
             const errc e = not_live(i, h.gen_);
             if (first == errc::ok) first = e;
@@ -751,14 +751,25 @@ class rx_pool {
   /// Per-buffer metadata touched on every loan and release: 16 bytes with the census (four to a
   /// cache line, and indexing is a shift). The guest address (read only when posting) lives in
   /// its own array.
-  struct slot {
-    /// generation << 2 | state. One word, so that a handle's liveness check is one compare
-    /// (handles keep the tag their loan started with) and a change of state one add. The
-    /// generation moves on each time a loan ends: every handle of the old loan is then stale.
+  ///  tag   generation << 2 | state. One word, so that a handle's liveness check is one compare
+  ///        (handles keep the tag their loan started with) and a change of state one add. The
+  ///        generation moves on each time a loan ends: every handle of the old loan is then
+  ///        stale.
+  ///  refs  the references beyond the first.
+  ///  loan  loan_stamp: holder and time of the current loan.
+  /// With nothing shared the tag comes first and the count right after it (live_alone() reads
+  /// both as one word); an atomic count comes first, where GCC addresses it without an extra lea.
+  struct slot_tag_first {
     cell<std::uint32_t> tag{static_cast<std::uint32_t>(rx_state::free)};
-    refcount refs;                // right after the tag: see live_alone()
-    cell<std::uint64_t> loan{0};  // loan_stamp: holder and time of the current loan
+    refcount refs;
+    cell<std::uint64_t> loan{0};
   };
+  struct slot_refs_first {
+    refcount refs;
+    cell<std::uint32_t> tag{static_cast<std::uint32_t>(rx_state::free)};
+    cell<std::uint64_t> loan{0};
+  };
+  struct slot : std::conditional_t<shared, slot_refs_first, slot_tag_first> {};
   static_assert(sizeof(slot) == 16, "a slot index is a shift");
 
   /// Is the slot live under `tag` with no reference but the caller's? With nothing shared, both
