@@ -78,8 +78,9 @@ TEST_CASE("rx_pool: buffers carved from a guest_memory region get its guest addr
   CHECK_THROWS_AS(rx_pool<>(0, 512), virtq::error);
 }
 
-TEST_CASE("rx_pool: releasing a detached reference twice is double_release", "[rx_pool]") {
-  rx_pool<> pool(2, 64);
+TEMPLATE_TEST_CASE("rx_pool: releasing a detached reference twice is double_release", "[rx_pool]",
+                   debug_pool, plain_pool, rx_pool<>) {
+  TestType pool(2, 64);
   auto hs = lend_n(pool, 1, holder_stack, 0);
   rx_ref r = hs[0].detach();
   CHECK_FALSE(hs[0]);
@@ -116,8 +117,9 @@ TEST_CASE("rx_pool: a buffer of another pool is foreign_buffer", "[rx_pool]") {
   CHECK(a.release(rx_ref{&a, 99, 0}) == errc::foreign_buffer);
 }
 
-TEST_CASE("rx_pool: a handle from an earlier loan is stale_handle and harms nothing", "[rx_pool]") {
-  rx_pool<> pool(1, 64);  // one buffer: the next loan reuses it
+TEMPLATE_TEST_CASE("rx_pool: a handle from an earlier loan is stale_handle and harms nothing",
+                   "[rx_pool]", debug_pool, plain_pool, rx_pool<>) {
+  TestType pool(1, 64);  // one buffer: the next loan reuses it
   auto first = lend_n(pool, 1, holder_stack, 0);
   rx_ref old = first[0].detach();
   auto keep = pool.adopt(old);  // a second handle value for the same reference (misuse below)
@@ -138,8 +140,9 @@ TEST_CASE("rx_pool: a handle from an earlier loan is stale_handle and harms noth
   CHECK(pool.census(5).conserved);
 }
 
-TEST_CASE("rx_pool: a stale copy's data is empty and its release does nothing", "[rx_pool]") {
-  rx_pool<> pool(1, 64);
+TEMPLATE_TEST_CASE("rx_pool: a stale copy's data is empty and its release does nothing",
+                   "[rx_pool]", debug_pool, plain_pool, rx_pool<>) {
+  TestType pool(1, 64);
   auto h = std::move(lend_n(pool, 1, holder_stack, 0)[0]);
   rx_ref r = h.detach();
   auto a = pool.adopt(r);

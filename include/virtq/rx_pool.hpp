@@ -848,8 +848,10 @@ class rx_pool {
   }
 
   errc release_ref(std::uint32_t i, std::uint32_t gen) noexcept {
-    if (const errc e = check(i, gen); e != errc::ok) return e;
-    if (!slots_[i].refs.drop()) return errc::ok;
+    if (!live_alone(slots_[i], gen)) {
+      if (const errc e = check(i, gen); e != errc::ok) return e;
+      if (!slots_[i].refs.drop()) return errc::ok;
+    }
     if constexpr (Policy::poison) poison(i);
     std::lock_guard g(lock_);
     // Re-checked under the lock: two racing "last" releases (a misuse) must not free it twice.
