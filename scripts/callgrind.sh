@@ -62,8 +62,9 @@ for s in "$@"; do
   printf '  {"scenario": "%s", "batch": %s, "cycles": %s, "instructions_per_packet": %s, "phases": "%s"}' \
     "$s" "$batch" "$cycles" "$per" "${ph# }" >>"$json"
   if [ "${VIRTQ_CALLGRIND_ANNOTATE:-0}" = 1 ]; then
+    # head closes the pipe early: that SIGPIPE must not end the script (pipefail).
     callgrind_annotate --auto=yes --threshold=99 "$build/cg.$s.$((2 * cycles)).out" 2>/dev/null |
-      head -n "${VIRTQ_CALLGRIND_LINES:-80}"
+      head -n "${VIRTQ_CALLGRIND_LINES:-80}" || true
   fi
 done
 echo "" >>"$json"
