@@ -9,11 +9,13 @@
 //
 // Run under ThreadSanitizer in CI (ctest label "threaded"): the ring's shared fields go through
 // the atomic accessors, everything else is ordered by the D1/V1 and V2/D3 release/acquire pairs.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -89,17 +91,39 @@ struct shared_state {
   bool stopped() const { return stop.load(std::memory_order_relaxed); }
 };
 
-template <class Q>
+/// Batch: the driver adds with add_inbufs (as many as fit, up to 64 per call) and the device
+/// pops with pop_buffers and completes with complete(span); otherwise one chain per call.
+template <bool Batch, class Q>
 void driver_thread(Q& drv, virtq_test::buffer_arena& arena, shared_state& st, std::uint64_t n) {
   std::uint64_t added = 0;
   std::uint64_t reaped = 0;
   std::vector<used_buffer> used(32);
+  std::vector<buffer> bufs(64);
+  std::vector<token_t> tokens(64);
   bool use_delayed = false;
   drv.disable_interrupts();
   while (reaped < n && !st.stopped()) {
     // Add as much as fits.
     std::uint32_t batch = 0;
-    while (added < n && batch < 64) {
+    if constexpr (Batch) {
+      // Batch sizes 1..64 in turn, so the calls start and end anywhere in the ring.
+      // Only slots that will be added are cleared: the others may hold completions not yet
+      // reaped (a short count from add_inbufs is tested in test_*_batch).
+      const auto want = static_cast<std::size_t>(
+          std::min<std::uint64_t>({n - added, 1 + added % 64, drv.num_free()}));
+      for (std::size_t k = 0; k < want; ++k) {
+        const std::size_t slot = (added + k) % queue_size;
+        std::memset(arena.data() + slot * slot_bytes + 8, 0, 16);
+        bufs[k] = arena.at(slot * slot_bytes + 8, 16);
+        tokens[k] = added + k;
+      }
+      const result<std::size_t> got =
+          drv.add_inbufs(std::span(bufs.data(), want), std::span(tokens.data(), want));
+      if (!got) return st.fail(std::string("driver add_inbufs: ") + to_string(got.error()));
+      added += *got;
+      batch = static_cast<std::uint32_t>(*got);
+    }
+    while (!Batch && added < n && batch < 64) {
       const std::size_t slot = added % queue_size;
       std::byte* p = arena.data() + slot * slot_bytes;
       std::memset(p + 8, 0, 16);
@@ -145,14 +169,38 @@ void driver_thread(Q& drv, virtq_test::buffer_arena& arena, shared_state& st, st
   if (drv.broken()) st.fail(std::string("driver broken: ") + to_string(drv.error()));
 }
 
-template <class Q>
+template <bool Batch, class Q>
 void device_thread(Q& dev, shared_state& st, std::uint64_t n) {
   std::uint64_t popped = 0;
   std::vector<chain> held(16);
+  std::vector<popped_buffer> bufs(16);
+  std::vector<used_entry> done(16);
   dev.disable_notifications();
   while (popped < n && !st.stopped()) {
     std::size_t k = 0;
-    for (; k < held.size(); ++k) {
+    if constexpr (Batch) {
+      // Every chain here is one device-writable buffer: 0 means the ring is empty.
+      const result<std::size_t> got = dev.pop_buffers(std::span(bufs.data(), 1 + popped % 16));
+      if (!got) return st.fail(std::string("device pop_buffers: ") + to_string(got.error()));
+      k = *got;
+      for (std::size_t i = 0; i < k; ++i) {
+        const popped_buffer& b = bufs[i];
+        if (!b.writable || b.len != 16) return st.fail("device: unexpected buffer shape");
+        const std::uint64_t seq = popped + i;
+        const std::uint64_t check = seq ^ magic;
+        std::memcpy(b.data, &seq, 8);
+        std::memcpy(b.data + 8, &check, 8);
+      }
+      popped += k;
+      // Completed in reverse every other time (used order need not be avail order).
+      for (std::size_t i = 0; i < k; ++i) {
+        const std::size_t j = (popped & 16U) != 0 ? k - 1 - i : i;
+        done[i] = used_entry{bufs[j].id, 16};
+      }
+      const result<std::size_t> c = dev.complete(std::span<const used_entry>(done.data(), k));
+      if (k > 0 && (!c || *c != k)) return st.fail("device complete(span) refused its own ids");
+    }
+    for (; !Batch && k < held.size(); ++k) {
       const errc e = dev.pop(held[k]);
       if (e == errc::empty) break;
       if (e != errc::ok) return st.fail(std::string("device pop: ") + to_string(e));
@@ -171,9 +219,9 @@ void device_thread(Q& dev, shared_state& st, std::uint64_t n) {
       std::memcpy(reply + 8, &check, 8);
       if (c.write(reply) != 16) return st.fail("device: short writable part");
     }
-    popped += k;
+    if constexpr (!Batch) popped += k;
     // Complete the batch, in reverse every other time (used order need not be avail order).
-    for (std::size_t i = 0; i < k; ++i) {
+    for (std::size_t i = 0; !Batch && i < k; ++i) {
       const std::size_t j = (popped & 16U) != 0 ? k - 1 - i : i;
       const errc e = dev.complete(held[j], 16);
       if (e != errc::ok) return st.fail(std::string("device complete: ") + to_string(e));
@@ -193,16 +241,16 @@ void device_thread(Q& dev, shared_state& st, std::uint64_t n) {
 
 }  // namespace
 
-TEMPLATE_LIST_TEST_CASE("threaded: a driver thread and a device thread stream chains", "[threaded]",
-                        virtq_test::layout_suppression_combos) {
-  using L = typename TestType::layout;
-  using P = typename TestType::policy;
+namespace {
+
+template <bool Batch, class L, class P>
+void run_stream() {
   virtq_test::queue_pair<L, P> q(queue_size);
   virtq_test::buffer_arena arena(std::size_t{queue_size} * slot_bytes);
   shared_state st;
   const auto t0 = clock_type::now();
-  std::thread dev([&] { device_thread(q.device, st, chains_per_run); });
-  driver_thread(q.driver, arena, st, chains_per_run);
+  std::thread dev([&] { device_thread<Batch>(q.device, st, chains_per_run); });
+  driver_thread<Batch>(q.driver, arena, st, chains_per_run);
   st.stop.store(true);  // lets the device leave a wait if the driver failed
   dev.join();
   const double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
@@ -218,4 +266,16 @@ TEMPLATE_LIST_TEST_CASE("threaded: a driver thread and a device thread stream ch
                       << static_cast<double>(chains_per_run) / secs / 1e6 << " M/s); kicks "
                       << ds.kicks << " suppressed " << ds.kicks_suppressed << "; interrupts "
                       << vs.interrupts << " suppressed " << vs.interrupts_suppressed);
+}
+
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE("threaded: a driver thread and a device thread stream chains", "[threaded]",
+                        virtq_test::layout_suppression_combos) {
+  run_stream<false, typename TestType::layout, typename TestType::policy>();
+}
+
+TEMPLATE_LIST_TEST_CASE("threaded: the batch calls stream chains between two threads", "[threaded]",
+                        virtq_test::layout_suppression_combos) {
+  run_stream<true, typename TestType::layout, typename TestType::policy>();
 }
