@@ -112,9 +112,9 @@ std::vector<std::pair<std::string, runner>> scenarios() {
   s.emplace_back(
       "rx-split-noreserve-32",
       rx_scenario<virtq::split_layout, vb::rx_plain, virtq::steady_clock_source>(32, false));
-  s.emplace_back("rx-split-single-release-32",
-                 rx_scenario<virtq::split_layout, vb::rx_plain, virtq::steady_clock_source>(
-                     32, true, false));
+  s.emplace_back(
+      "rx-split-single-release-32",
+      rx_scenario<virtq::split_layout, vb::rx_plain, virtq::steady_clock_source>(32, true, false));
   s.emplace_back(
       "rx-split-atomic-32",
       rx_scenario<virtq::split_layout, vb::rx_atomic, virtq::steady_clock_source>(32, true));

@@ -86,8 +86,8 @@ class queue_pair {
     std::size_t i = 0;
     while (i < n) {
       const std::size_t k = std::min<std::size_t>(n - i, size_ - next_);
-      const auto got = drv_.add_inbufs(std::span(bufs_.data() + next_, k),
-                                       std::span(tokens_.data() + next_, k));
+      const auto got =
+          drv_.add_inbufs(std::span(bufs_.data() + next_, k), std::span(tokens_.data() + next_, k));
       if (!got || *got == 0) break;
       i += *got;
       next_ += static_cast<std::uint32_t>(*got);
@@ -167,7 +167,7 @@ class queue_pair {
   virtq::used_buffer used_[max_batch];
   std::vector<virtq::buffer> bufs_;     // slot k's buffer, laid out once
   std::vector<virtq::token_t> tokens_;  // slot k's token (k)
-  virtq::identity_memory mem_;  // the device keeps a pointer to it
+  virtq::identity_memory mem_;          // the device keeps a pointer to it
   alignas(64) device_type dev_;
   virtq::chain chain_;
   virtq::popped_buffer popped_[max_batch];

@@ -46,7 +46,9 @@ bool frame_ok(std::uint64_t seq, std::span<const std::byte> in) {
   }
   return true;
 }
-std::uint32_t frame_len(std::uint64_t seq) { return 60 + static_cast<std::uint32_t>(seq % 1400); }
+std::uint32_t frame_len(std::uint64_t seq) {
+  return 60 + static_cast<std::uint32_t>(seq % 1400);
+}
 
 /// The NIC emulator's receive side: frames from the wire into the guest's posted buffers.
 template <class Device>
@@ -143,14 +145,15 @@ bool run(const char* name, std::uint64_t frames) {
     if (rxq.release(std::span(pkts.data(), r->received)) != virtq::errc::ok) return false;
   }
   const virtq::pool_census census = rxq.census();
-  std::printf("%-7s %8llu frames delivered, %llu dropped (no buffer posted), %llu corrupt\n",
-              name, static_cast<unsigned long long>(delivered),
-              static_cast<unsigned long long>(dropped), static_cast<unsigned long long>(bad));
-  std::printf("        %.4f kicks/frame, %.4f interrupts/frame, pool %s (free %u posted %u held %u)\n",
-              static_cast<double>(kicks) / static_cast<double>(delivered),
-              static_cast<double>(nic.interrupts()) / static_cast<double>(delivered),
-              census.conserved ? "conserved" : census.violation.c_str(), census.free,
-              census.posted, census.held);
+  std::printf("%-7s %8llu frames delivered, %llu dropped (no buffer posted), %llu corrupt\n", name,
+              static_cast<unsigned long long>(delivered), static_cast<unsigned long long>(dropped),
+              static_cast<unsigned long long>(bad));
+  std::printf(
+      "        %.4f kicks/frame, %.4f interrupts/frame, pool %s (free %u posted %u held %u)\n",
+      static_cast<double>(kicks) / static_cast<double>(delivered),
+      static_cast<double>(nic.interrupts()) / static_cast<double>(delivered),
+      census.conserved ? "conserved" : census.violation.c_str(), census.free, census.posted,
+      census.held);
   return bad == 0 && census.conserved && census.held == 0 && delivered + dropped == sent &&
          !driver.broken() && !device.broken();
 }
@@ -160,8 +163,8 @@ bool run(const char* name, std::uint64_t frames) {
 int main(int argc, char** argv) {
   const bool smoke = argc > 1 && std::strcmp(argv[1], "--smoke") == 0;
   const std::uint64_t frames = smoke ? 20'000 : 2'000'000;
-  const bool ok = run<virtq::split_layout>("split", frames) &&
-                  run<virtq::packed_layout>("packed", frames);
+  const bool ok =
+      run<virtq::split_layout>("split", frames) && run<virtq::packed_layout>("packed", frames);
   std::printf("%s\n", ok ? "ok" : "FAILED");
   return ok ? 0 : 1;
 }

@@ -361,13 +361,12 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
     if constexpr (Layout::is_packed) check_areas(m, s);
   }
   void show(std::ostream& os) const override {
-    static const char* names[] = {"add",           "add_inbuf",    "kick",
-                                  "pop",           "complete",     "complete_batch",
-                                  "irq",           "reap_one",     "reap_many",
-                                  "disable_irq",   "enable_irq",   "enable_irq_delayed",
-                                  "disable_notif", "enable_notif", "reset",
-                                  "corrupt_used",  "corrupt_avail", "add_batch",
-                                  "pop_batch",     "complete_span"};
+    static const char* names[] = {
+        "add",           "add_inbuf",      "kick",       "pop",
+        "complete",      "complete_batch", "irq",        "reap_one",
+        "reap_many",     "disable_irq",    "enable_irq", "enable_irq_delayed",
+        "disable_notif", "enable_notif",   "reset",      "corrupt_used",
+        "corrupt_avail", "add_batch",      "pop_batch",  "complete_span"};
     os << names[kind] << " rd=" << rd.size() << " wr=" << wr.size() << " pick=" << pick
        << " len%=" << len_pct << " count=" << count;
   }

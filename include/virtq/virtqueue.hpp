@@ -226,8 +226,7 @@ concept driver_queue = requires(Q& q, const Q& cq, std::span<const buffer> bufs,
 ///                           reports it (split: the next avail idx; packed: offset | wrap << 15).
 template <class Q>
 concept device_queue = requires(Q& q, const Q& cq, chain& c, std::uint16_t id, std::uint32_t len,
-                                std::span<popped_buffer> popped,
-                                std::span<const used_entry> done) {
+                                std::span<popped_buffer> popped, std::span<const used_entry> done) {
   { q.pop(c) } -> std::same_as<errc>;
   { q.pop_buffers(popped) } -> std::same_as<result<std::size_t>>;
   { q.complete(id, len) } -> std::same_as<errc>;

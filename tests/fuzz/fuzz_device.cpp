@@ -178,8 +178,8 @@ void run(const virtq_fuzz::config& cfg, reader& ops, reader& rest) {
         if (!held.empty() && (op & 4U) != 0) {
           std::vector<used_entry> done;
           for (const held_chain& h : held) {
-            done.push_back({h.id, static_cast<std::uint32_t>(
-                                      std::min<std::uint64_t>(h.writable, ops.u16()))});
+            done.push_back(
+                {h.id, static_cast<std::uint32_t>(std::min<std::uint64_t>(h.writable, ops.u16()))});
           }
           // Over-stating one length is the caller's error: the entries before it complete, the
           // queue stays usable (2.7.8.2).
