@@ -566,6 +566,8 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     store_relaxed<E>(ring_.used.flags(), 0);
     store_relaxed<E>(ring_.used.avail_event(), start);
     store_relaxed<E>(ring_.used.idx(), start);
+    // D1 (pairs with V1), at (re)initialization: the zeroed table and the fields above are
+    // written before avail idx, so a device that acquires the idx sees the ring initialized.
     store_release<E>(ring_.avail.idx(), start);
   }
 
