@@ -66,6 +66,19 @@ constexpr split_suppress split_mode(features f) noexcept {
   }
 }
 
+/// The decision both sides of a split ring make after publishing the entries [old, new) (the
+/// driver's kick, the device's interrupt): does the peer want to hear of them? With event
+/// indices, iff its event index lies among them (2.7.10); with flags, iff it left its NO_NOTIFY /
+/// NO_INTERRUPT flag clear (2.7.7, 2.7.10). The caller issues its full barrier (D2 / V3) first:
+/// these are the loads that barrier orders after the publishing store.
+template <byte_order E>
+bool split_peer_wants(split_suppress mode, const wire<std::uint16_t>& event,
+                      const wire<std::uint16_t>& flags, std::uint16_t no_flag,
+                      std::uint16_t new_idx, std::uint16_t old_idx) noexcept {
+  if (mode == split_suppress::event) return need_event(load_relaxed<E>(event), new_idx, old_idx);
+  return (load_relaxed<E>(flags) & no_flag) == 0;
+}
+
 /// Checked mode on the device: the ring descriptors of each held chain, privately linked, so that
 /// completing a chain can move exactly those descriptors back in the shadow state without
 /// re-reading the (hostile) table. Empty when not checked.
@@ -415,12 +428,8 @@ class alignas(64) split_driver : public detail::queue_common<P> {
       // reading flags or avail_event, to avoid missing a notification": our idx store must be
       // visible before we read the device's suppression field (store->load).
       B::full();
-      if (mode_ == mode::event) {
-        // 2.7.10: notify iff the device's avail_event lies in [old, new).
-        notify = need_event(load_relaxed<E>(ring_.used.avail_event()), new_idx, old_idx);
-      } else {
-        notify = (load_relaxed<E>(ring_.used.flags()) & split::used_f_no_notify) == 0;
-      }
+      notify = detail::split_peer_wants<E>(mode_, ring_.used.avail_event(), ring_.used.flags(),
+                                           split::used_f_no_notify, new_idx, old_idx);
     }
     ++(notify ? this->stats_.kicks : this->stats_.kicks_suppressed);
     return notify;
@@ -1082,11 +1091,8 @@ class alignas(64) split_device : public detail::queue_common<P> {
       // V3 (pairs with D4) 2.7.7.2: "the device MUST ... perform a suitable memory barrier
       // before reading flags / used_event": store->load, so a full barrier.
       B::full();
-      if (mode_ == mode::event) {
-        irq = need_event(load_relaxed<E>(ring_.avail.used_event()), new_idx, old_idx);
-      } else {
-        irq = (load_relaxed<E>(ring_.avail.flags()) & split::avail_f_no_interrupt) == 0;
-      }
+      irq = detail::split_peer_wants<E>(mode_, ring_.avail.used_event(), ring_.avail.flags(),
+                                        split::avail_f_no_interrupt, new_idx, old_idx);
     }
     ++(irq ? this->stats_.interrupts : this->stats_.interrupts_suppressed);
     return irq;
