@@ -63,9 +63,10 @@ runner rx_scenario(std::size_t batch, bool copy_reserve, bool bulk_release = tru
 }
 
 template <class Layout, class P>
-runner queue_scenario(std::size_t batch, bool single_calls = false) {
-  return [batch, single_calls](std::size_t cycles) {
-    auto q = std::make_unique<virtq_bench::queue_pair<Layout, P>>();
+runner queue_scenario(std::size_t batch, bool single_calls = false, bool in_order = false) {
+  return [batch, single_calls, in_order](std::size_t cycles) {
+    auto q = std::make_unique<virtq_bench::queue_pair<Layout, P>>(
+        virtq_bench::queue_size, virtq_bench::buffer_bytes, in_order);
     q->use_single_calls(single_calls);
     for (std::size_t i = 0; i < cycles; ++i) {
       if (phase_driver_add(*q, batch) != batch || phase_device_serve(*q, batch) != batch ||
@@ -101,6 +102,11 @@ std::vector<std::pair<std::string, runner>> scenarios() {
                  queue_scenario<virtq::split_layout, vb::p_event>(32, true));
   s.emplace_back("packed-event-single-32",
                  queue_scenario<virtq::packed_layout, vb::p_event>(32, true));
+  // IN_ORDER negotiated (2.7.9 / 2.8.20): buffers are used in the order they were made available.
+  s.emplace_back("split-inorder-event-32",
+                 queue_scenario<virtq::split_layout, vb::p_event>(32, false, true));
+  s.emplace_back("packed-inorder-event-32",
+                 queue_scenario<virtq::packed_layout, vb::p_event>(32, false, true));
   s.emplace_back(
       "rx-split-32",
       rx_scenario<virtq::split_layout, vb::rx_plain, virtq::steady_clock_source>(32, true));

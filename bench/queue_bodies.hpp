@@ -52,11 +52,13 @@ class queue_pair {
 
   /// `complete_len`: the bytes the device reports per buffer (a full buffer by default; the
   /// receive benchmarks use small frames so that a copy is cheap when the reserve engages).
-  explicit queue_pair(std::uint32_t size = queue_size, std::uint32_t complete_len = buffer_bytes)
+  /// `in_order`: negotiate IN_ORDER (2.7.9 / 2.8.20) as well.
+  explicit queue_pair(std::uint32_t size = queue_size, std::uint32_t complete_len = buffer_bytes,
+                      bool in_order = false)
       : ring_(size),
         buffers_(std::size_t{size} * buffer_bytes, 4096),
-        drv_(ring_.view(), features_for<Layout, P>(), virtq::driver_options{}),
-        dev_(ring_.view(), features_for<Layout, P>(), mem_, virtq::device_options{}),
+        drv_(ring_.view(), negotiated(in_order), virtq::driver_options{}),
+        dev_(ring_.view(), negotiated(in_order), mem_, virtq::device_options{}),
         complete_len_(complete_len),
         size_(size) {
     bufs_.resize(size);
@@ -70,6 +72,11 @@ class queue_pair {
   }
 
   std::size_t capacity() const noexcept { return size_; }
+
+  static virtq::features negotiated(bool in_order) {
+    const virtq::features f = features_for<Layout, P>();
+    return in_order ? f.with(virtq::feature::in_order) : f;
+  }
 
   /// Use the one-chain-per-call API (add_inbuf, pop(chain&), complete(id, len)) instead of the
   /// batch calls: what a batch API saves, measured.
