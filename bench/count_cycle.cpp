@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "floor_ring.hpp"
 #include "queue_bodies.hpp"
 #include "rx_bodies.hpp"
 
@@ -78,6 +79,21 @@ runner queue_scenario(std::size_t batch, bool single_calls = false, bool in_orde
   };
 }
 
+/// A pair that is not one of our queues (the format floor), through the same phases.
+template <class Pair>
+runner pair_scenario(std::size_t batch) {
+  return [batch](std::size_t cycles) {
+    auto q = std::make_unique<Pair>();
+    for (std::size_t i = 0; i < cycles; ++i) {
+      if (phase_driver_add(*q, batch) != batch || phase_device_serve(*q, batch) != batch ||
+          phase_driver_reap(*q, batch) != batch) {
+        return false;
+      }
+    }
+    return true;
+  };
+}
+
 std::vector<std::pair<std::string, runner>> scenarios() {
   namespace vb = virtq_bench;
   std::vector<std::pair<std::string, runner>> s;
@@ -107,6 +123,12 @@ std::vector<std::pair<std::string, runner>> scenarios() {
                  queue_scenario<virtq::split_layout, vb::p_event>(32, false, true));
   s.emplace_back("packed-inorder-event-32",
                  queue_scenario<virtq::packed_layout, vb::p_event>(32, false, true));
+  // The split format with no checks, suppression or bookkeeping (bench/floor_ring.hpp): the
+  // floor any split implementation starts from, next to split-none-32.
+  s.emplace_back("floor-split-32", pair_scenario<vb::floor_split_pair>(32));
+  s.emplace_back("floor-split-1", pair_scenario<vb::floor_split_pair>(1));
+  s.emplace_back("floor-packed-32", pair_scenario<vb::floor_packed_pair>(32));
+  s.emplace_back("floor-packed-1", pair_scenario<vb::floor_packed_pair>(1));
   s.emplace_back(
       "rx-split-32",
       rx_scenario<virtq::split_layout, vb::rx_plain, virtq::steady_clock_source>(32, true));
