@@ -306,6 +306,22 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     const std::size_t n = bufs.size();
     const std::uint32_t k = static_cast<std::uint32_t>(std::min<std::size_t>(n, num_free_));
     if (k < n) ++this->stats_.ring_full;
+    if (in_order_) {
+      add_ones_in_order<Writable>(bufs.data(), tokens.data(), k);
+    } else {
+      add_ones_any_order<Writable>(bufs.data(), tokens.data(), k);
+    }
+    avail_shadow_ = detail::u16(avail_shadow_ + k);
+    num_free_ -= k;
+    if (k != 0) {
+      this->stats_.added += k;
+      this->note_free(num_free_);
+    }
+    return std::size_t{k};
+  }
+  // The free list order: each head comes from next_.
+  template <bool Writable>
+  void add_ones_any_order(const buffer* bufs, const token_t* tokens, std::uint32_t k) noexcept {
     split::desc* const table = ring_.table;
     const split::avail_ring avail = ring_.avail;
     const std::uint16_t* const next = next_.data();
@@ -340,13 +356,40 @@ class alignas(64) split_driver : public detail::queue_common<P> {
       }
     }
     free_head_ = head;
-    avail_shadow_ = seq;
-    num_free_ -= k;
-    if (k != 0) {
-      this->stats_.added += k;
-      this->note_free(num_free_);
+  }
+  // IN_ORDER (2.7.9): the free descriptors are one run from free_head_, so each head is the
+  // previous one + 1 (no free-list load), and reaping in order never splices the free list (no
+  // last_ store). Heads and ring entries advance together: runs end where either wraps.
+  template <bool Writable>
+  void add_ones_in_order(const buffer* bufs, const token_t* tokens, std::uint32_t k) noexcept {
+    const std::uint32_t size = size_;
+    std::uint32_t head = free_head_;
+    std::uint16_t seq = avail_shadow_;
+    std::uint32_t pos = seq & mask_;
+    for (std::uint32_t i = 0; i < k;) {
+      const std::uint32_t run = std::min({k - i, size - pos, size - head});
+      split::desc* d = ring_.table + head;
+      slot* s = slots_.data() + head;
+      token_t* t = tokens_.data() + head;
+      wire<std::uint16_t>* entry = &ring_.avail.ring(pos);
+      for (std::uint32_t j = 0; j < run; ++j) {
+        const buffer& b = bufs[i + j];
+        // No NEXT flag: `next` is not written (2.7.5), as in add_ones_any_order.
+        put<E>(d[j].addr, b.addr);
+        put<E>(d[j].len, b.len);
+        put<E>(d[j].flags, Writable ? split::desc_f_write : std::uint16_t{0});
+        t[j] = tokens[i + j];
+        s[j].limit = (Writable ? std::uint64_t{b.len} : 0U) + 1U;
+        s[j].seq = detail::u16(seq + j);
+        s[j].ndesc = 1;
+        put<E>(entry[j], detail::u16(head + j));
+      }
+      i += run;
+      seq = detail::u16(seq + run);
+      pos = (pos + run) & mask_;
+      head = (head + run) & mask_;
     }
-    return std::size_t{k};
+    free_head_ = detail::u16(head);
   }
   // Single buffers go indirect, or checked mode: one add per buffer, under the lock held.
   template <bool Writable>
@@ -455,9 +498,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
   /// that count (error() says why; the next call returns errc::broken).
   result<std::size_t> get_used(std::span<used_buffer> out) {
     guard g(this->lock_);
-    if constexpr (!P::checked) {
-      if (!in_order_) return reap_batch(out);
-    }
+    if constexpr (!P::checked) return in_order_ ? reap_in_order(out) : reap_batch(out);
     std::size_t n = 0;
     for (; n < out.size(); ++n) {
       const errc e = reap_one(out[n]);
@@ -729,6 +770,109 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     return n;
   }
 
+  // get_used(span) with IN_ORDER (2.7.9), not checked. A device may write one used element per
+  // chain (the rule for receive queues, whose lengths matter) or one standing for several.
+  // The first kind names the oldest outstanding chain: reap_in_order_run takes runs of those.
+  // Anything else (an element standing for a batch, or a bad one) goes to reap_one, which takes
+  // the batch chain by chain or names the rule the element breaks.
+  result<std::size_t> reap_in_order(std::span<used_buffer> out) {
+    if (this->broken()) [[unlikely]] {
+      if (out.empty()) return std::size_t{0};
+      return errc::broken;
+    }
+    std::size_t n = 0;
+    errc e = errc::ok;
+    while (n < out.size()) {
+      if (!batch_active_) {
+        // Nothing staged since the last kick (the usual case when reaping): then no
+        // outstanding chain can be staged, and the published test drops out.
+        n = avail_shadow_ == avail_published_ ? reap_in_order_run<false>(out, n, e)
+                                              : reap_in_order_run<true>(out, n, e);
+        if (e != errc::ok || n == out.size()) break;
+      }
+      e = reap_one(out[n]);
+      if (e != errc::ok) break;
+      ++n;
+    }
+    if (e != errc::ok && e != errc::empty && n == 0) return e;
+    if (n > 0) after_reap();
+    return n;
+  }
+
+  // Reaps used elements into out[n..] while each names the oldest outstanding chain: returns
+  // the new n. Stops at the end of `out`, at an empty ring (e = empty), at an element it does
+  // not take (e = ok: for reap_one), or at a used idx jump (e set, the queue broken). The
+  // checks are read_used's: the id is the oldest outstanding head (so in range, 2.7.8, and
+  // outstanding: limit != 0), its len within its writable bytes (2.7.8.2: len < limit), and it
+  // was published. The driver's indices stay in locals for the run.
+  template <bool AnyStaged>
+  std::size_t reap_in_order_run(std::span<used_buffer> out, std::size_t n, errc& e) {
+    const std::size_t first = n;
+    std::uint16_t last = last_used_;
+    std::uint16_t cache = used_cache_;
+    // 2.7.9: the free descriptors are one run from free_head_; the oldest outstanding chain
+    // starts right after it.
+    std::uint32_t oldest = (free_head_ + num_free_) & mask_;
+    std::uint32_t freed = 0;
+    const std::uint32_t size = size_;
+    const std::uint32_t mask = mask_;
+    const split::used_ring used = ring_.used;
+    slot* const slots = slots_.data();
+    const token_t* const toks = tokens_.data();
+    const std::uint16_t published = avail_published_;
+    const std::uint16_t staged = detail::u16(avail_shadow_ - avail_published_);
+    bool stop = false;
+    while (n < out.size() && !stop) {
+      if (last == cache) {
+        // D3 (pairs with V2) 2.7.14: the acquire load of used idx orders our reads of the used
+        // elements after the device's writes of them.
+        const std::uint16_t idx = load_acquire<E>(ring_.used.idx());
+        B::after_observe();
+        // The device cannot have used more chains than it holds.
+        if (detail::u16(idx - last) > device_chains_ - (n - first)) {
+          e = errc::used_idx_jump;
+          break;
+        }
+        cache = idx;
+        if (idx == last) {
+          e = errc::empty;
+          break;
+        }
+      }
+      const std::size_t end = n + std::min<std::size_t>(detail::u16(cache - last), out.size() - n);
+      // At most two runs of used elements (before and after the end of the ring), each read
+      // linearly.
+      for (std::uint32_t pos = last & mask; n < end && !stop; pos = 0) {
+        const std::size_t start = n;
+        const std::size_t run_end = n + std::min<std::size_t>(end - n, size - pos);
+        const split::used_elem* u = &used.ring(pos);
+        for (; n < run_end; ++n, ++u) {
+          const std::uint32_t id = get<E>(u->id);
+          const std::uint32_t len = get<E>(u->len);
+          slot& s = slots[oldest];
+          bool other = (id != oldest) | (len >= s.limit);
+          if constexpr (AnyStaged) other |= detail::u16(s.seq - published) < staged;
+          if (other) [[unlikely]] {
+            stop = true;
+            break;
+          }
+          out[n] = used_buffer{toks[oldest], len};
+          freed += s.ndesc;
+          oldest = (oldest + s.ndesc) & mask;
+          s.limit = 0;
+        }
+        last = detail::u16(last + static_cast<std::uint32_t>(n - start));
+      }
+    }
+    last_used_ = last;
+    used_cache_ = cache;
+    num_free_ += freed;
+    device_chains_ -= static_cast<std::uint32_t>(n - first);
+    this->stats_.reaped += n - first;
+    if (e == errc::used_idx_jump) fail(e);
+    return n;
+  }
+
   errc reap_one(used_buffer& out) {
     if (this->broken()) return errc::broken;
     std::uint16_t head = 0;
@@ -989,7 +1133,6 @@ class alignas(64) split_device : public detail::queue_common<P> {
     const std::uint32_t size = size_;
     const std::uint32_t mask = mask_;
     std::uint16_t last = last_avail_;
-    std::uint32_t tail = order_head_ + order_count_;
     errc bad = errc::ok;
     std::uint32_t n = 0;
     // At most two runs of avail entries (before and after the end of the ring), each read
@@ -997,6 +1140,9 @@ class alignas(64) split_device : public detail::queue_common<P> {
     for (std::uint32_t pos = last & mask; n < todo; pos = 0) {
       const std::uint32_t run_end = n + std::min(todo - n, size - pos);
       const wire<std::uint16_t>* entry = &ring.ring(pos);
+      // IN_ORDER: order_ is indexed like the avail ring (see init), so the pop order is recorded
+      // at the entry's own position, with no index of its own.
+      [[maybe_unused]] std::uint32_t at = pos;
       for (; n < run_end; ++n, ++entry) {
         const std::uint16_t head = get<E>(*entry);
         // The queue size is a power of 2 (2.7), so once the range test passed h == head; before
@@ -1032,7 +1178,7 @@ class alignas(64) split_device : public detail::queue_common<P> {
         }
         const bool writable = (flags & split::desc_f_write) != 0;
         held[h] = (writable ? std::uint64_t{len} : 0U) + 1U;
-        if constexpr (InOrder) order[tail++ & mask] = head;
+        if constexpr (InOrder) order[at++] = head;
         out[n] = popped_buffer{data, len, head, writable};
       }
       if (n != run_end) break;
@@ -1145,7 +1291,11 @@ class alignas(64) split_device : public detail::queue_common<P> {
     for (std::uint64_t& h : held_) h = 0;
     last_avail_ = avail_cache_ = opts_.initial_index;
     used_shadow_ = used_published_ = opts_.initial_index;
-    order_head_ = order_count_ = 0;
+    // IN_ORDER: held chains sit in order_ at the avail ring position they were popped from
+    // (order_head_ + order_count_ == last_avail_ mod size), so pop_buffers writes order_ at the
+    // entry it reads.
+    order_head_ = opts_.initial_index & mask_;
+    order_count_ = 0;
     follow_avail_ = event_negotiated_;
   }
 
@@ -1204,16 +1354,19 @@ class alignas(64) split_device : public detail::queue_common<P> {
       for (; n < run_end; ++n, ++e) {
         const std::uint16_t id = done[n].id;
         const std::uint32_t len = done[n].len;
-        if (refused(id, len, held, size, mask)) [[unlikely]] {
-          why = errc::invalid_argument;
-          break;
-        }
         if constexpr (InOrder) {
-          if (!oldest(order, order_head, id)) [[unlikely]] {
+          // 2.7.9: `id` must be the oldest held chain; then it is in range, and one compare
+          // (len < held) checks it is held and 2.7.8.2. With nothing held order_[order_head]
+          // is stale, but every held_ is 0 then: refused as well.
+          const std::uint16_t oldest_id = order[order_head];
+          if ((id != oldest_id) | (len >= held[oldest_id])) [[unlikely]] {
             why = errc::invalid_argument;
             break;
           }
           order_head = (order_head + 1) & mask;
+        } else if (refused(id, len, held, size, mask)) [[unlikely]] {
+          why = errc::invalid_argument;
+          break;
         }
         held[id] = 0;
         if (!links_.release(this->shadow_, id)) [[unlikely]] {
