@@ -350,20 +350,9 @@ class packed_driver : public detail::queue_common<P> {
     guard g(this->lock_);
     if (this->broken()) return errc::broken;
     if constexpr (!P::checked) {
-      if (!in_order_) return reap_batch(out);
+      if (in_order_left_ == 0) return in_order_ ? reap_batch<true>(out) : reap_batch<false>(out);
     }
-    std::size_t n = 0;
-    for (; n < out.size(); ++n) {
-      // Written in place: a used_buffer returned through result<> and copied costs a
-      // store-forwarding stall per completion.
-      const errc e = reap_one(out[n]);
-      if (e != errc::ok) {
-        if (e == errc::empty || n != 0) break;
-        return e;
-      }
-    }
-    if (n != 0) after_reap();
-    return n;
+    return reap_each(out, 0);
   }
 
   void disable_interrupts() {
@@ -425,7 +414,6 @@ class packed_driver : public detail::queue_common<P> {
     std::uint64_t batch = free_batch;  ///< kick generation it was staged in, or free_batch
     std::uint32_t writable = 0;        ///< device-writable bytes, saturated at 2^32-1
     std::uint16_t slots = 0;           ///< ring slots taken (meaningful while in use)
-    std::uint16_t next = 0;            ///< IN_ORDER: the id added after this one
   };
 
   void init_state() {
@@ -448,13 +436,17 @@ class packed_driver : public detail::queue_common<P> {
     batch_ = 1;
     driver_flags_ = packed::event_flags_enable;
     delayed_ = false;
-    order_head_ = order_tail_ = 0;
     in_order_left_ = 0;
     this->shadow_.reset();
     this->clear_error();
   }
 
   std::uint16_t take_id() noexcept {
+    // IN_ORDER: a chain's id is the slot of its head. Chains come back in ring order (2.8.20),
+    // so that slot is free again only after the chain that last started there was reaped: the
+    // id is never in use, the oldest chain in use is the one at last_used_, and reaping needs
+    // neither a free list nor a list of chains in order.
+    if (in_order_) return next_avail_;
     // Never empty here: each chain holds at least one slot and there are as many ids as slots.
     // A stack, not a linked list: the next id's address does not wait for the previous load.
     return free_ids_[--free_top_];
@@ -511,14 +503,6 @@ class packed_driver : public detail::queue_common<P> {
     s.batch = batch_;
     s.writable = static_cast<std::uint32_t>(std::min<std::uint64_t>(writable, 0xFFFFFFFFU));
     s.slots = static_cast<std::uint16_t>(slots);
-    if (in_order_) {
-      if (staged_chains_ == 0 && outstanding_ == 0) {
-        order_head_ = id;
-      } else {
-        ids_[order_tail_].next = id;
-      }
-      order_tail_ = id;
-    }
     ++staged_chains_;
     num_free_ -= slots;
     this->note_free(num_free_);
@@ -584,13 +568,11 @@ class packed_driver : public detail::queue_common<P> {
     const std::uint32_t size = size_;
     std::uint32_t pos = next_avail_;
     bool wrap = avail_wrap_;
-    std::uint16_t tail = order_tail_;
-    bool first_in_use = InOrder && staged_chains_ == 0 && outstanding_ == 0;
     // One buffer into slot `d` (at `pos`); the first head of a batch keeps its flags until
-    // kick_prepare (D1).
+    // kick_prepare (D1). IN_ORDER: the id is the slot (take_id).
     const auto stage = [&](const buffer& b, token_t token, packed::desc& d, std::uint16_t f,
                            bool hold) __attribute__((always_inline)) {
-      const std::uint16_t id = *--free_top;
+      const auto id = InOrder ? static_cast<std::uint16_t>(&d - ring) : std::uint16_t{*--free_top};
       write_desc(d, b.addr, b.len, id);
       if (hold) {
         hold_head(static_cast<std::uint16_t>(pos), f);
@@ -602,15 +584,6 @@ class packed_driver : public detail::queue_common<P> {
       s.batch = batch;
       s.writable = Writable ? b.len : 0U;
       s.slots = 1;
-      if constexpr (InOrder) {
-        if (first_in_use) {
-          order_head_ = id;
-          first_in_use = false;
-        } else {
-          ids[tail].next = id;
-        }
-        tail = id;
-      }
     };
     std::uint32_t i = 0;
     while (i < n) {
@@ -638,7 +611,6 @@ class packed_driver : public detail::queue_common<P> {
     free_top_ = static_cast<std::uint32_t>(free_top - free_ids_.data());
     next_avail_ = static_cast<std::uint16_t>(pos);
     avail_wrap_ = wrap;
-    if constexpr (InOrder) order_tail_ = tail;
   }
 
   /// One used descriptor into `out`, or empty, or a fatal error (queue broken).
@@ -661,13 +633,34 @@ class packed_driver : public detail::queue_common<P> {
     if (s.batch >= batch_) return fail(errc::used_id_not_outstanding);
     // 2.8.4 / 2.7.8.2: the used length may not exceed the buffer's device-writable space.
     if (len > s.writable) return fail(errc::used_len_too_large);
-    if (in_order_ && id != order_head_) [[unlikely]]
+    // IN_ORDER: the oldest chain in use has its head at last_used_ (take_id); any other id
+    // is the last of several chains the device used at once (2.8.20).
+    if (in_order_ && id != last_used_) [[unlikely]]
       return start_in_order_batch(id, len, out);
     return reclaim(id, len, out);
   }
 
-  /// get_used(span) without IN_ORDER and checked mode: reap_one's rules, in the same order,
-  /// with the ring position, the id stack and the counters in registers for the whole batch.
+  /// get_used(span) one reap_one at a time from out[n] on (checked mode, an IN_ORDER batch
+  /// being handed out, or what reap_batch<true> leaves).
+  [[gnu::noinline]] result<std::size_t> reap_each(std::span<used_buffer> out, std::size_t n) {
+    for (; n < out.size(); ++n) {
+      // Written in place: a used_buffer returned through result<> and copied costs a
+      // store-forwarding stall per completion.
+      const errc e = reap_one(out[n]);
+      if (e != errc::ok) {
+        if (e == errc::empty || n != 0) break;
+        return e;
+      }
+    }
+    if (n != 0) after_reap();
+    return n;
+  }
+
+  /// get_used(span) without checked mode: reap_one's rules, in the same order, with the ring
+  /// position, the id stack and the counters in registers for the whole batch. InOrder: every
+  /// used descriptor names one chain, the oldest; at the first that does not (the last of a
+  /// batch the device used at once, 2.8.20, or a rule broken) reap_each takes over.
+  template <bool InOrder>
   [[gnu::always_inline]] inline result<std::size_t> reap_batch(std::span<used_buffer> out) {
     std::uint16_t pos = last_used_;
     bool wrap = used_wrap_;
@@ -680,6 +673,7 @@ class packed_driver : public detail::queue_common<P> {
     // The id stack through a pointer: one store and one increment per id.
     std::uint16_t* free_top = free_ids_.data() + free_top_;
     errc e = errc::ok;
+    bool other = false;  // InOrder: a used descriptor for reap_one
     // 2.8.1: the device writes used descriptors only over chains it was given, so there are at
     // most `outstanding_` of them; a used descriptor beyond that is checked after the loop.
     const std::size_t bound = std::min<std::size_t>(out.size(), outstanding_);
@@ -693,15 +687,27 @@ class packed_driver : public detail::queue_common<P> {
       B::after_observe();
       const std::uint16_t id = get<E>(d.id);
       const std::uint32_t len = get<E>(d.len);
-      if (id >= size) [[unlikely]] {
-        e = errc::used_id_out_of_range;
-        break;
+      if constexpr (InOrder) {
+        // The oldest chain in use, whose id is its head slot (take_id), is in range and, with
+        // fewer than outstanding_ reaped, published: for this id reap_one's range and
+        // outstanding tests cannot fail. Any other id gets all of them in reap_one.
+        if (id != pos) [[unlikely]] {
+          other = true;
+          break;
+        }
+      } else {
+        if (id >= size) [[unlikely]] {
+          e = errc::used_id_out_of_range;
+          break;
+        }
       }
       id_info& s = ids[id];
-      // A used id must name a chain the device was given: in use and already published.
-      if (s.batch >= batch) [[unlikely]] {
-        e = errc::used_id_not_outstanding;
-        break;
+      if constexpr (!InOrder) {
+        // A used id must name a chain the device was given: in use and already published.
+        if (s.batch >= batch) [[unlikely]] {
+          e = errc::used_id_not_outstanding;
+          break;
+        }
       }
       // 2.8.4 / 2.7.8.2: the used length may not exceed the buffer's device-writable space.
       if (len > s.writable) [[unlikely]] {
@@ -721,7 +727,7 @@ class packed_driver : public detail::queue_common<P> {
       }
       pos = static_cast<std::uint16_t>(next);
       s.batch = free_batch;
-      *free_top++ = id;
+      if constexpr (!InOrder) *free_top++ = id;  // IN_ORDER ids are slots, not a free list
     }
     const auto n = static_cast<std::size_t>(o - out.data());
     if (n == outstanding_ && n < out.size() && e == errc::ok) [[unlikely]] {
@@ -737,6 +743,8 @@ class packed_driver : public detail::queue_common<P> {
     free_top_ = static_cast<std::uint32_t>(free_top - free_ids_.data());
     num_free_ += freed;
     this->stats_.reaped += n;
+    if (InOrder && other) [[unlikely]]
+      return reap_each(out, n);
     if (e != errc::ok) [[unlikely]] {
       fail(e);
       if (n == 0) return e;
@@ -748,8 +756,13 @@ class packed_driver : public detail::queue_common<P> {
   [[gnu::noinline]] errc start_in_order_batch(std::uint16_t id, std::uint32_t len,
                                               used_buffer& out) {
     // 2.8.11: one used descriptor stands for every chain up to and including `id`.
+    // The chains in use follow each other from last_used_, each id its head slot (take_id), and
+    // `id` is one of them (outstanding), so the walk ends at it.
     std::uint32_t n = 1;
-    for (std::uint16_t i = order_head_; i != id; i = ids_[i].next) ++n;
+    for (std::uint32_t i = last_used_; i != id; ++n) {
+      i += ids_[i].slots;
+      if (i >= size_) i -= size_;
+    }
     in_order_left_ = n;
     in_order_last_len_ = len;
     return reap_in_order(out);
@@ -758,7 +771,7 @@ class packed_driver : public detail::queue_common<P> {
   [[gnu::noinline]] errc reap_in_order(used_buffer& out) {
     // Earlier chains of an IN_ORDER batch carry no length of their own (2.8.11): report 0.
     const std::uint32_t len = --in_order_left_ == 0 ? in_order_last_len_ : 0;
-    return reclaim(order_head_, len, out);
+    return reclaim(last_used_, len, out);
   }
 
   errc reclaim(std::uint16_t id, std::uint32_t len, used_buffer& out) {
@@ -773,9 +786,8 @@ class packed_driver : public detail::queue_common<P> {
     out.len = len;
     num_free_ += s.slots;
     detail::packed_advance(last_used_, used_wrap_, s.slots, size_);
-    if (in_order_) order_head_ = s.next;
     s.batch = free_batch;
-    free_ids_[free_top_++] = id;
+    if (!in_order_) free_ids_[free_top_++] = id;  // IN_ORDER ids are slots (take_id)
     --outstanding_;
     ++this->stats_.reaped;
     return errc::ok;
@@ -846,8 +858,6 @@ class packed_driver : public detail::queue_common<P> {
   std::uint16_t last_used_ = 0;
   bool used_wrap_ = true;
   std::uint32_t outstanding_ = 0;  ///< chains published and not reaped
-  std::uint16_t order_head_ = 0;   ///< IN_ORDER: oldest chain in use
-  std::uint16_t order_tail_ = 0;   ///< IN_ORDER: newest chain in use
   std::uint32_t in_order_left_ = 0;
   std::uint32_t in_order_last_len_ = 0;
 };
@@ -886,7 +896,7 @@ class packed_device : public detail::queue_common<P> {
       detail::throw_error(errc::invalid_argument, "packed_start: offset not below the queue size");
     }
     held_.assign(size_, held{});
-    if (in_order_) fifo_.assign(size_, 0);
+    if (in_order_) id_at_.assign(size_, 0);
     this->shadow_.resize(size_);
     init_state();
   }
@@ -949,15 +959,11 @@ class packed_device : public detail::queue_common<P> {
     const std::uint32_t room = size_ - held_slots_;
     const std::size_t want = std::min<std::size_t>(out.size(), room);
     errc e = errc::ok;
-    const std::size_t n = take_buffers(out.data(), want, e);
+    const std::size_t n = in_order_ ? take_buffers<true>(out.data(), want, e)
+                                    : take_buffers<false>(out.data(), want, e);
     if (n < out.size() && e == errc::ok) [[unlikely]]
       e = stop_reason(n == room);
-    if (n != 0) {
-      if (in_order_) {
-        for (std::size_t k = 0; k < n; ++k) fifo_push(out[k].id);
-      }
-      after_pop(static_cast<std::uint32_t>(n), static_cast<std::uint32_t>(n));
-    }
+    if (n != 0) after_pop(static_cast<std::uint32_t>(n), static_cast<std::uint32_t>(n));
     if (e != errc::ok) [[unlikely]] {
       fail(e);
       if (n == 0) return e;
@@ -973,10 +979,9 @@ class packed_device : public detail::queue_common<P> {
     guard g(this->lock_);
     if (this->broken()) [[unlikely]]
       return errc::broken;
-    if (in_order_ ? refused<true>(held_.data(), size_, id, len)
-                  : refused<false>(held_.data(), size_, id, len)) [[unlikely]]
+    if (in_order_ ? refused<true>(held_.data(), id_at_.data(), size_, next_used_, id, len)
+                  : refused<false>(held_.data(), nullptr, size_, next_used_, id, len)) [[unlikely]]
       return errc::invalid_argument;
-    if (in_order_) fifo_pop();
     const errc e = write_used(id, len, release_id(id));
     if (e != errc::ok) return e;
     ++this->stats_.completed;
@@ -1006,16 +1011,23 @@ class packed_device : public detail::queue_common<P> {
   errc complete_in_order(std::uint16_t count, std::uint32_t len_of_last) {
     guard g(this->lock_);
     if (this->broken()) return errc::broken;
-    if (!in_order_ || count == 0 || count > fifo_count_) return errc::invalid_argument;
-    std::uint32_t at = fifo_head_ + count - 1U;
-    if (at >= size_) at -= size_;
-    if (len_of_last > held_[fifo_[at]].writable) return errc::invalid_argument;
-    std::uint32_t slots = 0;
+    if (!in_order_ || count == 0 || count > in_flight_) return errc::invalid_argument;
+    // The popped chains follow each other from next_used_ (id_at_: id by head slot).
+    std::uint32_t at = next_used_;
     std::uint16_t id = 0;
     for (std::uint32_t i = 0; i < count; ++i) {
-      id = fifo_[fifo_head_];
-      fifo_pop();
-      slots += release_id(id);
+      id = id_at_[at];
+      at += held_[id].slots;
+      if (at >= size_) at -= size_;
+    }
+    if (len_of_last > held_[id].writable) return errc::invalid_argument;
+    std::uint32_t slots = 0;
+    at = next_used_;
+    for (std::uint32_t i = 0; i < count; ++i) {
+      const std::uint32_t k = release_id(id_at_[at]);
+      slots += k;
+      at += k;
+      if (at >= size_) at -= size_;
     }
     if (const errc e = write_used(id, len_of_last, slots); e != errc::ok) return e;
     this->stats_.completed += count;
@@ -1098,7 +1110,6 @@ class packed_device : public detail::queue_common<P> {
  private:
   void init_state() {
     std::fill(held_.begin(), held_.end(), held{});
-    fifo_head_ = fifo_count_ = 0;
     // 2.8.1: a fresh ring starts at offset 0 with wrap counters 1 (the default start); a ring
     // resumed elsewhere (vhost-user SET_VRING_BASE) starts with nothing in flight, so the used
     // position is the avail one.
@@ -1187,18 +1198,11 @@ class packed_device : public detail::queue_common<P> {
     // A used len is a u32, so a bound saturated at 2^32 - 1 rejects exactly the same lens.
     held_[id] = held{static_cast<std::uint32_t>(std::min<std::uint64_t>(writable, 0xFFFFFFFFU)),
                      static_cast<std::uint16_t>(n)};
-    if (in_order_) fifo_push(id);
+    if (in_order_) id_at_[next_avail_] = id;  // next_avail_ is still the head's slot
     next_avail_ = slot;
     avail_wrap_ = wrap;
     after_pop(1, n);
     return errc::ok;
-  }
-
-  void fifo_push(std::uint16_t id) noexcept {
-    std::uint32_t at = fifo_head_ + fifo_count_;
-    if (at >= size_) at -= size_;
-    fifo_[at] = id;
-    ++fifo_count_;
   }
 
   /// `chains` chains of `slots` ring slots in all were popped; next_avail is past them.
@@ -1219,13 +1223,14 @@ class packed_device : public detail::queue_common<P> {
   /// pop_buffers' loop: one-descriptor chains from next_avail on, at most `want`, with the ring
   /// position, the wrap counter and the id records in registers. Stops at the first descriptor
   /// that is not available, has NEXT or INDIRECT, or breaks a rule (`e`, without failing).
+  template <bool InOrder>
   std::size_t take_buffers(popped_buffer* out, std::size_t want, errc& e) {
     std::size_t n = 0;
     while (n < want) {
       // Up to the ring's end: the wrap counter is tested once per run (2.8.1).
       const auto run =
           static_cast<std::uint32_t>(std::min<std::size_t>(want - n, size_ - next_avail_));
-      const std::uint32_t got = take_run(out + n, run, e);
+      const std::uint32_t got = take_run<InOrder>(out + n, run, e);
       n += got;
       detail::packed_advance(next_avail_, avail_wrap_, got, size_);
       if (got != run) break;
@@ -1234,6 +1239,7 @@ class packed_device : public detail::queue_common<P> {
   }
 
   /// take_buffers within one lap: `run` slots from next_avail at most, none past the last.
+  template <bool InOrder>
   [[gnu::always_inline]] inline std::uint32_t take_run(popped_buffer* out, std::uint32_t run,
                                                        errc& e) {
     const packed::desc* d = view_.ring + next_avail_;
@@ -1246,6 +1252,8 @@ class packed_device : public detail::queue_common<P> {
     const std::uint16_t expect = detail::packed_avail_bits(avail_wrap_);
     const packed::desc* const first = d;
     const packed::desc* const end = d + run;
+    // InOrder: each id at its slot (id_at_), side by side with the ring position.
+    std::uint16_t* at = InOrder ? id_at_.data() + next_avail_ : nullptr;
     popped_buffer* o = out;
     for (; d != end; ++d, ++o) {
       // V1 (2.8.21.1, partner D1): each descriptor's flags are acquired before its other
@@ -1281,6 +1289,7 @@ class packed_device : public detail::queue_common<P> {
       }
       // 2.7.8.2: a device-readable buffer bounds its used len at 0.
       rec[id] = held{len & (0U - static_cast<std::uint32_t>(writable)), 1};
+      if constexpr (InOrder) *at++ = id;
     }
     return static_cast<std::uint32_t>(o - out);
   }
@@ -1323,13 +1332,17 @@ class packed_device : public detail::queue_common<P> {
   /// What complete(id, len) and complete(span) refuse (invalid_argument): an id that is not a
   /// chain the device holds (2.8.4), a len over its writable bytes (2.7.8.2: "the device MUST
   /// NOT" over-state it), and with IN_ORDER any chain but the oldest popped one (2.8.11).
+  /// `used_pos`: where the next used descriptor goes, the head slot of the oldest chain in
+  /// flight (id_at: id_at_.data(), read only InOrder).
   template <bool InOrder, class Held>  // Held: the per-id record, declared below
-  [[gnu::always_inline]] inline bool refused(const Held* rec, std::uint32_t size, std::uint16_t id,
-                                             std::uint32_t len) const noexcept {
+  [[gnu::always_inline]] static inline bool refused(const Held* rec, const std::uint16_t* id_at,
+                                                    std::uint32_t size, std::uint32_t used_pos,
+                                                    std::uint16_t id, std::uint32_t len) noexcept {
     if (id >= size) [[unlikely]]
       return true;
     const Held& h = rec[id];
-    return (h.slots == 0) | (len > h.writable) | (InOrder && fifo_[fifo_head_] != id);
+    // With none in flight id_at[used_pos] is stale, but then h.slots == 0 refuses already.
+    return (h.slots == 0) | (len > h.writable) | (InOrder && id_at[used_pos] != id);
   }
 
   /// complete(span)'s loop: complete(id, len)'s checks per entry, used descriptors written in
@@ -1339,6 +1352,7 @@ class packed_device : public detail::queue_common<P> {
   std::size_t use_entries(std::span<const used_entry> done, errc& e) {
     packed::desc* const ring = view_.ring;
     held* const rec = held_.data();
+    const std::uint16_t* const id_at = id_at_.data();
     const std::uint32_t size = size_;
     std::uint32_t pos = next_used_;
     bool wrap = used_wrap_;
@@ -1348,7 +1362,7 @@ class packed_device : public detail::queue_common<P> {
     const auto use = [&](const used_entry& u, bool hold) __attribute__((always_inline)) {
       const std::uint16_t id = u.id;
       const std::uint32_t len = u.len;
-      if (refused<InOrder>(rec, size, id, len)) [[unlikely]]
+      if (refused<InOrder>(rec, id_at, size, pos, id, len)) [[unlikely]]
         return false;
       const held h = rec[id];
       // Checked mode: a used descriptor only ever covers slots this device popped.
@@ -1357,7 +1371,6 @@ class packed_device : public detail::queue_common<P> {
         e = errc::state_violation;
         return false;
       }
-      if constexpr (InOrder) fifo_pop();
       rec[id] = held{};
       put_used(ring[pos], pos, id, len, f, hold);
       slots += h.slots;
@@ -1427,11 +1440,6 @@ class packed_device : public detail::queue_common<P> {
     return slots;
   }
 
-  void fifo_pop() noexcept {
-    if (++fifo_head_ == size_) fifo_head_ = 0;
-    --fifo_count_;
-  }
-
   /// 2.8.9: a used descriptor is written at its slot, id and len first, then flags. The first
   /// of a batch (`hold`) keeps its flags for interrupt_prepare() (V2); the driver cannot pass
   /// it, so the others' flags are stored relaxed now. Written in place, the batch's lines move
@@ -1483,10 +1491,10 @@ class packed_device : public detail::queue_common<P> {
     std::uint32_t writable = 0;  ///< bound for its used len (2.7.8.2), saturated at 2^32 - 1
     std::uint16_t slots = 0;     ///< ring slots it took (the used skip, 2.8.9); 0 = not held
   };
-  std::vector<held> held_;           ///< per buffer id
-  std::vector<std::uint16_t> fifo_;  ///< IN_ORDER: popped ids, oldest first
-  std::uint32_t fifo_head_ = 0;
-  std::uint32_t fifo_count_ = 0;
+  std::vector<held> held_;  ///< per buffer id
+  /// IN_ORDER: the id of each popped chain at its head's slot. Chains are used in ring order
+  /// (2.8.20), so the oldest one in flight starts at next_used_: no separate queue of ids.
+  std::vector<std::uint16_t> id_at_;
   std::uint32_t in_flight_ = 0;
   std::uint32_t held_slots_ = 0;  ///< ring slots popped and not yet covered by a used descriptor
 
