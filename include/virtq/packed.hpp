@@ -570,9 +570,9 @@ class packed_driver : public detail::queue_common<P> {
     bool wrap = avail_wrap_;
     // One buffer into slot `d` (at `pos`); the first head of a batch keeps its flags until
     // kick_prepare (D1). IN_ORDER: the id is the slot (take_id).
-    const auto stage = [&](const buffer& b, token_t token, packed::desc& d, std::uint16_t f,
-                           bool hold) __attribute__((always_inline)) {
-      const auto id = InOrder ? static_cast<std::uint16_t>(&d - ring) : std::uint16_t{*--free_top};
+    const auto stage = [&](const buffer& b, token_t token, packed::desc& d, std::uint32_t slot,
+                           std::uint16_t f, bool hold) __attribute__((always_inline)) {
+      const auto id = InOrder ? static_cast<std::uint16_t>(slot) : std::uint16_t{*--free_top};
       write_desc(d, b.addr, b.len, id);
       if (hold) {
         hold_head(static_cast<std::uint16_t>(pos), f);
@@ -592,14 +592,15 @@ class packed_driver : public detail::queue_common<P> {
       const std::uint32_t end = i + std::min(n - i, size - pos);
       const auto f = static_cast<std::uint16_t>(kind | detail::packed_avail_bits(wrap));
       if (i == 0 && staged_slots_ == 0) {
-        stage(bufs[0], tokens[0], ring[pos], f, true);
+        stage(bufs[0], tokens[0], ring[pos], pos, f, true);
         i = 1;
         ++pos;
       }
       packed::desc* d = ring + pos;
       const token_t* t = tokens + i;
-      for (const buffer *b = bufs + i, *last = bufs + end; b != last; ++b, ++t, ++d) {
-        stage(*b, *t, *d, f, false);
+      std::uint32_t slot = pos;  // InOrder: the id, counted beside d rather than derived from it
+      for (const buffer *b = bufs + i, *last = bufs + end; b != last; ++b, ++t, ++d, ++slot) {
+        stage(*b, *t, *d, slot, f, false);
       }
       pos += end - i;
       i = end;
@@ -662,13 +663,15 @@ class packed_driver : public detail::queue_common<P> {
   /// batch the device used at once, 2.8.20, or a rule broken) reap_each takes over.
   template <bool InOrder>
   [[gnu::always_inline]] inline result<std::size_t> reap_batch(std::span<used_buffer> out) {
-    std::uint16_t pos = last_used_;
-    bool wrap = used_wrap_;
-    // 2.8.1: used in lap `wrap` means AVAIL == USED == wrap.
-    std::uint16_t want = detail::packed_used_bits(wrap);
-    std::uint32_t freed = 0;
+    const std::uint32_t start = last_used_;
+    std::uint32_t pos = start;
+    // 2.8.1: used in lap `wrap` means AVAIL == USED == wrap. The counter lives in `want` only
+    // (both bits flip together), one register less in the loop.
+    const std::uint16_t want0 = detail::packed_used_bits(used_wrap_);
+    std::uint16_t want = want0;
     const std::uint32_t size = size_;
     const std::uint64_t batch = batch_;
+    const packed::desc* const ring = view_.ring;
     id_info* const ids = ids_.data();
     // The id stack through a pointer: one store and one increment per id.
     std::uint16_t* free_top = free_ids_.data() + free_top_;
@@ -680,7 +683,7 @@ class packed_driver : public detail::queue_common<P> {
     used_buffer* o = out.data();
     used_buffer* const end = o + bound;
     for (; o != end; ++o) {
-      const packed::desc& d = view_.ring[pos];
+      const packed::desc& d = ring[pos];
       // D3 (2.8.21.2, partner V2): the device wrote id and len before it released these flags.
       const std::uint16_t flags = load_acquire<E>(d.flags);
       if ((flags & detail::packed_wrap_bits) != want) break;
@@ -717,15 +720,11 @@ class packed_driver : public detail::queue_common<P> {
       o->token = s.token;
       o->len = len;
       // The next s.slots slots from pos come back, whichever chain took them.
-      const std::uint32_t slots = s.slots;
-      freed += slots;
-      std::uint32_t next = pos + slots;
-      if (next >= size) {
-        next -= size;
-        wrap = !wrap;
-        want = detail::packed_used_bits(wrap);
+      pos += s.slots;
+      if (pos >= size) {
+        pos -= size;
+        want ^= detail::packed_wrap_bits;
       }
-      pos = static_cast<std::uint16_t>(next);
       s.batch = free_batch;
       if constexpr (!InOrder) *free_top++ = id;  // IN_ORDER ids are slots, not a free list
     }
@@ -733,12 +732,16 @@ class packed_driver : public detail::queue_common<P> {
     if (n == outstanding_ && n < out.size() && e == errc::ok) [[unlikely]] {
       // 2.8.1: with no chain outstanding the next slot cannot hold a used descriptor. D3
       // (2.8.21.2, partner V2): only its flags are read.
-      if ((load_acquire<E>(view_.ring[pos].flags) & detail::packed_wrap_bits) == want) {
+      if ((load_acquire<E>(ring[pos].flags) & detail::packed_wrap_bits) == want) {
         e = errc::used_unexpected;
       }
     }
-    last_used_ = pos;
-    used_wrap_ = wrap;
+    // The slots that came back, from the positions: they are at most the size_ - num_free_
+    // slots that were in use, so the counter flipped at most once.
+    const bool flipped = want != want0;
+    const std::uint32_t freed = pos - start + (flipped ? size : 0U);
+    last_used_ = static_cast<std::uint16_t>(pos);
+    used_wrap_ = used_wrap_ != flipped;
     outstanding_ -= static_cast<std::uint32_t>(n);
     free_top_ = static_cast<std::uint32_t>(free_top - free_ids_.data());
     num_free_ += freed;
@@ -933,7 +936,7 @@ class packed_device : public detail::queue_common<P> {
         [[unlikely]]
       return bad(c, e);
     // 2.8.4: the driver picks ids below the queue size and never reuses one still in flight.
-    if ((id >= size_) || (held_[id].slots != 0)) [[unlikely]]
+    if ((id >= size_) || held_[id].in_use()) [[unlikely]]
       return bad(c, errc::packed_bad_id);
     std::uint16_t slot = next_avail_;
     bool wrap = avail_wrap_;
@@ -1017,10 +1020,10 @@ class packed_device : public detail::queue_common<P> {
     std::uint16_t id = 0;
     for (std::uint32_t i = 0; i < count; ++i) {
       id = id_at_[at];
-      at += held_[id].slots;
+      at += held_[id].slots();
       if (at >= size_) at -= size_;
     }
-    if (len_of_last > held_[id].writable) return errc::invalid_argument;
+    if (!held_[id].takes(len_of_last)) return errc::invalid_argument;
     std::uint32_t slots = 0;
     at = next_used_;
     for (std::uint32_t i = 0; i < count; ++i) {
@@ -1181,7 +1184,7 @@ class packed_device : public detail::queue_common<P> {
     // 2.8.6: the buffer id sits in the chain's last descriptor. 2.8.4: the driver picks ids
     // below the queue size and never reuses one still in flight.
     const std::uint16_t id = get<E>(last->id);
-    if (id >= size_ || held_[id].slots != 0) return bad(c, errc::packed_bad_id);
+    if (id >= size_ || held_[id].in_use()) return bad(c, errc::packed_bad_id);
     c.set_id(id);
     return accept(c, id, c.writable_bytes(), n, slot, wrap);
   }
@@ -1196,8 +1199,7 @@ class packed_device : public detail::queue_common<P> {
     }
     c.set_ring_slots(static_cast<std::uint16_t>(n));
     // A used len is a u32, so a bound saturated at 2^32 - 1 rejects exactly the same lens.
-    held_[id] = held{static_cast<std::uint32_t>(std::min<std::uint64_t>(writable, 0xFFFFFFFFU)),
-                     static_cast<std::uint16_t>(n)};
+    held_[id] = held{writable, n};
     if (in_order_) id_at_[next_avail_] = id;  // next_avail_ is still the head's slot
     next_avail_ = slot;
     avail_wrap_ = wrap;
@@ -1272,7 +1274,7 @@ class packed_device : public detail::queue_common<P> {
       result<std::byte*> host = nullptr;
       if (!odd) [[likely]] {
         host = mem.translate(addr, len);
-        odd = (rec[id].slots != 0) | !host;
+        odd = rec[id].in_use() | !host;
       }
       if (odd) [[unlikely]] {
         e = odd_buffer(addr, len, id, *o);
@@ -1288,7 +1290,7 @@ class packed_device : public detail::queue_common<P> {
         break;
       }
       // 2.7.8.2: a device-readable buffer bounds its used len at 0.
-      rec[id] = held{len & (0U - static_cast<std::uint32_t>(writable)), 1};
+      rec[id] = held{len & (0U - static_cast<std::uint32_t>(writable)), 1U};
       if constexpr (InOrder) *at++ = id;
     }
     return static_cast<std::uint32_t>(o - out);
@@ -1306,7 +1308,7 @@ class packed_device : public detail::queue_common<P> {
       data = *host;
     }
     // 2.8.4: the driver picks ids below the queue size and never reuses one still in flight.
-    if (id >= size_ || held_[id].slots != 0) return errc::packed_bad_id;
+    if (id >= size_ || held_[id].in_use()) return errc::packed_bad_id;
     out.data = data;
     out.len = len;
     out.id = id;
@@ -1340,9 +1342,8 @@ class packed_device : public detail::queue_common<P> {
                                                     std::uint16_t id, std::uint32_t len) noexcept {
     if (id >= size) [[unlikely]]
       return true;
-    const Held& h = rec[id];
-    // With none in flight id_at[used_pos] is stale, but then h.slots == 0 refuses already.
-    return (h.slots == 0) | (len > h.writable) | (InOrder && id_at[used_pos] != id);
+    // With none in flight id_at[used_pos] is stale, but then takes() refuses already.
+    return !rec[id].takes(len) | (InOrder && id_at[used_pos] != id);
   }
 
   /// complete(span)'s loop: complete(id, len)'s checks per entry, used descriptors written in
@@ -1354,10 +1355,11 @@ class packed_device : public detail::queue_common<P> {
     held* const rec = held_.data();
     const std::uint16_t* const id_at = id_at_.data();
     const std::uint32_t size = size_;
-    std::uint32_t pos = next_used_;
-    bool wrap = used_wrap_;
-    std::uint16_t f = detail::packed_used_bits(wrap);
-    std::uint32_t slots = 0;
+    const std::uint32_t start = next_used_;
+    std::uint32_t pos = start;
+    // The wrap counter lives in `f` only (both bits flip together): one register less.
+    const std::uint16_t f0 = detail::packed_used_bits(used_wrap_);
+    std::uint16_t f = f0;
     // One entry; false: complete(id, len) would refuse it (or checked mode's `e`).
     const auto use = [&](const used_entry& u, bool hold) __attribute__((always_inline)) {
       const std::uint16_t id = u.id;
@@ -1366,19 +1368,17 @@ class packed_device : public detail::queue_common<P> {
         return false;
       const held h = rec[id];
       // Checked mode: a used descriptor only ever covers slots this device popped.
-      if (!packed_shadow_slots(this->shadow_, pos, h.slots, size, detail::desc_state::device,
+      if (!packed_shadow_slots(this->shadow_, pos, h.slots(), size, detail::desc_state::device,
                                detail::desc_state::free)) {
         e = errc::state_violation;
         return false;
       }
       rec[id] = held{};
       put_used(ring[pos], pos, id, len, f, hold);
-      slots += h.slots;
-      pos += h.slots;
+      pos += h.slots();
       if (pos >= size) {
         pos -= size;
-        wrap = !wrap;
-        f = detail::packed_used_bits(wrap);
+        f ^= detail::packed_wrap_bits;
       }
       return true;
     };
@@ -1396,8 +1396,12 @@ class packed_device : public detail::queue_common<P> {
       if (!use(*u, false)) break;
     }
     n = static_cast<std::size_t>(u - done.data());
+    // The slots used, from the positions: at most the held_slots_ <= size_ held, so the
+    // counter flipped at most once.
+    const bool flipped = f != f0;
+    const std::uint32_t slots = pos - start + (flipped ? size : 0U);
     next_used_ = static_cast<std::uint16_t>(pos);
-    used_wrap_ = wrap;
+    used_wrap_ = used_wrap_ != flipped;
     staged_slots_ += slots;
     held_slots_ -= slots;
     in_flight_ -= static_cast<std::uint32_t>(n);
@@ -1434,7 +1438,7 @@ class packed_device : public detail::queue_common<P> {
   }
 
   std::uint32_t release_id(std::uint16_t id) noexcept {
-    const std::uint32_t slots = held_[id].slots;
+    const std::uint32_t slots = held_[id].slots();
     held_[id] = held{};
     --in_flight_;
     return slots;
@@ -1486,11 +1490,28 @@ class packed_device : public detail::queue_common<P> {
   bool indirect_;
   std::uint16_t start_off_;  ///< device_options::packed_start: where init_state() begins
   bool start_wrap_;
-  /// Per buffer id, 8 bytes: a completion touches one of them.
-  struct held {
-    std::uint32_t writable = 0;  ///< bound for its used len (2.7.8.2), saturated at 2^32 - 1
-    std::uint16_t slots = 0;     ///< ring slots it took (the used skip, 2.8.9); 0 = not held
+  /// Per buffer id, one word: taking and clearing it is one store, and one compare tells
+  /// complete() "held, and len within its writable bytes" (2.7.8.2).
+  class held {
+   public:
+    constexpr held() noexcept = default;
+    /// `writable` is saturated at 2^32 - 1: a used len is a u32, so the same lens are refused.
+    constexpr held(std::uint64_t writable, std::uint32_t slots) noexcept
+        : word_((std::uint64_t{slots} << 40U) |
+                (std::min<std::uint64_t>(writable, 0xFFFFFFFFU) + 1U)) {}
+    constexpr bool in_use() const noexcept { return word_ != 0; }
+    /// Ring slots it took (the used skip, 2.8.9).
+    constexpr std::uint32_t slots() const noexcept {
+      return static_cast<std::uint32_t>(word_ >> 40U);
+    }
+    /// Held, and `len` no more than its writable bytes.
+    constexpr bool takes(std::uint32_t len) const noexcept { return len < (word_ & limit_mask); }
+
+   private:
+    static constexpr std::uint64_t limit_mask = (std::uint64_t{1} << 33U) - 1U;
+    std::uint64_t word_ = 0;  ///< slots << 40 | (writable + 1); 0 = not held
   };
+  static_assert(sizeof(held) == 8);
   std::vector<held> held_;  ///< per buffer id
   /// IN_ORDER: the id of each popped chain at its head's slot. Chains are used in ring order
   /// (2.8.20), so the oldest one in flight starts at next_used_: no separate queue of ids.
