@@ -812,8 +812,8 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     std::uint16_t cache = used_cache_;
     // 2.7.9: the free descriptors are one run from free_head_; the oldest outstanding chain
     // starts right after it.
-    std::uint32_t oldest = (free_head_ + num_free_) & mask_;
-    std::uint32_t freed = 0;
+    const std::uint32_t from = (free_head_ + num_free_) & mask_;
+    std::uint32_t oldest = from;
     const std::uint32_t size = size_;
     const std::uint32_t mask = mask_;
     const split::used_ring used = ring_.used;
@@ -857,13 +857,17 @@ class alignas(64) split_driver : public detail::queue_common<P> {
             break;
           }
           out[n] = used_buffer{toks[oldest], len};
-          freed += s.ndesc;
           oldest = (oldest + s.ndesc) & mask;
           s.limit = 0;
         }
         last = detail::u16(last + static_cast<std::uint32_t>(n - start));
       }
     }
+    // The descriptors freed are those from `from` to `oldest`, no count kept per chain: at
+    // least one per chain taken and at most the whole ring, so equal ends after taking any
+    // mean the whole ring.
+    std::uint32_t freed = (oldest - from) & mask;
+    if (freed == 0 && n != first) freed = size;
     last_used_ = last;
     used_cache_ = cache;
     num_free_ += freed;
