@@ -1364,8 +1364,16 @@ class packed_device : public detail::queue_common<P> {
     const auto use = [&](const used_entry& u, bool hold) __attribute__((always_inline)) {
       const std::uint16_t id = u.id;
       const std::uint32_t len = u.len;
-      if (refused<InOrder>(rec, id_at, size, pos, id, len)) [[unlikely]]
-        return false;
+      if constexpr (InOrder) {
+        // refused<true> for an entry below in_flight_: id_at[pos] is then the oldest chain in
+        // flight, held and below the size, so "is it that one" covers the id's range and
+        // "is it held" (2.8.4) and leaves the len bound (2.7.8.2).
+        if ((id_at[pos] != id) || !rec[id].takes(len)) [[unlikely]]
+          return false;
+      } else {
+        if (refused<false>(rec, id_at, size, pos, id, len)) [[unlikely]]
+          return false;
+      }
       const held h = rec[id];
       // Checked mode: a used descriptor only ever covers slots this device popped.
       if (!packed_shadow_slots(this->shadow_, pos, h.slots(), size, detail::desc_state::device,
@@ -1382,6 +1390,8 @@ class packed_device : public detail::queue_common<P> {
       }
       return true;
     };
+    // IN_ORDER: with none left in flight, refused<true> refuses any entry (nothing is held).
+    if constexpr (InOrder) done = done.first(std::min<std::size_t>(done.size(), in_flight_));
     std::size_t n = 0;
     if (staged_slots_ == 0) {
       // The first used descriptor of a batch keeps its flags for interrupt_prepare (V2).
