@@ -360,6 +360,14 @@ struct rx_cell<T, false> {
 template <rx_pool_policy_type Policy = rx_thread_safe_policy>
 class rx_pool {
   struct slot;
+  /// Other threads touch the pool (atomic counts or a real lock): its per-buffer fields are
+  /// relaxed atomics so that census() on the owner thread may read them while a holder thread
+  /// passes a buffer on (plain moves on x86). With one thread they are plain fields.
+  static constexpr bool shared = Policy::atomic_refs || Policy::lock::is_locking;
+  template <class T>
+  using cell = detail::rx_cell<T, shared>;
+  /// loan_stamp of the current loan (holder and time), by buffer index.
+  using loan_word = cell<std::uint64_t>;
 
  public:
   using policy = Policy;
@@ -475,7 +483,7 @@ class rx_pool {
       if (out.pool_ != nullptr) [[unlikely]]
         out.reset_outlined();
       slot& s = slots_[i];
-      if constexpr (Policy::census) s.loan.store(stamp);
+      if constexpr (Policy::census) stamps_[i].store(stamp);
       // s.refs is 0 already: the last release of the previous loan left it so.
       out.pool_ = pool_;
       out.index_ = i;
@@ -491,9 +499,14 @@ class rx_pool {
    private:
     friend class rx_pool;
     explicit lender(rx_pool* p) noexcept
-        : pool_(p), slots_(p->slots_.get()), count_(p->count_), buffer_size_(p->buffer_size_) {}
+        : pool_(p),
+          slots_(p->slots_.get()),
+          stamps_(p->stamps_.get()),
+          count_(p->count_),
+          buffer_size_(p->buffer_size_) {}
     rx_pool* pool_;
     slot* slots_;
+    loan_word* stamps_;
     std::uint32_t count_;
     std::uint32_t buffer_size_;
   };
@@ -547,7 +560,7 @@ class rx_pool {
         const rx_state st = state_of(s.tag.load());
         ++tally[static_cast<std::size_t>(st)];
         if (st != rx_state::held) continue;
-        const std::uint64_t loan = Policy::census ? s.loan.load() : loan_stamp::make(0, now_ns);
+        const std::uint64_t loan = Policy::census ? stamps_[i].load() : loan_stamp::make(0, now_ns);
         const holder_id h = loan_stamp::holder(loan);
         if (h >= by_id.size()) by_id.resize(std::size_t{h} + 1);
         holder_census& hc = by_id[h];
@@ -622,18 +635,40 @@ class rx_pool {
       std::uint32_t* const stack = free_stack_.get();
       const std::size_t top0 = free_top_;
       std::size_t top = top0;
-      for (T& item : items) {
-        handle& h = proj(item);
+      T* it = items.data();
+      T* const end = it + items.size();
+      if constexpr (!shared) {
+        // The receive path's case first, in a loop of its own (nothing but it is live in
+        // registers): every handle ours, live and the sole reference. The new tag is the
+        // handle's plus one step, known without reading the slot back. The first handle that
+        // is anything else ends it; the general loop below takes it from there.
+        for (; it != end; ++it) {
+          handle& h = proj(*it);
+          if (h.pool_ != this) break;
+          const std::uint32_t i = h.index_;
+          const std::uint32_t tag = h.gen_;
+          if (!live_alone(slots[i], tag)) break;
+          h.pool_ = nullptr;
+          slots[i].tag.store(tag + step<rx_state::held, rx_state::free>);
+          if constexpr (Policy::poison) poison(i);
+          stack[top++] = i;
+        }
+      }
+      for (; it != end; ++it) {
+        handle& h = proj(*it);
         if (h.pool_ != this) [[unlikely]] {
           foreign |= h.pool_ != nullptr;
           continue;
         }
         h.pool_ = nullptr;
         const std::uint32_t i = h.index_;
+        const std::uint32_t tag = h.gen_;
         slot& s = slots[i];
-        if (!live_alone(s, h.gen_)) {  // no hint: always taken when the pool is shared
-          if (s.tag.load() != h.gen_) [[unlikely]] {  // check(), with the slot at hand
-            const errc e = not_live(i, h.gen_);
+        if (live_alone(s, tag)) {
+          s.tag.store(tag + step<rx_state::held, rx_state::free>);
+        } else {                                   // no hint: always taken when the pool is shared
+          if (s.tag.load() != tag) [[unlikely]] {  // check(), with the slot at hand
+            const errc e = not_live(i, tag);
             if (first == errc::ok) first = e;
             continue;
           }
@@ -645,9 +680,9 @@ class rx_pool {
               continue;
             }
           }
+          to_free(s);
         }
         if constexpr (Policy::poison) poison(i);
-        to_free(s);
         stack[top++] = i;
       }
       free_top_ = static_cast<std::uint32_t>(top);
@@ -741,36 +776,28 @@ class rx_pool {
     }
   };
 
-  /// Other threads touch the pool (atomic counts or a real lock): its per-buffer fields are
-  /// relaxed atomics so that census() on the owner thread may read them while a holder thread
-  /// passes a buffer on (plain moves on x86). With one thread they are plain fields.
-  static constexpr bool shared = Policy::atomic_refs || Policy::lock::is_locking;
-  template <class T>
-  using cell = detail::rx_cell<T, shared>;
-
-  /// Per-buffer metadata touched on every loan and release: 16 bytes with the census (four to a
-  /// cache line, and indexing is a shift). The guest address (read only when posting) lives in
-  /// its own array.
+  /// Per-buffer metadata touched on every loan and release: 8 bytes, so that indexing it is
+  /// part of an x86 address (base + 8 * index) rather than a shift and an add per access. The
+  /// census's loan word and the guest address (read only when posting) live in arrays of their
+  /// own, indexed the same way.
   ///  tag   generation << 2 | state. One word, so that a handle's liveness check is one compare
   ///        (handles keep the tag their loan started with) and a change of state one add. The
   ///        generation moves on each time a loan ends: every handle of the old loan is then
   ///        stale.
   ///  refs  the references beyond the first.
-  ///  loan  loan_stamp: holder and time of the current loan.
   /// With nothing shared the tag comes first and the count right after it (live_alone() reads
   /// both as one word); an atomic count comes first, where GCC addresses it without an extra lea.
   struct slot_tag_first {
     cell<std::uint32_t> tag{static_cast<std::uint32_t>(rx_state::free)};
     refcount refs;
-    cell<std::uint64_t> loan{0};
   };
   struct slot_refs_first {
     refcount refs;
     cell<std::uint32_t> tag{static_cast<std::uint32_t>(rx_state::free)};
-    cell<std::uint64_t> loan{0};
   };
   struct slot : std::conditional_t<shared, slot_refs_first, slot_tag_first> {};
-  static_assert(sizeof(slot) == 16, "a slot index is a shift");
+  static_assert(sizeof(slot) == 8, "a slot index is an x86 scaled index");
+  static_assert(sizeof(loan_word) == 8);
 
   /// Is the slot live under `tag` with no reference but the caller's? With nothing shared, both
   /// words are read as one (on little-endian machines: equal to `tag` zero-extended), so the
@@ -803,6 +830,7 @@ class rx_pool {
         owned_(std::move(owned)),
         base_(owned_.data()),
         slots_(std::make_unique<slot[]>(count)),
+        stamps_(std::make_unique<loan_word[]>(count)),
         guest_addr_(std::make_unique<std::uint64_t[]>(count)),
         free_stack_(std::make_unique<std::uint32_t[]>(count)) {
     (void)bytes(count, buffer_size);
@@ -848,19 +876,25 @@ class rx_pool {
   }
 
   errc release_ref(std::uint32_t i, std::uint32_t gen) noexcept {
-    if (!live_alone(slots_[i], gen)) {
+    slot& s = slots_[i];
+    const bool alone = live_alone(s, gen);
+    if (!alone) {
       if (const errc e = check(i, gen); e != errc::ok) return e;
-      if (!slots_[i].refs.drop()) return errc::ok;
+      if (!s.refs.drop()) return errc::ok;
     }
     if constexpr (Policy::poison) poison(i);
     std::lock_guard g(lock_);
     // Re-checked under the lock: two racing "last" releases (a misuse) must not free it twice.
     // Only atomic counts can race; with plain counts check() above was the last word.
     if constexpr (Policy::atomic_refs) {
-      if (state_of(slots_[i].tag.load()) != rx_state::held) return note(errc::double_release);
+      if (state_of(s.tag.load()) != rx_state::held) return note(errc::double_release);
     }
     ++returns_;
-    to_free(slots_[i]);
+    if (alone) {
+      s.tag.store(gen + step<rx_state::held, rx_state::free>);  // the tag is the handle's
+    } else {
+      to_free(s);
+    }
     push_free(i);
     return errc::ok;
   }
@@ -876,8 +910,8 @@ class rx_pool {
     // A holder thread's read-modify-write: only the owner's lend() writes the time, and it
     // cannot run while this loan is live.
     if constexpr (Policy::census) {
-      slot& s = slots_[i];
-      s.loan.store(loan_stamp::with_holder(s.loan.load(), h));
+      loan_word& w = stamps_[i];
+      w.store(loan_stamp::with_holder(w.load(), h));
     }
     return errc::ok;
   }
@@ -895,11 +929,12 @@ class rx_pool {
   }
   /// A slot from state `From` to `To` (one add); leaving `held` starts a new generation.
   template <rx_state From, rx_state To>
+  static constexpr std::uint32_t step = static_cast<std::uint32_t>(To) -
+                                        static_cast<std::uint32_t>(From) +
+                                        (From == rx_state::held ? one_generation : 0U);
+  template <rx_state From, rx_state To>
   static std::uint32_t move_state(slot& s) noexcept {
-    constexpr std::uint32_t step = static_cast<std::uint32_t>(To) -
-                                   static_cast<std::uint32_t>(From) +
-                                   (From == rx_state::held ? one_generation : 0U);
-    const std::uint32_t t = s.tag.load() + step;  // unsigned: wraps like the generation
+    const std::uint32_t t = s.tag.load() + step<From, To>;  // unsigned: wraps like the generation
     s.tag.store(t);
     return t;
   }
@@ -932,6 +967,7 @@ class rx_pool {
   aligned_buffer owned_;
   std::byte* base_;
   std::unique_ptr<slot[]> slots_;
+  std::unique_ptr<loan_word[]> stamps_;
   std::unique_ptr<std::uint64_t[]> guest_addr_;
   // Free list: a stack of indices (LIFO keeps recently used buffers warm in the cache).
   std::unique_ptr<std::uint32_t[]> free_stack_;
