@@ -1146,7 +1146,8 @@ class alignas(64) split_device : public detail::queue_common<P> {
       const wire<std::uint16_t>* entry = &ring.ring(pos);
       // IN_ORDER: order_ is indexed like the avail ring (see init), so the pop order is recorded
       // at the entry's own position, with no index of its own.
-      [[maybe_unused]] std::uint32_t at = pos;
+      [[maybe_unused]] std::uint16_t* ord = nullptr;
+      if constexpr (InOrder) ord = order + pos;
       for (; n < run_end; ++n, ++entry) {
         const std::uint16_t head = get<E>(*entry);
         // The queue size is a power of 2 (2.7), so once the range test passed h == head; before
@@ -1182,7 +1183,7 @@ class alignas(64) split_device : public detail::queue_common<P> {
         }
         const bool writable = (flags & split::desc_f_write) != 0;
         held[h] = (writable ? std::uint64_t{len} : 0U) + 1U;
-        if constexpr (InOrder) order[at++] = head;
+        if constexpr (InOrder) *ord++ = head;
         out[n] = popped_buffer{data, len, head, writable};
       }
       if (n != run_end) break;
@@ -1339,7 +1340,7 @@ class alignas(64) split_device : public detail::queue_common<P> {
   }
 
   // complete(id, len) for `count` entries; the count done, `why` the reason it stopped (ok:
-  // all done). The used ring index and the IN_ORDER head in locals for the batch.
+  // all done). The used ring and (IN_ORDER) the order record are walked linearly.
   template <bool InOrder>
   std::size_t complete_n(const used_entry* done, std::size_t count, errc& why) noexcept {
     std::uint64_t* const held = held_.data();
@@ -1347,13 +1348,19 @@ class alignas(64) split_device : public detail::queue_common<P> {
     const split::used_ring used = ring_.used;
     const std::uint32_t size = size_;
     const std::uint32_t mask = mask_;
-    std::uint32_t order_head = order_head_;
     why = errc::ok;
     std::size_t n = 0;
-    // At most two runs of used elements (before and after the end of the ring), each written
-    // linearly; a run left early (a refused entry) ends the batch.
-    for (std::uint32_t pos = used_shadow_ & mask; n < count; pos = 0) {
-      const std::size_t run_end = n + std::min<std::size_t>(count - n, size - pos);
+    // Runs of used elements written linearly, ending where the used ring wraps (and with
+    // IN_ORDER where the order record wraps): a run left early (a refused entry) ends the batch.
+    for (std::uint32_t pos = used_shadow_ & mask; n < count;) {
+      std::size_t run = std::min<std::size_t>(count - n, size - pos);
+      [[maybe_unused]] const std::uint16_t* oldest = nullptr;
+      if constexpr (InOrder) {
+        const std::uint32_t at = (order_head_ + static_cast<std::uint32_t>(n)) & mask;
+        run = std::min<std::size_t>(run, size - at);
+        oldest = order + at;
+      }
+      const std::size_t run_end = n + run;
       split::used_elem* e = &used.ring(pos);
       for (; n < run_end; ++n, ++e) {
         const std::uint16_t id = done[n].id;
@@ -1362,17 +1369,19 @@ class alignas(64) split_device : public detail::queue_common<P> {
           // 2.7.9: `id` must be the oldest held chain; then it is in range, and one compare
           // (len < held) checks it is held and 2.7.8.2. With nothing held order_[order_head]
           // is stale, but every held_ is 0 then: refused as well.
-          const std::uint16_t oldest_id = order[order_head];
-          if ((id != oldest_id) | (len >= held[oldest_id])) [[unlikely]] {
+          const std::uint16_t h = *oldest++;
+          if ((id != h) | (len >= held[h])) [[unlikely]] {
             why = errc::invalid_argument;
             break;
           }
-          order_head = (order_head + 1) & mask;
-        } else if (refused(id, len, held, size, mask)) [[unlikely]] {
-          why = errc::invalid_argument;
-          break;
+          held[h] = 0;
+        } else {
+          if (refused(id, len, held, size, mask)) [[unlikely]] {
+            why = errc::invalid_argument;
+            break;
+          }
+          held[id] = 0;
         }
-        held[id] = 0;
         if (!links_.release(this->shadow_, id)) [[unlikely]] {
           why = fail(errc::state_violation);
           break;
@@ -1381,10 +1390,11 @@ class alignas(64) split_device : public detail::queue_common<P> {
         put<E>(e->len, len);
       }
       if (n != run_end) break;
+      pos = (pos + static_cast<std::uint32_t>(run)) & mask;
     }
     used_shadow_ = detail::u16(used_shadow_ + static_cast<std::uint32_t>(n));
     if constexpr (InOrder) {
-      order_head_ = order_head;
+      order_head_ = (order_head_ + static_cast<std::uint32_t>(n)) & mask;
       order_count_ -= static_cast<std::uint32_t>(n);
     }
     this->stats_.completed += n;
