@@ -1507,19 +1507,20 @@ class packed_device : public detail::queue_common<P> {
     constexpr held() noexcept = default;
     /// `writable` is saturated at 2^32 - 1: a used len is a u32, so the same lens are refused.
     constexpr held(std::uint64_t writable, std::uint32_t slots) noexcept
-        : word_((std::uint64_t{slots} << 40U) |
-                (std::min<std::uint64_t>(writable, 0xFFFFFFFFU) + 1U)) {}
+        : word_((std::min<std::uint64_t>(writable, 0xFFFFFFFFU) << 16U) | slots) {}
     constexpr bool in_use() const noexcept { return word_ != 0; }
     /// Ring slots it took (the used skip, 2.8.9).
     constexpr std::uint32_t slots() const noexcept {
-      return static_cast<std::uint32_t>(word_ >> 40U);
+      return static_cast<std::uint32_t>(word_ & 0xFFFFU);
     }
-    /// Held, and `len` no more than its writable bytes.
-    constexpr bool takes(std::uint32_t len) const noexcept { return len < (word_ & limit_mask); }
+    /// Held, and `len` no more than its writable bytes: with 1 <= slots < 2^16 in the low
+    /// bits, len << 16 is below the word iff len <= writable; a word of 0 takes nothing.
+    constexpr bool takes(std::uint32_t len) const noexcept {
+      return (std::uint64_t{len} << 16U) < word_;
+    }
 
    private:
-    static constexpr std::uint64_t limit_mask = (std::uint64_t{1} << 33U) - 1U;
-    std::uint64_t word_ = 0;  ///< slots << 40 | (writable + 1); 0 = not held
+    std::uint64_t word_ = 0;  ///< writable << 16 | slots (1..32768); 0 = not held
   };
   static_assert(sizeof(held) == 8);
   std::vector<held> held_;  ///< per buffer id
