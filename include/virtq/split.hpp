@@ -187,7 +187,6 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     next_.resize(size_);
     slots_.resize(size_);
     tokens_.resize(size_);
-    last_.resize(size_);
     this->shadow_.resize(size_);
     init_ring();
   }
@@ -281,8 +280,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     }
     num_free_ -= needed;
     tokens_[head] = token;
-    last_[head] = last;
-    slots_[head] = slot{writable + 1U, avail_shadow_, needed};
+    slots_[head] = slot{writable + 1U, avail_shadow_, last, needed};
     if (!shadow_walk(head, detail::desc_state::free, detail::desc_state::avail)) {
       return fail(errc::state_violation);
     }
@@ -327,7 +325,6 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     const std::uint16_t* const next = next_.data();
     slot* const slots = slots_.data();
     token_t* const toks = tokens_.data();
-    std::uint16_t* const lasts = last_.data();
     std::uint16_t head = free_head_;
     std::uint16_t seq = avail_shadow_;
     std::uint32_t pos = seq & mask_;
@@ -348,8 +345,8 @@ class alignas(64) split_driver : public detail::queue_common<P> {
         slot& s = slots[head];
         s.limit = (Writable ? std::uint64_t{b.len} : 0U) + 1U;
         s.seq = seq;
+        s.last = head;
         s.ndesc = 1;
-        lasts[head] = head;
         put<E>(*entry, head);
         ++seq;
         head = next[head];
@@ -359,7 +356,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
   }
   // IN_ORDER (2.7.9): the free descriptors are one run from free_head_, so each head is the
   // previous one + 1 (no free-list load), and reaping in order never splices the free list (no
-  // last_ store). Heads and ring entries advance together: runs end where either wraps.
+  // slot::last). Heads and ring entries advance together: runs end where either wraps.
   template <bool Writable>
   void add_ones_in_order(const buffer* bufs, const token_t* tokens, std::uint32_t k) noexcept {
     const std::uint32_t size = size_;
@@ -427,9 +424,9 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     put<E>(d.flags, split::desc_f_write);
     // Field by field: a whole-struct store makes the compiler assemble the small fields.
     tokens_[head] = token;
-    last_[head] = head;
     slot& s = slots_[head];
     s.limit = std::uint64_t{b.len} + 1U;
+    s.last = head;
     s.ndesc = 1;
     s.seq = avail_shadow_;
     if (!shadow_walk(head, detail::desc_state::free, detail::desc_state::avail)) {
@@ -579,14 +576,15 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     return errc::no_space;
   }
 
-  // Per head, what reaping checks, in 8 bytes; the token (tokens_) and the chain's last ring
-  // descriptor (last_, for the free-list splice) live apart, so that each add writes only
-  // what it must and each check reads one small record.
+  // Per head, what reaping reads, in 16 bytes (the token, handed back, lives apart in tokens_).
+  // The chain's last descriptor sits in what would be padding: beside the fields reaping
+  // reads anyway, it needs no array (and no base pointer in the batch loops) of its own.
   struct slot {
     /// 0: not outstanding; else the bytes the device may write + 1, so that one compare
     /// (used len < limit) checks both "outstanding" and 2.7.8.2.
     std::uint64_t limit = 0;
     std::uint16_t seq = 0;    ///< avail idx it was staged at: staged vs. published
+    std::uint16_t last = 0;   ///< the chain's last ring descriptor, for the free-list splice
     std::uint32_t ndesc = 0;  ///< ring descriptors of the chain (32 bits: a plain store of 1)
   };
 
@@ -708,7 +706,6 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     const split::used_ring used = ring_.used;
     slot* const slots = slots_.data();
     const token_t* const toks = tokens_.data();
-    const std::uint16_t* const lasts = last_.data();
     std::uint16_t* const next = next_.data();
     const std::uint16_t published = avail_published_;
     const std::uint16_t staged = detail::u16(avail_shadow_ - avail_published_);
@@ -747,7 +744,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
             break;
           }
           out[n] = used_buffer{toks[id], len};
-          next[lasts[id]] = free_head;
+          next[s.last] = free_head;
           free_head = detail::u16(id);
           freed += s.ndesc;
           s.limit = 0;
@@ -905,7 +902,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     }
     out = used_buffer{tokens_[head], len};
     if (!in_order_) {
-      next_[last_[head]] = free_head_;
+      next_[s.last] = free_head_;
       free_head_ = head;
     }
     num_free_ += s.ndesc;
@@ -964,7 +961,6 @@ class alignas(64) split_driver : public detail::queue_common<P> {
   std::vector<std::uint16_t> next_;  ///< private descriptor links (free list and chains)
   std::vector<slot> slots_;          ///< per head
   std::vector<token_t> tokens_;      ///< per head: the chain's token
-  std::vector<std::uint16_t> last_;  ///< per head: the chain's last ring descriptor
   aligned_buffer indirect_;
   std::uint64_t indirect_guest_ = 0;
 };
