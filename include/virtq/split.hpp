@@ -186,7 +186,6 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     }
     next_.resize(size_);
     slots_.resize(size_);
-    tokens_.resize(size_);
     this->shadow_.resize(size_);
     init_ring();
   }
@@ -279,8 +278,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
       free_head_ = i;
     }
     num_free_ -= needed;
-    tokens_[head] = token;
-    slots_[head] = slot{writable + 1U, avail_shadow_, last, needed};
+    slots_[head] = slot{writable + 1U, token, avail_shadow_, last, needed};
     if (!shadow_walk(head, detail::desc_state::free, detail::desc_state::avail)) {
       return fail(errc::state_violation);
     }
@@ -324,7 +322,6 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     const split::avail_ring avail = ring_.avail;
     const std::uint16_t* const next = next_.data();
     slot* const slots = slots_.data();
-    token_t* const toks = tokens_.data();
     std::uint16_t head = free_head_;
     std::uint16_t seq = avail_shadow_;
     std::uint32_t pos = seq & mask_;
@@ -341,8 +338,8 @@ class alignas(64) split_driver : public detail::queue_common<P> {
         put<E>(d.addr, b.addr);
         put<E>(d.len, b.len);
         put<E>(d.flags, Writable ? split::desc_f_write : std::uint16_t{0});
-        toks[head] = tokens[i];
         slot& s = slots[head];
+        s.token = tokens[i];
         s.limit = (Writable ? std::uint64_t{b.len} : 0U) + 1U;
         s.seq = seq;
         s.last = head;
@@ -367,7 +364,6 @@ class alignas(64) split_driver : public detail::queue_common<P> {
       const std::uint32_t run = std::min({k - i, size - pos, size - head});
       split::desc* d = ring_.table + head;
       slot* s = slots_.data() + head;
-      token_t* t = tokens_.data() + head;
       wire<std::uint16_t>* entry = &ring_.avail.ring(pos);
       for (std::uint32_t j = 0; j < run; ++j) {
         const buffer& b = bufs[i + j];
@@ -375,7 +371,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
         put<E>(d[j].addr, b.addr);
         put<E>(d[j].len, b.len);
         put<E>(d[j].flags, Writable ? split::desc_f_write : std::uint16_t{0});
-        t[j] = tokens[i + j];
+        s[j].token = tokens[i + j];
         s[j].limit = (Writable ? std::uint64_t{b.len} : 0U) + 1U;
         s[j].seq = detail::u16(seq + j);
         s[j].ndesc = 1;
@@ -423,8 +419,8 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     put<E>(d.len, b.len);
     put<E>(d.flags, split::desc_f_write);
     // Field by field: a whole-struct store makes the compiler assemble the small fields.
-    tokens_[head] = token;
     slot& s = slots_[head];
+    s.token = token;
     s.limit = std::uint64_t{b.len} + 1U;
     s.last = head;
     s.ndesc = 1;
@@ -552,7 +548,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     for (std::uint32_t i = 0; i < size_; ++i) {
       if (slots_[i].limit != 0) {
         slots_[i].limit = 0;
-        on_token(tokens_[i]);
+        on_token(slots_[i].token);
       }
     }
     this->shadow_.reset();
@@ -576,13 +572,13 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     return errc::no_space;
   }
 
-  // Per head, what reaping reads, in 16 bytes (the token, handed back, lives apart in tokens_).
-  // The chain's last descriptor sits in what would be padding: beside the fields reaping
-  // reads anyway, it needs no array (and no base pointer in the batch loops) of its own.
+  // Per head, everything reaping reads, in one record: no array (and no base pointer in the
+  // batch loops) per field.
   struct slot {
     /// 0: not outstanding; else the bytes the device may write + 1, so that one compare
     /// (used len < limit) checks both "outstanding" and 2.7.8.2.
     std::uint64_t limit = 0;
+    token_t token = 0;
     std::uint16_t seq = 0;    ///< avail idx it was staged at: staged vs. published
     std::uint16_t last = 0;   ///< the chain's last ring descriptor, for the free-list splice
     std::uint32_t ndesc = 0;  ///< ring descriptors of the chain (32 bits: a plain store of 1)
@@ -705,7 +701,6 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     const std::uint32_t mask = mask_;
     const split::used_ring used = ring_.used;
     slot* const slots = slots_.data();
-    const token_t* const toks = tokens_.data();
     std::uint16_t* const next = next_.data();
     const std::uint16_t published = avail_published_;
     const std::uint16_t staged = detail::u16(avail_shadow_ - avail_published_);
@@ -743,7 +738,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
             bad = used_reason(id, len);
             break;
           }
-          out[n] = used_buffer{toks[id], len};
+          out[n] = used_buffer{s.token, len};
           next[s.last] = free_head;
           free_head = detail::u16(id);
           freed += s.ndesc;
@@ -815,7 +810,6 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     const std::uint32_t mask = mask_;
     const split::used_ring used = ring_.used;
     slot* const slots = slots_.data();
-    const token_t* const toks = tokens_.data();
     const std::uint16_t published = avail_published_;
     const std::uint16_t staged = detail::u16(avail_shadow_ - avail_published_);
     bool stop = false;
@@ -853,7 +847,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
             stop = true;
             break;
           }
-          out[n] = used_buffer{toks[oldest], len};
+          out[n] = used_buffer{s.token, len};
           oldest = (oldest + s.ndesc) & mask;
           s.limit = 0;
         }
@@ -900,7 +894,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
         !shadow_walk(head, detail::desc_state::used, detail::desc_state::free)) {
       return fail(errc::state_violation);
     }
-    out = used_buffer{tokens_[head], len};
+    out = used_buffer{s.token, len};
     if (!in_order_) {
       next_[s.last] = free_head_;
       free_head_ = head;
@@ -960,7 +954,6 @@ class alignas(64) split_driver : public detail::queue_common<P> {
   std::uint32_t batch_len_ = 0;
   std::vector<std::uint16_t> next_;  ///< private descriptor links (free list and chains)
   std::vector<slot> slots_;          ///< per head
-  std::vector<token_t> tokens_;      ///< per head: the chain's token
   aligned_buffer indirect_;
   std::uint64_t indirect_guest_ = 0;
 };
