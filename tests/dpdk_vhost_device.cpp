@@ -388,7 +388,8 @@ case_result run_case(const case_options& o) {
   REQUIRE((res.offered & bit(version_1)) != 0);
   if ((res.offered & want) != want) {
     res.skipped = true;
-    res.skip_reason = "the device does not offer 0x" + std::to_string(want & ~res.offered);
+    res.skip_reason = "the device does not offer feature bits " +
+                      std::to_string(want & ~res.offered) + " (decimal)";
     return res;
   }
   // Everything else is declined: no protocol features, no mergeable buffers (so the header is

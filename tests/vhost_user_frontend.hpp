@@ -243,7 +243,7 @@ class frontend {
                            std::to_string(h[0]) + " (" + request_name(h[0]) + ")");
     }
     if ((h[1] & flag_version_mask) != flag_version || (h[1] & flag_reply) == 0) {
-      throw protocol_error(std::string(name) + ": reply flags 0x" + std::to_string(h[1]) +
+      throw protocol_error(std::string(name) + ": reply flags " + std::to_string(h[1]) +
                            " (want version 1 with the reply bit)");
     }
     if (h[2] != out.size()) {
