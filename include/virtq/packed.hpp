@@ -1365,9 +1365,10 @@ class packed_device : public detail::queue_common<P> {
       const std::uint16_t id = u.id;
       const std::uint32_t len = u.len;
       if constexpr (InOrder) {
-        // refused<true> for an entry below in_flight_: id_at[pos] is then the oldest chain in
-        // flight, held and below the size, so "is it that one" covers the id's range and
-        // "is it held" (2.8.4) and leaves the len bound (2.7.8.2).
+        // refused<true> with the oldest chain first: id_at only ever holds ids below the size,
+        // so "is it the one at next_used" covers the range test, and takes() the held
+        // (2.8.4) and len (2.7.8.2) tests -- also when nothing is in flight and id_at[pos]
+        // is stale.
         if ((id_at[pos] != id) || !rec[id].takes(len)) [[unlikely]]
           return false;
       } else {
@@ -1390,8 +1391,6 @@ class packed_device : public detail::queue_common<P> {
       }
       return true;
     };
-    // IN_ORDER: with none left in flight, refused<true> refuses any entry (nothing is held).
-    if constexpr (InOrder) done = done.first(std::min<std::size_t>(done.size(), in_flight_));
     std::size_t n = 0;
     if (staged_slots_ == 0) {
       // The first used descriptor of a batch keeps its flags for interrupt_prepare (V2).
