@@ -1147,10 +1147,10 @@ class alignas(64) split_device : public detail::queue_common<P> {
       if constexpr (InOrder) ord = order + pos;
       for (; n < run_end; ++n, ++entry) {
         const std::uint16_t head = get<E>(*entry);
-        // The queue size is a power of 2 (2.7), so once the range test passed h == head; before
-        // it, `head & mask` keeps the read in the array.
-        const std::uint32_t h = head & mask;
-        if ((head >= size) | (held[h] != 0)) [[unlikely]] {
+        // The range test first (2.7.6), then the held test reads held_ at a checked index: two
+        // branches, as GCC compiles the combined test anyway, and no mask kept live for it.
+        const std::uint32_t h = head;
+        if (h >= size || held[h] != 0) [[unlikely]] {
           bad = bad_head(head);
           break;
         }
