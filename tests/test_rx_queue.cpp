@@ -457,3 +457,57 @@ TEMPLATE_LIST_TEST_CASE(
     CHECK(rxq.census().conserved);
   }
 }
+
+TEMPLATE_LIST_TEST_CASE(
+    "rx_queue: a completion naming a buffer on the pool's repost list is counted, never lent, "
+    "and the buffer is posted once",
+    "[rx_queue][repost]", all_layouts) {
+  using pair_type = queue_pair<TestType, default_policy>;
+  using pool_type = rx_pool<rx_single_thread_policy>;  // one thread: the repost list is on
+  using queue_type = rx_queue<corrupting_queue<typename pair_type::driver_type>, pool_type>;
+  pair_type qp(16);
+  corrupting_queue<typename pair_type::driver_type> bad{qp.driver, {}, 0, 0};
+  pool_type pool(16, 128, "rx");  // the pool is the ring: refill posts every buffer
+  rx_queue_options o;
+  o.copy_reserve = false;
+  o.repost_batch = 1;
+  std::uint32_t named = 0;
+  {
+    queue_type rxq(bad, pool, o);
+    REQUIRE(rxq.refill().has_value());
+    fake_nic<typename pair_type::device_type> nic{qp.device};
+    REQUIRE(nic.send(make_frame(80, 0)) == errc::ok);
+    nic.flush();
+    std::array<typename queue_type::packet, 4> out;
+    auto r = rxq.poll(out);
+    REQUIRE(r.has_value());
+    REQUIRE(r->received == 1);
+    named = out[0].buffer.index();
+    CHECK(out[0].buffer.release() == errc::ok);  // on the repost list until the next post
+    REQUIRE(pool.state(named) == rx_state::ready);
+    REQUIRE(pool.ready_count() == 1);
+
+    // Two frames; the buggy Queue reports the first under the listed buffer's token.
+    for (std::uint64_t k = 1; k < 3; ++k) REQUIRE(nic.send(make_frame(80, k)) == errc::ok);
+    nic.flush();
+    bad.replace.assign(bad.seen + 1, 0);
+    bad.replace.back() = named;
+    r = rxq.poll(out);
+    REQUIRE(r.has_value());
+    CHECK(r->received == 1);  // the second frame only
+    CHECK(frame_seq(out[0].data()) == 2);
+    CHECK(out[0].buffer.index() != named);
+    CHECK(rxq.stats().bad_tokens == 1);
+    // The poll posted the list: the buffer is in the ring once, not lent.
+    CHECK(pool.state(named) == rx_state::posted);
+    CHECK(pool.ready_count() == 0);
+    CHECK(rxq.census().conserved);
+    CHECK(pool.misuse_total() == 0);
+    CHECK(out[0].buffer.release() == errc::ok);
+    CHECK(pool.ready_count() == 1);
+  }
+  // The queue is gone: its pool's repost list went to the free list.
+  CHECK(pool.ready_count() == 0);
+  CHECK(pool.held_count() == 0);
+  CHECK(pool.census(0).conserved);
+}

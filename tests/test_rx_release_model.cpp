@@ -34,6 +34,7 @@ struct step {
 /// One pool with a second one ("another pool's handles") and the handles made so far.
 template <class Pool>
 struct side {
+  explicit side(bool repost) { pool.keep_repost_list(repost); }
   Pool pool{pool_buffers, 64, "rx"};
   Pool other{2, 64, "other"};
   std::vector<typename Pool::handle> hs;
@@ -93,6 +94,7 @@ errc release_each(side<Pool>& s) {
 template <class Pool>
 void same_pool(const Pool& a, const Pool& b) {
   RC_ASSERT(a.free_count() == b.free_count());
+  RC_ASSERT(a.ready_count() == b.ready_count());
   RC_ASSERT(a.held_count() == b.held_count());
   RC_ASSERT(a.posted_count() == b.posted_count());
   for (std::uint32_t i = 0; i < a.size(); ++i) RC_ASSERT(a.state(i) == b.state(i));
@@ -102,8 +104,25 @@ void same_pool(const Pool& a, const Pool& b) {
   RC_ASSERT(a.census(0).conserved);
 }
 
+/// The repost list's buffers in order (posting them all) -- or nothing without one.
 template <class Pool>
-void run_model() {
+std::vector<token_t> post_all_ready(Pool& p) {
+  std::vector<token_t> got;
+  const std::size_t n = p.post_ready([&](std::span<const buffer> b, std::span<const token_t> t) {
+    RC_ASSERT(b.size() == t.size());
+    for (std::size_t k = 0; k < t.size(); ++k) {
+      RC_ASSERT(b[k].addr == p.guest_address(static_cast<std::uint32_t>(t[k])));
+      RC_ASSERT(b[k].len == p.buffer_size());
+      got.push_back(t[k]);
+    }
+    return t.size();
+  });
+  RC_ASSERT(n == got.size());
+  return got;
+}
+
+template <class Pool>
+void run_model(bool repost) {
   const auto steps = *rc::gen::container<std::vector<step>>(rc::gen::build<step>(
       rc::gen::set(&step::what, rc::gen::weightedElement<op>({{5, op::lend},
                                                               {3, op::copy},
@@ -112,7 +131,7 @@ void run_model() {
                                                               {1, op::foreign},
                                                               {1, op::empty}})),
       rc::gen::set(&step::k, rc::gen::inRange<std::size_t>(0, 64))));
-  side<Pool> bulk, each;
+  side<Pool> bulk(repost), each(repost);
   std::int64_t t = 0;
   for (const step& s : steps) {
     bulk.apply(s, t);
@@ -129,6 +148,16 @@ void run_model() {
   same_pool(bulk.pool, each.pool);
   same_pool(bulk.other, each.other);
   RC_ASSERT(bulk.pool.held_count() == 0u);
+  if (!repost || !Pool::can_repost) RC_ASSERT(bulk.pool.ready_count() == 0u);
+  for (std::uint32_t i = 0; i < pool_buffers; ++i) {
+    RC_ASSERT(bulk.pool.state(i) != rx_state::held);
+  }
+
+  // The repost lists hold the same buffers in the same order; posted, they are lent like
+  // any posted buffer.
+  RC_ASSERT(post_all_ready(bulk.pool) == post_all_ready(each.pool));
+  same_pool(bulk.pool, each.pool);
+  RC_ASSERT(bulk.pool.ready_count() == 0u);
 
   // The free lists hold the same buffers in the same order: the next loans agree.
   bulk.hs.clear();
@@ -156,5 +185,6 @@ using atomic_poison_pool = rx_pool<rx_pool_policy<true, spin_lock, true, true>>;
 TEMPLATE_TEST_CASE("rx_pool: a bulk release does what releasing each handle in order does",
                    "[rx_pool][property]", plain_pool, plain_poison_pool, plain_locked_pool,
                    atomic_poison_pool, rx_pool<>) {
-  rc::prop("bulk == one by one", [] { run_model<TestType>(); });
+  rc::prop("bulk == one by one", [] { run_model<TestType>(false); });
+  rc::prop("bulk == one by one, repost list on", [] { run_model<TestType>(true); });
 }

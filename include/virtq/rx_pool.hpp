@@ -10,6 +10,8 @@
 // Life of a buffer (its state):
 //   free --take()--> posted (in the ring) --lend()--> held (a handle exists) --last release--> free
 //   posted --unpost()--> free (ring reset);  free --allocate()--> held (bounce buffers)
+//   With a repost list (one thread owns everything; the receive queue turns it on):
+//   held --last release--> ready (laid out for the ring's add) --post_ready()--> posted
 // Ownership of a held buffer is a reference count in the handle (rx_buffer): copying adds a
 // reference, moving does not, and the last release gives the buffer back (NDIS's return handler).
 //
@@ -42,6 +44,7 @@
 #include "virtq/error.hpp"
 #include "virtq/memory.hpp"
 #include "virtq/policy.hpp"
+#include "virtq/virtqueue.hpp"
 
 namespace virtq {
 
@@ -336,8 +339,9 @@ class rx_buffer {
 
 /// The state of one buffer.
 /// `posted` is 0 so that the receive path's "is this token a posted buffer?" is one test of the
-/// tag's low bits.
-enum class rx_state : std::uint8_t { posted, free, held };
+/// tag's low bits. `ready`: free, on the repost list (see rx_pool::keep_repost_list); the census
+/// counts it as free.
+enum class rx_state : std::uint8_t { posted, free, held, ready };
 
 namespace detail {
 /// A field another thread may read while its owner writes it: a relaxed atomic when the pool is
@@ -439,7 +443,7 @@ class rx_pool {
         put(k, i, addr[i]);
       }
       free_top_ = top - static_cast<std::uint32_t>(n);
-      free_count_.store(free_top_);
+      free_count_.store(free_top_ + ready_n_);
     }
     posted_ += static_cast<std::uint32_t>(n);
     return n;
@@ -525,6 +529,75 @@ class rx_pool {
     return errc::ok;
   }
 
+  // --- the repost list (pools with nothing shared) -------------------------------------------
+  //
+  // When one thread owns the queue and every handle, a buffer whose last reference goes can be
+  // written straight into the arrays a ring's batch add takes (buffer, token) rather than onto
+  // the free stack: posting it then costs no take() and no laying out. It is in the `ready`
+  // state meanwhile, which the receive path refuses as "not posted" like `free`, so a
+  // completion naming it (a buggy Queue) is still counted and never lent; post_ready() moves
+  // what the ring accepted to `posted` with one add per buffer.
+
+  /// Pools whose handles never cross threads (plain counts, no lock) can keep a repost list.
+  static constexpr bool can_repost = !shared;
+
+  /// Turns the repost list on or off (a receive queue's set-up call; it may allocate). Off
+  /// moves what is on it to the free list. take() and allocate() see only the free list.
+  void keep_repost_list(bool on) {
+    if constexpr (can_repost) {
+      if (on && !ready_bufs_) {
+        ready_bufs_ = std::make_unique<buffer[]>(count_);
+        ready_tokens_ = std::make_unique<token_t[]>(count_);
+        for (std::uint32_t k = 0; k < count_; ++k) ready_bufs_[k].len = buffer_size_;
+      }
+      if (!on) drop_ready();
+      repost_list_ = on;
+    } else {
+      (void)on;
+    }
+  }
+  /// Buffers on the repost list (free_count() includes them).
+  std::uint32_t ready_count() const noexcept { return ready_n_; }
+
+  /// Offers the repost list to `add(span<const buffer>, span<const token_t>) -> accepted`
+  /// (a ring's add_inbufs; most recently released first... in release order); the first
+  /// `accepted` become posted, the others go to the free list. Returns how many were accepted.
+  /// With poisoning, each is checked first, as take() does.
+  template <class Add>
+  std::size_t post_ready(Add&& add) {
+    if constexpr (can_repost) {
+      const std::uint32_t n = ready_n_;
+      if (n == 0) return 0;
+      if constexpr (Policy::poison) {
+        for (std::uint32_t k = 0; k < n; ++k) {
+          check_poison(static_cast<std::uint32_t>(ready_tokens_[k]));
+        }
+      }
+      const std::size_t got = add(std::span<const buffer>(ready_bufs_.get(), n),
+                                  std::span<const token_t>(ready_tokens_.get(), n));
+      const auto j = static_cast<std::uint32_t>(std::min<std::size_t>(got, n));
+      slot* const slots = slots_.get();
+      const token_t* const t = ready_tokens_.get();
+      for (std::uint32_t k = 0; k < j; ++k) {
+        (void)move_state<rx_state::ready, rx_state::posted>(slots[t[k]]);
+      }
+      posted_ += j;
+      unready(j, n);  // cannot happen when the caller offers no more than the ring's room
+      ready_n_ = 0;
+      free_count_.store(free_top_ + ready_n_);
+      return j;
+    } else {
+      (void)add;
+      return 0;
+    }
+  }
+  /// Moves the repost list to the free list.
+  void drop_ready() noexcept {
+    unready(0, ready_n_);
+    ready_n_ = 0;
+    free_count_.store(free_top_ + ready_n_);
+  }
+
   /// A free buffer straight to `holder` (bounce buffers). Empty handle when none is free.
   handle allocate(holder_id holder, std::int64_t now_ns) noexcept {
     std::uint32_t i = 0;
@@ -532,7 +605,7 @@ class rx_pool {
       std::lock_guard g(lock_);
       if (free_top_ == 0) return {};
       i = free_stack_[--free_top_];
-      free_count_.store(free_top_);
+      free_count_.store(free_top_ + ready_n_);
     }
     if constexpr (Policy::poison) check_poison(i);
     (void)move_state<rx_state::free, rx_state::posted>(slots_[i]);  // lend() starts from posted
@@ -549,11 +622,12 @@ class rx_pool {
     c.pool = name_;
     c.total = count_;
     std::vector<holder_census> by_id;
-    std::array<std::uint32_t, 3> tally{};
-    std::uint32_t free_n = 0, returns = 0;
+    std::array<std::uint32_t, 4> tally{};
+    std::uint32_t free_n = 0, returns = 0, ready_n = 0;
     {
       std::lock_guard g(lock_);
-      free_n = free_top_;
+      free_n = free_top_ + ready_n_;
+      ready_n = ready_n_;
       returns = returns_;
       for (std::uint32_t i = 0; i < count_; ++i) {
         const slot& s = slots_[i];
@@ -578,13 +652,16 @@ class rx_pool {
       c.conserved = false;
       c.violation = "free " + std::to_string(c.free) + " + posted " + std::to_string(c.posted) +
                     " + held " + std::to_string(c.held) + " != total " + std::to_string(c.total);
-    } else if (const auto free_tally = tally[static_cast<std::size_t>(rx_state::free)],
+    } else if (const auto ready_tally = tally[static_cast<std::size_t>(rx_state::ready)],
+               free_tally = tally[static_cast<std::size_t>(rx_state::free)] + ready_tally,
                posted_tally = tally[static_cast<std::size_t>(rx_state::posted)];
-               free_tally != c.free || posted_tally != c.posted || held_tally != c.held) {
+               free_tally != c.free || posted_tally != c.posted || held_tally != c.held ||
+               ready_tally != ready_n) {
       c.conserved = false;
-      c.violation = "buffer states (free " + std::to_string(free_tally) + ", posted " +
-                    std::to_string(posted_tally) + ", held " + std::to_string(held_tally) +
-                    ") disagree with the counters";
+      c.violation = "buffer states (free " + std::to_string(free_tally) + " of which ready " +
+                    std::to_string(ready_tally) + ", posted " + std::to_string(posted_tally) +
+                    ", held " + std::to_string(held_tally) +
+                    ") disagree with the counters (repost list " + std::to_string(ready_n) + ")";
     }
     for (std::size_t h = 0; h < by_id.size(); ++h) {
       if (by_id[h].count == 0) continue;
@@ -637,7 +714,33 @@ class rx_pool {
       std::size_t top = top0;
       T* it = items.data();
       T* const end = it + items.size();
-      if constexpr (!shared) {
+      const std::uint32_t ready0 = ready_n_;
+      bool free_loop = !shared;
+      if constexpr (can_repost) {
+        if (repost_list_) {
+          free_loop = false;
+          // The same loop, writing each buffer into the repost list instead of onto the free
+          // stack (its loan ends: a new generation, state ready).
+          token_t* const rt0 = ready_tokens_.get() + ready_n_;
+          buffer* rb = ready_bufs_.get() + ready_n_;
+          token_t* rt = rt0;
+          const std::uint64_t* const addr = guest_addr_.get();
+          for (; it != end; ++it) {
+            handle& h = proj(*it);
+            if (h.pool_ != this) break;
+            const std::uint32_t i = h.index_;
+            const std::uint32_t tag = h.gen_;
+            if (!live_alone(slots[i], tag)) break;
+            h.pool_ = nullptr;
+            slots[i].tag.store(tag + step<rx_state::held, rx_state::ready>);
+            if constexpr (Policy::poison) poison(i);
+            (rb++)->addr = addr[i];  // .len is the buffer size already
+            *rt++ = i;
+          }
+          ready_n_ += static_cast<std::uint32_t>(rt - rt0);
+        }
+      }
+      if (free_loop) {
         // The receive path's case first, in a loop of its own (nothing but it is live in
         // registers): every handle ours, live and the sole reference. The new tag is the
         // handle's plus one step, known without reading the slot back. The first handle that
@@ -665,6 +768,15 @@ class rx_pool {
         const std::uint32_t tag = h.gen_;
         slot& s = slots[i];
         if (live_alone(s, tag)) {
+          if constexpr (can_repost) {
+            if (repost_list_) {
+              s.tag.store(tag + step<rx_state::held, rx_state::ready>);
+              if constexpr (Policy::poison) poison(i);
+              ready_bufs_[ready_n_].addr = guest_addr_[i];
+              ready_tokens_[ready_n_++] = i;
+              continue;
+            }
+          }
           s.tag.store(tag + step<rx_state::held, rx_state::free>);
         } else {                                   // no hint: always taken when the pool is shared
           if (s.tag.load() != tag) [[unlikely]] {  // check(), with the slot at hand
@@ -686,8 +798,8 @@ class rx_pool {
         stack[top++] = i;
       }
       free_top_ = static_cast<std::uint32_t>(top);
-      free_count_.store(free_top_);
-      returns_ += static_cast<std::uint32_t>(top - top0);
+      free_count_.store(free_top_ + ready_n_);
+      returns_ += static_cast<std::uint32_t>(top - top0) + (ready_n_ - ready0);
     }
     if (foreign) [[unlikely]] {
       for (T& item : items) {
@@ -713,7 +825,7 @@ class rx_pool {
   std::uint32_t size() const noexcept { return count_; }
   std::uint32_t buffer_size() const noexcept { return buffer_size_; }
   const std::string& name() const noexcept { return name_; }
-  /// Free buffers (any thread; a relaxed snapshot).
+  /// Free buffers, the repost list's included (any thread; a relaxed snapshot).
   std::uint32_t free_count() const noexcept { return free_count_.load(); }
   /// Posted buffers (owner thread).
   std::uint32_t posted_count() const noexcept { return posted_; }
@@ -862,11 +974,12 @@ class rx_pool {
     // The buffer came back since this reference was made: free in the very next generation
     // means this is a second release of the same loan; otherwise it was lent again (or the
     // value never was a loan of this buffer) and the handle is stale.
-    constexpr std::uint32_t freed = one_generation + static_cast<std::uint32_t>(rx_state::free) -
-                                    static_cast<std::uint32_t>(rx_state::held);
-    return note(state_of(tag) == rx_state::held && slots_[i].tag.load() == tag + freed
-                    ? errc::double_release
-                    : errc::stale_handle);
+    // (With a repost list the loan may have ended in the ready state instead.)
+    const std::uint32_t now = slots_[i].tag.load();
+    const bool ended = now == tag + step<rx_state::held, rx_state::free> ||
+                       now == tag + step<rx_state::held, rx_state::ready>;
+    return note(state_of(tag) == rx_state::held && ended ? errc::double_release
+                                                         : errc::stale_handle);
   }
 
   errc add_ref(std::uint32_t i, std::uint32_t gen) noexcept {
@@ -883,6 +996,17 @@ class rx_pool {
       if (!s.refs.drop()) return errc::ok;
     }
     if constexpr (Policy::poison) poison(i);
+    if constexpr (can_repost) {
+      if (repost_list_ && alone) {
+        s.tag.store(gen + step<rx_state::held, rx_state::ready>);  // the tag is the handle's
+        ready_bufs_[ready_n_].addr = guest_addr_[i];
+        ready_tokens_[ready_n_] = i;
+        ++ready_n_;
+        ++returns_;
+        free_count_.store(free_top_ + ready_n_);
+        return errc::ok;
+      }
+    }
     std::lock_guard g(lock_);
     // Re-checked under the lock: two racing "last" releases (a misuse) must not free it twice.
     // Only atomic counts can race; with plain counts check() above was the last word.
@@ -916,10 +1040,21 @@ class rx_pool {
     return errc::ok;
   }
 
+  /// Repost-list entries [from, to) to the free list (the caller empties the list).
+  void unready(std::uint32_t from, std::uint32_t to) noexcept {
+    if (from == to) return;
+    std::lock_guard g(lock_);
+    for (std::uint32_t k = from; k < to; ++k) {
+      const auto i = static_cast<std::uint32_t>(ready_tokens_[k]);
+      (void)move_state<rx_state::ready, rx_state::free>(slots_[i]);
+      free_stack_[free_top_++] = i;
+    }
+  }
+
   /// Under lock_.
   void push_free(std::uint32_t i) noexcept {
     free_stack_[free_top_++] = i;
-    free_count_.store(free_top_);
+    free_count_.store(free_top_ + ready_n_);
   }
 
   static constexpr std::uint32_t state_mask = 3;
@@ -976,6 +1111,12 @@ class rx_pool {
   cell<std::uint32_t> free_count_{0};  // free_top_, readable without the lock
   std::uint32_t posted_ = 0;           // owner only
   std::uint32_t loans_ = 0;            // owner only (wraps together with returns_)
+  // The repost list (can_repost pools only): buffers whose last reference went, laid out for
+  // a ring's batch add, in the ready state.
+  std::unique_ptr<buffer[]> ready_bufs_;
+  std::unique_ptr<token_t[]> ready_tokens_;
+  std::uint32_t ready_n_ = 0;
+  bool repost_list_ = false;
   [[no_unique_address]] mutable typename Policy::lock lock_;
   mutable std::array<std::atomic<std::uint64_t>, errc_count> misuse_{};
 };

@@ -242,6 +242,11 @@ class rx_queue {
       detail::throw_error(errc::invalid_argument, "rx_queue: reserve must be below the pool size");
     }
     if (opts_.repost_batch == 0) opts_.repost_batch = 1;
+    // Every buffer has the pool's size: post_free() writes only the addresses.
+    for (std::uint32_t k = 0; k < q.size(); ++k) bufs_[k].len = pool.buffer_size();
+    // One thread owns everything: released buffers go straight into the arrays add_inbufs()
+    // takes (the pool's repost list), and posting them is one call with no take().
+    if constexpr (Pool::can_repost) pool_.keep_repost_list(true);
     if (opts_.copy_reserve && opts_.bounce_buffers != 0) {
       bounce_ = std::make_unique<Pool>(opts_.bounce_buffers, pool.buffer_size(),
                                        pool.name() + "-bounce", &pool.holders());
@@ -249,6 +254,9 @@ class rx_queue {
   }
   rx_queue(const rx_queue&) = delete;
   rx_queue& operator=(const rx_queue&) = delete;
+  ~rx_queue() {
+    if constexpr (Pool::can_repost) pool_.keep_repost_list(false);
+  }
 
   holder_id register_holder(std::string_view name) { return pool_.register_holder(name); }
 
@@ -554,7 +562,8 @@ class rx_queue {
     const bool low = in_ring < std::max(opts_.repost_batch, opts_.low_watermark + 1);
     if (free_n != 0 && (free_n >= opts_.repost_batch || low)) {
       const std::uint32_t room = q_.num_free();
-      const std::size_t j = post_free(std::min(free_n, room));
+      std::size_t j = post_ready(room);  // the repost list first: the warmest buffers
+      if (room > j) j += post_free(static_cast<std::uint32_t>(room - j));
       added += static_cast<std::uint32_t>(j);
       stats_.allocations += j;
     }
@@ -566,14 +575,30 @@ class rx_queue {
     return notify;
   }
 
+  /// Adds the pool's repost list (buffers released since the last post, already laid out for
+  /// add_inbufs) to the ring, at most `room` of them; the rest go to the free list.
+  std::size_t post_ready(std::uint32_t room) {
+    if constexpr (Pool::can_repost) {
+      if (pool_.ready_count() == 0 || room == 0) return 0;
+      return pool_.post_ready([this, room](std::span<const buffer> b, std::span<const token_t> t) {
+        const std::size_t n = std::min<std::size_t>(b.size(), room);
+        const result<std::size_t> got = q_.add_inbufs(b.first(n), t.first(n));
+        return got ? *got : std::size_t{0};
+      });
+    } else {
+      (void)room;
+      return 0;
+    }
+  }
+
   /// Takes up to `want` free buffers from the pool and adds them to the ring; how many went
   /// in (any the ring refused go back to the free list: cannot happen, `want` fits the room).
   std::size_t post_free(std::uint32_t want) {
+    if (want == 0) return 0;
     buffer* const bufs = bufs_.get();
     token_t* const tokens = tokens_.get();
-    const std::uint32_t size = pool_.buffer_size();
     const std::size_t n = pool_.take(want, [&](std::size_t k, std::uint32_t i, std::uint64_t a) {
-      bufs[k] = buffer{a, size};
+      bufs[k].addr = a;  // .len: the pool's buffer size, set once by the constructor
       tokens[k] = i;
     });
     // The queue's batch add: one lock, one broken test, one statistics update for all of them.
