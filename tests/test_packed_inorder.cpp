@@ -569,6 +569,27 @@ TEST_CASE("2.8.4 IN_ORDER pop_buffers: a bad id mid-batch returns the ones befor
   }
 }
 
+TEST_CASE("2.8.1 IN_ORDER pop_buffers: wrap bits no driver writes stop the batch, broken") {
+  hostile_driver h(4);
+  put_desc(h.v(), 0, h.ga(0), 8, 1, A | WRITE);
+  put_desc(h.v(), 1, h.ga(8), 8, 2, A | U | WRITE);  // AVAIL == USED == our counter
+  popped_buffer got[4];
+  REQUIRE(*h.device.pop_buffers(got) == 1);
+  REQUIRE(got[0].id == 1);
+  REQUIRE(h.device.error() == errc::packed_bad_flags);
+  REQUIRE(h.device.pop_buffers(got).error() == errc::broken);
+}
+
+TEST_CASE("2.8.1 IN_ORDER pop_buffers: the previous lap's AVAIL bit is not available") {
+  hostile_driver h(4);
+  put_desc(h.v(), 0, h.ga(0), 8, 1, A | WRITE);
+  put_desc(h.v(), 1, h.ga(8), 8, 2, U | WRITE);  // available in lap 0, we are in lap 1
+  popped_buffer got[4];
+  REQUIRE(*h.device.pop_buffers(got) == 1);
+  REQUIRE_FALSE(h.device.broken());
+  REQUIRE(*h.device.pop_buffers(got) == 0);
+}
+
 TEST_CASE("2.8.20 IN_ORDER complete(span): ids of any value, completed in pop order only") {
   hostile_driver h(5);
   // A driver may pick any free ids (2.8.4); this one picks 4, 1, 3, then a two-descriptor

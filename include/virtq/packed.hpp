@@ -1274,7 +1274,8 @@ class packed_device : public detail::queue_common<P> {
       result<std::byte*> host = nullptr;
       if (!odd) [[likely]] {
         host = mem.translate(addr, len);
-        odd = rec[id].in_use() | !host;
+        const bool in_flight = rec[id].in_use();
+        odd = in_flight | !host;
       }
       if (odd) [[unlikely]] {
         e = odd_buffer(addr, len, id, *o);
@@ -1343,7 +1344,8 @@ class packed_device : public detail::queue_common<P> {
     if (id >= size) [[unlikely]]
       return true;
     // With none in flight id_at[used_pos] is stale, but then takes() refuses already.
-    return !rec[id].takes(len) | (InOrder && id_at[used_pos] != id);
+    const bool bad_len = !rec[id].takes(len);
+    return bad_len | (InOrder && id_at[used_pos] != id);
   }
 
   /// complete(span)'s loop: complete(id, len)'s checks per entry, used descriptors written in
