@@ -11,6 +11,8 @@
 // frames in order, what the device wrote into the header, testpmd's own counters, and the
 // ring positions DPDK reports at GET_VRING_BASE; kicks are written only when kick_prepare()
 // says so, and the receive side sleeps on its call eventfd after enable_interrupts().
+// Two findings are pinned (docs/interop.md): DPDK leaves num_buffers unwritten without
+// MRG_RXBUF, and our packed_driver refuses the reserved len of DPDK's transmit completions.
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -282,6 +284,7 @@ ring_addresses addresses_of(const virtq::packed::ring_view& v) {
   return {v.ring, v.device_event, v.driver_event};
 }
 
+/// For a failure message: what the ring's indices and flags say when frames are missing.
 std::string debug_ring(const virtq::split::ring_view& v) {
   return "avail idx " + std::to_string(virtq::get<virtq::little_endian>(v.avail.idx())) +
          " flags " + std::to_string(virtq::get<virtq::little_endian>(v.avail.flags())) +
@@ -291,6 +294,7 @@ std::string debug_ring(const virtq::split::ring_view& v) {
 std::string debug_ring(const virtq::packed::ring_view&) {
   return {};
 }
+/// Packed: the first used descriptor of a ring (where the pinned finding is read).
 const virtq::packed::desc& used_slot0(const virtq::split::ring_view&) {
   static const virtq::packed::desc none{};
   return none;
@@ -312,7 +316,7 @@ struct case_result {
   std::uint32_t rx_base = 0, tx_base = 0;
   virtq::errc tx_error = virtq::errc::ok;
   std::uint32_t tx_used_len = 0;  // the first used descriptor of the transmit ring, as written
-  std::uint16_t tx_used_flags = 0, tx_used_id = 0;
+  std::uint16_t tx_used_flags = 0;
   testpmd_counts counts;
   virtq::queue_stats rx_stats, tx_stats;
   std::string log;
@@ -460,7 +464,6 @@ case_result run_case(const case_options& o) {
         res.tx_error = tx.error();
         const virtq::packed::desc& d = used_slot0(*tx_view);
         res.tx_used_len = virtq::get<virtq::little_endian>(d.len);
-        res.tx_used_id = virtq::get<virtq::little_endian>(d.id);
         res.tx_used_flags = virtq::load_acquire<virtq::little_endian>(d.flags);
         return;
       }
