@@ -365,8 +365,10 @@ class alignas(64) split_driver : public detail::queue_common<P> {
       split::desc* d = ring_.table + head;
       slot* s = slots_.data() + head;
       wire<std::uint16_t>* entry = &ring_.avail.ring(pos);
+      // The buffers through a pointer: indexed by i + j, GCC recomputed each address.
+      const buffer* b_next = bufs + i;
       for (std::uint32_t j = 0; j < run; ++j) {
-        const buffer& b = bufs[i + j];
+        const buffer& b = *b_next++;
         // No NEXT flag: `next` is not written (2.7.5), as in add_ones_any_order.
         put<E>(d[j].addr, b.addr);
         put<E>(d[j].len, b.len);
