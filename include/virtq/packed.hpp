@@ -573,7 +573,9 @@ class packed_driver : public detail::queue_common<P> {
     const auto stage = [&](const buffer& b, token_t token, packed::desc& d, std::uint32_t slot,
                            std::uint16_t f, bool hold) __attribute__((always_inline)) {
       const auto id = InOrder ? static_cast<std::uint16_t>(slot) : std::uint16_t{*--free_top};
-      write_desc(d, b.addr, b.len, id);
+      // Read once: the ring stores below could alias the caller's buffer array.
+      const std::uint32_t len = b.len;
+      write_desc(d, b.addr, len, id);
       if (hold) {
         hold_head(static_cast<std::uint16_t>(pos), f);
       } else {
@@ -582,7 +584,7 @@ class packed_driver : public detail::queue_common<P> {
       id_info& s = ids[id];
       s.token = token;
       s.batch = batch;
-      s.writable = Writable ? b.len : 0U;
+      s.writable = Writable ? len : 0U;
       s.slots = 1;
     };
     std::uint32_t i = 0;
