@@ -737,11 +737,15 @@ class alignas(64) split_driver : public detail::queue_common<P> {
         for (; n < run_end; ++n, ++e) {
           const std::uint32_t id = get<E>(e->id);
           const std::uint32_t len = get<E>(e->len);
-          // In range, outstanding (limit != 0), within its writable bytes (2.7.8.2: len < limit)
-          // and published: used_reason names which. `id & mask` keeps the read in the array for
-          // an id the range test refuses.
-          slot& s = slots[id & mask];
-          bool refused = (id >= size) | (len >= s.limit);
+          // In range (tested first: the slot is read at a checked index), outstanding
+          // (limit != 0), within its writable bytes (2.7.8.2: len < limit) and published:
+          // used_reason names which.
+          if (id >= size) [[unlikely]] {
+            bad = used_reason(id, len);
+            break;
+          }
+          slot& s = slots[id];
+          bool refused = len >= s.limit;
           if constexpr (AnyStaged) refused |= detail::u16(s.seq - published) < staged;
           if (refused) [[unlikely]] {
             bad = used_reason(id, len);
