@@ -413,7 +413,9 @@ class packed_driver : public detail::queue_common<P> {
     token_t token = 0;
     std::uint64_t batch = free_batch;  ///< kick generation it was staged in, or free_batch
     std::uint32_t writable = 0;        ///< device-writable bytes, saturated at 2^32-1
-    std::uint16_t slots = 0;           ///< ring slots taken (meaningful while in use)
+    /// Ring slots taken (meaningful while in use). 32 bits in what would be padding: storing
+    /// 1 is then an immediate store (GCC builds a 16-bit 1 in a register first).
+    std::uint32_t slots = 0;
   };
 
   void init_state() {
@@ -502,7 +504,7 @@ class packed_driver : public detail::queue_common<P> {
     s.token = token;
     s.batch = batch_;
     s.writable = static_cast<std::uint32_t>(std::min<std::uint64_t>(writable, 0xFFFFFFFFU));
-    s.slots = static_cast<std::uint16_t>(slots);
+    s.slots = slots;
     ++staged_chains_;
     num_free_ -= slots;
     this->note_free(num_free_);
