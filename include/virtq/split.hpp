@@ -1105,7 +1105,7 @@ class alignas(64) split_device : public detail::queue_common<P> {
   errc complete(std::uint16_t id, std::uint32_t len) {
     guard g(this->lock_);
     if (this->broken()) return errc::broken;
-    if (refused(id, len, held_.data(), size_, mask_)) [[unlikely]]
+    if (refused(id, len, held_.data(), size_)) [[unlikely]]
       return errc::invalid_argument;
     if (in_order_) {
       if (!oldest(order_.data(), order_head_, id)) return errc::invalid_argument;
@@ -1330,10 +1330,11 @@ class alignas(64) split_device : public detail::queue_common<P> {
   // What complete() refuses, one implementation for both forms: an id out of range, not held
   // (held 0), or len beyond the chain's writable bytes (2.7.8.2: the device MUST NOT
   // over-state); the last two fail the one comparison, held being writable bytes + 1.
-  // `id & mask` keeps the read in the array for an id the range test refuses (size is 2^k).
   static bool refused(std::uint32_t id, std::uint32_t len, const std::uint64_t* held,
-                      std::uint32_t size, std::uint32_t mask) noexcept {
-    return (id >= size) | (len >= held[id & mask]);
+                      std::uint32_t size) noexcept {
+    if (id >= size) [[unlikely]]
+      return true;  // first: held_ is then read at a checked index
+    return len >= held[id];
   }
   // IN_ORDER, 2.7.9: "the device MUST use buffers in the same order in which they have been
   // available": `id` must be the oldest held chain.
@@ -1379,7 +1380,7 @@ class alignas(64) split_device : public detail::queue_common<P> {
           }
           held[h] = 0;
         } else {
-          if (refused(id, len, held, size, mask)) [[unlikely]] {
+          if (refused(id, len, held, size)) [[unlikely]] {
             why = errc::invalid_argument;
             break;
           }
