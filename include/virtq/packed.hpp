@@ -1296,7 +1296,7 @@ class packed_device : public detail::queue_common<P> {
         break;
       }
       // 2.7.8.2: a device-readable buffer bounds its used len at 0.
-      rec[id] = held{len & (0U - static_cast<std::uint32_t>(writable)), 1U};
+      rec[id] = held{writable ? len : 0U, 1U};
       if constexpr (InOrder) *at++ = id;
     }
     return static_cast<std::uint32_t>(o - out);
