@@ -443,7 +443,7 @@ class rx_pool {
         put(k, i, addr[i]);
       }
       free_top_ = top - static_cast<std::uint32_t>(n);
-      free_count_.store(free_top_ + ready_n_);
+      note_free_count();
     }
     posted_ += static_cast<std::uint32_t>(n);
     return n;
@@ -584,7 +584,7 @@ class rx_pool {
       posted_ += j;
       unready(j, n);  // cannot happen when the caller offers no more than the ring's room
       ready_n_ = 0;
-      free_count_.store(free_top_ + ready_n_);
+      note_free_count();
       return j;
     } else {
       (void)add;
@@ -595,7 +595,7 @@ class rx_pool {
   void drop_ready() noexcept {
     unready(0, ready_n_);
     ready_n_ = 0;
-    free_count_.store(free_top_ + ready_n_);
+    note_free_count();
   }
 
   /// A free buffer straight to `holder` (bounce buffers). Empty handle when none is free.
@@ -605,7 +605,7 @@ class rx_pool {
       std::lock_guard g(lock_);
       if (free_top_ == 0) return {};
       i = free_stack_[--free_top_];
-      free_count_.store(free_top_ + ready_n_);
+      note_free_count();
     }
     if constexpr (Policy::poison) check_poison(i);
     (void)move_state<rx_state::free, rx_state::posted>(slots_[i]);  // lend() starts from posted
@@ -798,7 +798,7 @@ class rx_pool {
         stack[top++] = i;
       }
       free_top_ = static_cast<std::uint32_t>(top);
-      free_count_.store(free_top_ + ready_n_);
+      note_free_count();
       returns_ += static_cast<std::uint32_t>(top - top0) + (ready_n_ - ready0);
     }
     if (foreign) [[unlikely]] {
@@ -826,7 +826,13 @@ class rx_pool {
   std::uint32_t buffer_size() const noexcept { return buffer_size_; }
   const std::string& name() const noexcept { return name_; }
   /// Free buffers, the repost list's included (any thread; a relaxed snapshot).
-  std::uint32_t free_count() const noexcept { return free_count_.load(); }
+  std::uint32_t free_count() const noexcept {
+    if constexpr (shared) {
+      return free_count_.load();
+    } else {
+      return free_top_ + ready_n_;
+    }
+  }
   /// Posted buffers (owner thread).
   std::uint32_t posted_count() const noexcept { return posted_; }
   /// Held buffers (owner thread).
@@ -1003,7 +1009,7 @@ class rx_pool {
         ready_tokens_[ready_n_] = i;
         ++ready_n_;
         ++returns_;
-        free_count_.store(free_top_ + ready_n_);
+        note_free_count();
         return errc::ok;
       }
     }
@@ -1051,10 +1057,15 @@ class rx_pool {
     }
   }
 
+  /// free_count() for other threads: kept only where there are any.
+  void note_free_count() noexcept {
+    if constexpr (shared) free_count_.store(free_top_ + ready_n_);
+  }
+
   /// Under lock_.
   void push_free(std::uint32_t i) noexcept {
     free_stack_[free_top_++] = i;
-    free_count_.store(free_top_ + ready_n_);
+    note_free_count();
   }
 
   static constexpr std::uint32_t state_mask = 3;
@@ -1108,7 +1119,7 @@ class rx_pool {
   std::unique_ptr<std::uint32_t[]> free_stack_;
   std::uint32_t free_top_ = 0;         // under lock_
   std::uint32_t returns_ = 0;          // under lock_: loans that came back
-  cell<std::uint32_t> free_count_{0};  // free_top_, readable without the lock
+  cell<std::uint32_t> free_count_{0};  // free_top_ (+ ready_n_), readable without the lock
   std::uint32_t posted_ = 0;           // owner only
   std::uint32_t loans_ = 0;            // owner only (wraps together with returns_)
   // The repost list (can_repost pools only): buffers whose last reference went, laid out for

@@ -506,8 +506,11 @@ class rx_queue {
 
   /// deliver() away from the reserve: every completion with a posted token is lent. Returns how
   /// many packets were written (a bad token writes none; the caller counts it).
-  static std::size_t lend_all(const used_buffer* used, std::size_t n, packet* out,
-                              const typename Pool::lender l, std::uint64_t stamp) noexcept {
+  /// Out of line: inlined, the caller's state kept live across the loop costs a spill.
+  [[gnu::noinline]] static std::size_t lend_all(const used_buffer* used, std::size_t n, packet* out,
+                                                const typename Pool::lender& lr,
+                                                std::uint64_t stamp) noexcept {
+    const typename Pool::lender l = lr;  // in registers
     packet* pkt = out;
     for (const used_buffer* ub = used; ub != used + n; ++ub) {
       // A bad token cannot come from a virtqueue that checks its used ids.
