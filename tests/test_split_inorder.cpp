@@ -263,3 +263,62 @@ TEST_CASE("complete(span) with IN_ORDER: nothing held, or len beyond the oldest'
   CHECK_FALSE(q.device.broken());
   CHECK(q.device.stats().completed == 2);
 }
+
+TEST_CASE("IN_ORDER reap with chains staged behind the published ones (2.7.8, 2.7.9)",
+          "[split][in_order][hostile]") {
+  const std::uint16_t start = GENERATE(std::uint16_t{0}, std::uint16_t{65534});
+  in_order_driver d(start);
+  // Heads 0..5 used as one batch; then heads 6, 7, 0, 1 published (the descriptors wrap) and
+  // heads 2, 3, 4 staged behind them, never published.
+  d.used(0, 5, 0);
+  d.publish(1);
+  REQUIRE(d.reap(8).size() == 6);
+  const auto add = [&](token_t first, std::uint32_t count) {
+    std::vector<buffer> bufs;
+    std::vector<token_t> toks;
+    for (std::uint32_t i = 0; i < count; ++i) {
+      bufs.push_back(d.arena.at(i * 64, 64));
+      toks.push_back(first + i);
+    }
+    REQUIRE(*d.q.driver.add_inbufs(bufs, toks) == count);
+  };
+  add(10, 4);
+  d.q.driver.kick_prepare();
+  add(20, 3);
+  SECTION("one element per published chain") {
+    d.used(1, 6, 1);
+    d.used(2, 7, 2);
+    d.used(3, 0, 3);
+    d.used(4, 1, 4);
+    d.publish(5);
+    const auto u = d.reap(8);
+    REQUIRE(u.size() == 4);
+    for (std::uint32_t i = 0; i < 4; ++i) check(u[i], 10U + i, 1U + i);
+    CHECK_FALSE(d.q.driver.broken());
+  }
+  SECTION("one element for all the published chains") {
+    d.used(1, 1, 4);
+    d.publish(2);
+    const auto u = d.reap(8);
+    REQUIRE(u.size() == 4);
+    check(u[0], 10, 0);
+    check(u[3], 13, 4);
+    CHECK_FALSE(d.q.driver.broken());
+  }
+  SECTION("after them, an element naming the oldest staged chain") {
+    d.used(1, 1, 4);
+    d.used(2, 2, 1);
+    d.publish(3);
+    std::vector<used_buffer> u(8);
+    REQUIRE(d.q.driver.get_used(u).value() == 4);
+    CHECK(d.q.driver.broken());
+    CHECK(d.q.driver.error() == errc::used_id_not_outstanding);
+  }
+  SECTION("an element naming the newest staged chain") {
+    d.used(1, 4, 1);
+    d.publish(2);
+    std::vector<used_buffer> u(8);
+    CHECK(d.q.driver.get_used(u).error() == errc::used_id_not_outstanding);
+    CHECK(d.q.driver.broken());
+  }
+}

@@ -375,7 +375,6 @@ class alignas(64) split_driver : public detail::queue_common<P> {
         put<E>(d[j].flags, Writable ? split::desc_f_write : std::uint16_t{0});
         s[j].token = tokens[i + j];
         s[j].limit = (Writable ? std::uint64_t{b.len} : 0U) + 1U;
-        s[j].seq = detail::u16(seq + j);
         s[j].ndesc = 1;
         put<E>(entry[j], detail::u16(head + j));
       }
@@ -457,6 +456,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     B::before_publish();
     store_release<E>(ring_.avail.idx(), new_idx);
     avail_published_ = new_idx;
+    published_free_head_ = free_head_;
     device_chains_ += detail::u16(static_cast<std::uint32_t>(new_idx - old_idx));
     // Staged chains are bounded by the queue size (< 2^16), so (u16)(new - old) never aliases
     // and the "2^16 added since the last check" rule of 2.7.10 cannot arise.
@@ -603,6 +603,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     free_head_ = 0;
     num_free_ = size_;
     avail_shadow_ = avail_published_ = start;
+    published_free_head_ = 0;
     last_used_ = used_cache_ = start;
     device_chains_ = 0;
     batch_active_ = false;
@@ -640,7 +641,17 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     return true;
   }
 
-  bool is_staged(const slot& s) const noexcept {
+  // Whether the outstanding chain at `head` is staged (added, not yet published by a kick).
+  bool is_staged(std::uint32_t head, const slot& s) const noexcept {
+    if (avail_shadow_ == avail_published_) return false;
+    if (in_order_) {
+      // 2.7.9: chains take descriptors in ring order, so the staged ones hold the descriptors
+      // from published_free_head_ up to free_head_ (all of them when the two meet with
+      // something staged), and the IN_ORDER adds need not record a seq.
+      std::uint32_t staged = (free_head_ - published_free_head_) & mask_;
+      if (staged == 0) staged = size_;
+      return ((free_head_ - 1U - head) & mask_) < staged;
+    }
     return detail::u16(s.seq - avail_published_) < detail::u16(avail_shadow_ - avail_published_);
   }
 
@@ -652,7 +663,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     if (id >= size_) return errc::used_id_out_of_range;
     // Only chains the driver published and has not reaped can be used.
     const slot& s = slots_[id];
-    if (s.limit == 0 || is_staged(s)) return errc::used_id_not_outstanding;
+    if (s.limit == 0 || is_staged(id, s)) return errc::used_id_not_outstanding;
     // 2.7.8.2: the device MUST NOT report more than it could have written.
     if (len >= s.limit) return errc::used_len_too_large;
     return errc::ok;
@@ -789,10 +800,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     errc e = errc::ok;
     while (n < out.size()) {
       if (!batch_active_) {
-        // Nothing staged since the last kick (the usual case when reaping): then no
-        // outstanding chain can be staged, and the published test drops out.
-        n = avail_shadow_ == avail_published_ ? reap_in_order_run<false>(out, n, e)
-                                              : reap_in_order_run<true>(out, n, e);
+        n = reap_in_order_run(out, n, e);
         if (e != errc::ok || n == out.size()) break;
       }
       e = reap_one(out[n]);
@@ -809,8 +817,8 @@ class alignas(64) split_driver : public detail::queue_common<P> {
   // not take (e = ok: for reap_one), or at a used idx jump (e set, the queue broken). The
   // checks are read_used's: the id is the oldest outstanding head (so in range, 2.7.8, and
   // outstanding: limit != 0), its len within its writable bytes (2.7.8.2: len < limit), and it
-  // was published. The driver's indices stay in locals for the run.
-  template <bool AnyStaged>
+  // was published: the published chains are the oldest device_chains_ outstanding ones, so
+  // the run takes at most that many. The driver's indices stay in locals for the run.
   [[gnu::noinline]] std::size_t reap_in_order_run(std::span<used_buffer> out, std::size_t n,
                                                   errc& e) {
     const std::size_t first = n;
@@ -824,8 +832,6 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     const std::uint32_t mask = mask_;
     const split::used_ring used = ring_.used;
     slot* const slots = slots_.data();
-    const std::uint16_t published = avail_published_;
-    const std::uint16_t staged = detail::u16(avail_shadow_ - avail_published_);
     bool stop = false;
     while (n < out.size() && !stop) {
       if (last == cache) {
@@ -844,7 +850,12 @@ class alignas(64) split_driver : public detail::queue_common<P> {
           break;
         }
       }
-      const std::size_t end = n + std::min<std::size_t>(detail::u16(cache - last), out.size() - n);
+      // An element beyond the published chains (possible after one that stood for several,
+      // read by reap_one under an earlier idx check) is reap_one's to refuse.
+      const std::size_t published = device_chains_ - (n - first);
+      if (published == 0) break;
+      const std::size_t end =
+          n + std::min({std::size_t{detail::u16(cache - last)}, out.size() - n, published});
       // At most two runs of used elements (before and after the end of the ring), each read
       // linearly.
       for (std::uint32_t pos = last & mask; n < end && !stop; pos = 0) {
@@ -855,9 +866,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
           const std::uint32_t id = get<E>(u->id);
           const std::uint32_t len = get<E>(u->len);
           slot& s = slots[oldest];
-          bool other = (id != oldest) | (len >= s.limit);
-          if constexpr (AnyStaged) other |= detail::u16(s.seq - published) < staged;
-          if (other) [[unlikely]] {
+          if ((id != oldest) | (len >= s.limit)) [[unlikely]] {
             stop = true;
             break;
           }
@@ -959,12 +968,13 @@ class alignas(64) split_driver : public detail::queue_common<P> {
   std::uint32_t num_free_ = 0;
   std::uint32_t indirect_min_ = std::numeric_limits<std::uint32_t>::max();
   std::uint16_t free_head_ = 0;
-  std::uint16_t avail_shadow_ = 0;     ///< next avail idx to stage at (private)
-  std::uint16_t avail_published_ = 0;  ///< avail idx at the last kick_prepare
-  std::uint16_t last_used_ = 0;        ///< next used element to read
-  std::uint16_t used_cache_ = 0;       ///< last used idx read from the ring
-  std::uint32_t device_chains_ = 0;    ///< published chains not yet reaped
-  std::uint16_t batch_id_ = 0;         ///< IN_ORDER: head named by the current used element
+  std::uint16_t avail_shadow_ = 0;         ///< next avail idx to stage at (private)
+  std::uint16_t avail_published_ = 0;      ///< avail idx at the last kick_prepare
+  std::uint16_t published_free_head_ = 0;  ///< free_head_ at the last kick_prepare (IN_ORDER)
+  std::uint16_t last_used_ = 0;            ///< next used element to read
+  std::uint16_t used_cache_ = 0;           ///< last used idx read from the ring
+  std::uint32_t device_chains_ = 0;        ///< published chains not yet reaped
+  std::uint16_t batch_id_ = 0;             ///< IN_ORDER: head named by the current used element
   std::uint32_t batch_len_ = 0;
   std::vector<std::uint16_t> next_;  ///< private descriptor links (free list and chains)
   std::vector<slot> slots_;          ///< per head
