@@ -349,6 +349,14 @@ class packed_driver : public detail::queue_common<P> {
   result<std::size_t> get_used(std::span<used_buffer> out) {
     guard g(this->lock_);
     if (this->broken()) return errc::broken;
+    if (out.size() == 1) {
+      // One completion: the single reap, without a batch loop's set-up (a driver polling one
+      // at a time calls this).
+      const errc e = reap_one(out[0]);
+      if (e != errc::ok) return e == errc::empty ? result<std::size_t>{std::size_t{0}} : e;
+      after_reap();
+      return std::size_t{1};
+    }
     if constexpr (!P::checked) {
       if (in_order_left_ == 0) return in_order_ ? reap_batch<true>(out) : reap_batch<false>(out);
     }
