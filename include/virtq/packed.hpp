@@ -22,6 +22,13 @@
 // broken() and update the statistics once per call, and keep the ring position, wrap counter
 // and per-id records in registers across the batch; the single-element calls are batches of one.
 //
+// IN_ORDER (2.8.20 / 2.8.21): chains come back in the order they were made available, so the
+// driver names each chain by the slot of its head (no free-id list, no list of chains in order:
+// the oldest chain in use is the one at last_used), and the device records each popped id at
+// its head slot (the oldest in flight is the one at next_used). Both batch loops then test
+// "is this the oldest" with one compare; a used descriptor standing for several chains (the
+// last one's id, 2.8.20) leaves the driver's batch loop for the general, fully checked path.
+//
 // Barrier labels (table in virtqueue.hpp): D1 publish head flags; V1 acquire a head's flags;
 // D2 full before reading the device event area; V2 publish used flags; D3 acquire used flags;
 // V3 full before reading the driver event area; D4 full after re-enabling interrupts; V4 full
