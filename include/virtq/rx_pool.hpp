@@ -559,10 +559,10 @@ class rx_pool {
   /// Buffers on the repost list (free_count() includes them).
   std::uint32_t ready_count() const noexcept { return ready_n_; }
 
-  /// Offers the repost list to `add(span<const buffer>, span<const token_t>) -> accepted`
-  /// (a ring's add_inbufs; most recently released first... in release order); the first
-  /// `accepted` become posted, the others go to the free list. Returns how many were accepted.
-  /// With poisoning, each is checked first, as take() does.
+  /// Offers the repost list, in release order, to `add(span<const buffer>, span<const
+  /// token_t>) -> accepted` (a ring's add_inbufs); the first `accepted` become posted, the
+  /// others go to the free list. Returns how many were accepted. With poisoning, each is
+  /// checked first, as take() does.
   template <class Add>
   std::size_t post_ready(Add&& add) {
     if constexpr (can_repost) {
