@@ -352,14 +352,14 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     free_head_ = head;
   }
   // IN_ORDER (2.7.9): the free descriptors are one run from free_head_, so each head is the
-  // previous one + 1 (no free-list load), and reaping in order never splices the free list (no
-  // slot::last). Heads and ring entries advance together: runs end where either wraps.
+  // previous one + 1 (no free-list load), reaping in order never splices the free list (no
+  // slot::last) and is_staged knows staged chains by their descriptors (no slot::seq). Heads
+  // and ring entries advance together: runs end where either wraps.
   template <bool Writable>
   void add_ones_in_order(const buffer* bufs, const token_t* tokens, std::uint32_t k) noexcept {
     const std::uint32_t size = size_;
     std::uint32_t head = free_head_;
-    std::uint16_t seq = avail_shadow_;
-    std::uint32_t pos = seq & mask_;
+    std::uint32_t pos = avail_shadow_ & mask_;
     for (std::uint32_t i = 0; i < k;) {
       const std::uint32_t run = std::min({k - i, size - pos, size - head});
       split::desc* d = ring_.table + head;
@@ -379,7 +379,6 @@ class alignas(64) split_driver : public detail::queue_common<P> {
         put<E>(entry[j], detail::u16(head + j));
       }
       i += run;
-      seq = detail::u16(seq + run);
       pos = (pos + run) & mask_;
       head = (head + run) & mask_;
     }
@@ -585,7 +584,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     /// (used len < limit) checks both "outstanding" and 2.7.8.2.
     std::uint64_t limit = 0;
     token_t token = 0;
-    std::uint16_t seq = 0;    ///< avail idx it was staged at: staged vs. published
+    std::uint16_t seq = 0;    ///< avail idx it was staged at: staged vs. published (not IN_ORDER)
     std::uint16_t last = 0;   ///< the chain's last ring descriptor, for the free-list splice
     std::uint32_t ndesc = 0;  ///< ring descriptors of the chain (32 bits: a plain store of 1)
   };
@@ -1368,11 +1367,11 @@ class alignas(64) split_device : public detail::queue_common<P> {
     // IN_ORDER where the order record wraps): a run left early (a refused entry) ends the batch.
     for (std::uint32_t pos = used_shadow_ & mask; n < count;) {
       std::size_t run = std::min<std::size_t>(count - n, size - pos);
-      [[maybe_unused]] const std::uint16_t* oldest = nullptr;
+      [[maybe_unused]] const std::uint16_t* ord = nullptr;
       if constexpr (InOrder) {
         const std::uint32_t at = (order_head_ + static_cast<std::uint32_t>(n)) & mask;
         run = std::min<std::size_t>(run, size - at);
-        oldest = order + at;
+        ord = order + at;
       }
       const std::size_t run_end = n + run;
       split::used_elem* e = &used.ring(pos);
@@ -1383,7 +1382,7 @@ class alignas(64) split_device : public detail::queue_common<P> {
           // 2.7.9: `id` must be the oldest held chain; then it is in range, and one compare
           // (len < held) checks it is held and 2.7.8.2. With nothing held order_[order_head]
           // is stale, but every held_ is 0 then: refused as well.
-          const std::uint16_t h = *oldest++;
+          const std::uint16_t h = *ord++;
           if ((id != h) | (len >= held[h])) [[unlikely]] {
             why = errc::invalid_argument;
             break;
