@@ -455,6 +455,37 @@ TEST_CASE("IN_ORDER get_used(span): an id not outstanding breaks the driver") {
   }
 }
 
+TEST_CASE("IN_ORDER get_used(span): an id inside a chain (not its head) is not outstanding") {
+  pair<> q(8, in_order_features());
+  virtq_test::buffer_arena arena(256);
+  const buffer three[3] = {arena.at(0, 8), arena.at(8, 8), arena.at(16, 8)};
+  REQUIRE(q.driver.add({}, std::span<const buffer>(three, 3), 7) == errc::ok);  // slots 0..2
+  REQUIRE(q.driver.add({}, std::span<const buffer>(three, 1), 8) == errc::ok);  // slot 3
+  q.driver.kick_prepare();
+  REQUIRE(get<le>(q.ring.view().ring[2].id) == 0);  // the first chain's id, in every slot
+  put_used(q.ring.view(), 0, 1, 0, true);           // slot 1 is no chain's head
+  used_buffer u[4];
+  REQUIRE(q.driver.get_used(std::span<used_buffer>(u)).error() == errc::used_id_not_outstanding);
+  // Reset hands back both tokens, published and not reaped, exactly once.
+  std::vector<token_t> back;
+  q.driver.reset([&](token_t t) { back.push_back(t); });
+  REQUIRE(back == std::vector<token_t>{7, 8});
+}
+
+TEST_CASE("IN_ORDER reset: staged, published, used and half-reaped chains come back once") {
+  hostile_device h(8, 4);
+  const buffer b = h.arena.at(512, 16);
+  const token_t t = 5;
+  REQUIRE(*h.q.driver.add_inbufs({&b, 1}, {&t, 1}) == 1);  // staged, not published
+  put_used(h.v(), 0, h.id_at(2), 3, true);                 // chains 0..2 at once
+  used_buffer u[1];
+  REQUIRE(*h.reap(u) == 1);  // chain 0 reaped; 1 and 2 used, not yet reaped
+  std::vector<token_t> back;
+  h.q.driver.reset([&](token_t tok) { back.push_back(tok); });
+  std::sort(back.begin(), back.end());
+  REQUIRE(back == std::vector<token_t>{2, 3, 4, 5});
+}
+
 TEST_CASE("2.7.8.2 IN_ORDER get_used(span): a used len over the writable bytes breaks it") {
   SECTION("a per-chain descriptor mid-run") {
     hostile_device h(8, 3);

@@ -406,8 +406,18 @@ class packed_driver : public detail::queue_common<P> {
   template <class F>
   void reset(F&& on_token) {
     guard g(this->lock_);
-    for (std::uint32_t i = 0; i < size_; ++i) {
-      if (ids_[i].batch != free_batch) on_token(ids_[i].token);
+    if (in_order_) {
+      // The chains in use follow each other from last_used_ (take_id), published ones first.
+      std::uint32_t at = last_used_;
+      for (std::uint32_t k = 0; k < outstanding_ + staged_chains_; ++k) {
+        on_token(ids_[at].token);
+        at += ids_[at].slots;
+        if (at >= size_) at -= size_;
+      }
+    } else {
+      for (std::uint32_t i = 0; i < size_; ++i) {
+        if (ids_[i].batch != free_batch) on_token(ids_[i].token);
+      }
     }
     init_state();
   }
@@ -426,8 +436,10 @@ class packed_driver : public detail::queue_common<P> {
   static constexpr std::uint64_t free_batch = ~std::uint64_t{0};
   struct id_info {
     token_t token = 0;
-    std::uint64_t batch = free_batch;  ///< kick generation it was staged in, or free_batch
-    std::uint32_t writable = 0;        ///< device-writable bytes, saturated at 2^32-1
+    /// Kick generation it was staged in, or free_batch. Not kept with IN_ORDER, where the
+    /// chains in use are known by position (in_order_outstanding): one store less per chain.
+    std::uint64_t batch = free_batch;
+    std::uint32_t writable = 0;  ///< device-writable bytes, saturated at 2^32-1
     /// Ring slots taken (meaningful while in use). 32 bits in what would be padding: storing
     /// 1 is then an immediate store (GCC builds a 16-bit 1 in a register first).
     std::uint32_t slots = 0;
@@ -517,7 +529,7 @@ class packed_driver : public detail::queue_common<P> {
               std::uint64_t writable) noexcept {
     id_info& s = ids_[id];
     s.token = token;
-    s.batch = batch_;
+    if (!in_order_) s.batch = batch_;  // IN_ORDER: in use by position (in_order_outstanding)
     s.writable = static_cast<std::uint32_t>(std::min<std::uint64_t>(writable, 0xFFFFFFFFU));
     s.slots = slots;
     ++staged_chains_;
@@ -600,7 +612,7 @@ class packed_driver : public detail::queue_common<P> {
       }
       id_info& s = ids[id];
       s.token = token;
-      s.batch = batch;
+      if constexpr (!InOrder) s.batch = batch;  // IN_ORDER: in use by position
       s.writable = Writable ? len : 0U;
       s.slots = 1;
     };
@@ -650,7 +662,9 @@ class packed_driver : public detail::queue_common<P> {
     if (id >= size_) return fail(errc::used_id_out_of_range);
     const id_info& s = ids_[id];
     // A used id must name a chain the device was given: in use and already published.
-    if (s.batch >= batch_) return fail(errc::used_id_not_outstanding);
+    if (in_order_ ? !in_order_outstanding(id) : s.batch >= batch_) {
+      return fail(errc::used_id_not_outstanding);
+    }
     // 2.8.4 / 2.7.8.2: the used length may not exceed the buffer's device-writable space.
     if (len > s.writable) return fail(errc::used_len_too_large);
     // IN_ORDER: the oldest chain in use has its head at last_used_ (take_id); any other id
@@ -745,7 +759,7 @@ class packed_driver : public detail::queue_common<P> {
         pos -= size;
         want ^= detail::packed_wrap_bits;
       }
-      s.batch = free_batch;
+      if constexpr (!InOrder) s.batch = free_batch;
       if constexpr (!InOrder) *free_top++ = id;  // IN_ORDER ids are slots, not a free list
     }
     const auto n = static_cast<std::size_t>(o - out.data());
@@ -774,6 +788,18 @@ class packed_driver : public detail::queue_common<P> {
     }
     if (n != 0) after_reap();
     return n;
+  }
+
+  /// IN_ORDER: is `id` one of the outstanding_ chains (published, not reaped)? They follow each
+  /// other from last_used_, each id its head slot (take_id); the oldest is the common case.
+  bool in_order_outstanding(std::uint16_t id) const noexcept {
+    std::uint32_t at = last_used_;
+    for (std::uint32_t k = 0; k < outstanding_; ++k) {
+      if (at == id) return true;
+      at += ids_[at].slots;
+      if (at >= size_) at -= size_;
+    }
+    return false;
   }
 
   [[gnu::noinline]] errc start_in_order_batch(std::uint16_t id, std::uint32_t len,
