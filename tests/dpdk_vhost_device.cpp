@@ -11,8 +11,9 @@
 // frames in order, what the device wrote into the header, testpmd's own counters, and the
 // ring positions DPDK reports at GET_VRING_BASE; kicks are written only when kick_prepare()
 // says so, and the receive side sleeps on its call eventfd after enable_interrupts().
-// Two findings are pinned (docs/interop.md): DPDK leaves num_buffers unwritten without
-// MRG_RXBUF, and our packed_driver refuses the reserved len of DPDK's transmit completions.
+// One DPDK finding is pinned (docs/interop.md): it leaves num_buffers unwritten without
+// MRG_RXBUF. This test also found that our packed_driver refused the reserved len of DPDK's
+// transmit completions (2.8.4); fixed, the packed cases now reap every transmit completion.
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -262,12 +263,6 @@ struct case_options {
   bool event_idx = false;
   bool in_order = false;
   std::uint16_t split_base = 0;  // split: the avail/used idx both sides start from
-  // Packed: our packed_driver refuses DPDK's transmit completions (docs/interop.md, "our
-  // driver against DPDK's device", finding 1). The transmit ring is then never reaped until
-  // the end, where the refusal is pinned; it is made 2048 entries long so that every round
-  // fits without reclaiming a slot, and the receive side runs in full.
-  bool pinned_tx_len = false;
-  std::uint32_t tx_size() const noexcept { return pinned_tx_len ? 2048U : queue_size; }
 };
 
 /// Ring addresses as vhost-user names them (desc, used, avail): for a packed ring the device
@@ -294,14 +289,6 @@ std::string debug_ring(const virtq::split::ring_view& v) {
 std::string debug_ring(const virtq::packed::ring_view&) {
   return {};
 }
-/// Packed: the first used descriptor of a ring (where the pinned finding is read).
-const virtq::packed::desc& used_slot0(const virtq::split::ring_view&) {
-  static const virtq::packed::desc none{};
-  return none;
-}
-const virtq::packed::desc& used_slot0(const virtq::packed::ring_view& v) {
-  return v.ring[0];
-}
 
 /// What a run saw, for the assertions and the report.
 struct case_result {
@@ -314,9 +301,6 @@ struct case_result {
   std::map<unsigned, std::uint64_t> num_buffers;  // value the device wrote -> frames
   std::uint64_t header_other_nonzero = 0;         // frames whose header had other bytes set
   std::uint32_t rx_base = 0, tx_base = 0;
-  virtq::errc tx_error = virtq::errc::ok;
-  std::uint32_t tx_used_len = 0;  // the first used descriptor of the transmit ring, as written
-  std::uint16_t tx_used_flags = 0;
   testpmd_counts counts;
   virtq::queue_stats rx_stats, tx_stats;
   std::string log;
@@ -343,7 +327,7 @@ case_result run_case(const case_options& o) {
     REQUIRE(g);
     return *g;
   };
-  const std::uint32_t tx_size = o.tx_size();
+  const std::uint32_t tx_size = queue_size;
   const auto rx_geo = geo(queue_size), tx_geo = geo(tx_size);
   const auto page = [](std::size_t v) { return (v + 4095U) & ~std::size_t{4095}; };
   const std::size_t tx_ring_off = page(rx_geo.total);
@@ -460,17 +444,12 @@ case_result run_case(const case_options& o) {
       if (tx.broken()) return;
       const auto n = tx.get_used(used);
       INFO("transmit queue: " << virtq::to_string(tx.error()));
-      if (!n && o.pinned_tx_len) {
-        res.tx_error = tx.error();
-        const virtq::packed::desc& d = used_slot0(*tx_view);
-        res.tx_used_len = virtq::get<virtq::little_endian>(d.len);
-        res.tx_used_flags = virtq::load_acquire<virtq::little_endian>(d.flags);
-        return;
-      }
       REQUIRE(n);
       if (*n == 0) return;
       for (std::size_t i = 0; i < *n; ++i) {
-        CHECK(used[i].len == 0);  // a transmit buffer is device-readable only
+        // A transmit buffer is device-readable only. Packed: DPDK leaves the driver's length
+        // in a used descriptor without WRITE; 2.8.4 makes it reserved, so it reads as 0.
+        CHECK(used[i].len == 0);
         tx_free.push_back(static_cast<std::uint16_t>(used[i].token));
       }
       res.tx_reaped += *n;
@@ -485,7 +464,7 @@ case_result run_case(const case_options& o) {
     // one-descriptor chains (header and frame together) added and published as one batch.
     const bool chained = (r % 2) == 1;
     const std::uint32_t per_chain = chained ? 2 : 1;
-    if (!o.pinned_tx_len) reap_tx();
+    reap_tx();
     const std::uint32_t n = std::min<std::uint32_t>(
         {pattern[static_cast<std::size_t>(r) % pattern.size()], tx.num_free() / per_chain,
          static_cast<std::uint32_t>(tx_free.size())});
@@ -546,10 +525,10 @@ case_result run_case(const case_options& o) {
         }
         res.received += *got;
         post_rx(std::span<const virtq::used_buffer>(used.data(), *got));
-        if (!o.pinned_tx_len) reap_tx();
+        reap_tx();
         continue;
       }
-      if (!o.pinned_tx_len) reap_tx();
+      reap_tx();
       INFO("round " << r << ": " << expect_seq << " of " << next_seq
                     << " frames came back; tx kicks " << tx.stats().kicks << "/"
                     << tx.stats().kicks_suppressed << " rx kicks " << rx.stats().kicks << "/"
@@ -575,8 +554,7 @@ case_result run_case(const case_options& o) {
       }
     }
   }
-  // Every transmit completion comes back without more traffic (pinned: the first refused).
-  if (o.pinned_tx_len) reap_tx();
+  // Every transmit completion comes back without more traffic.
   const auto tx_deadline = clock_type::now() + 2s;
   while (res.tx_reaped < res.sent && !tx.broken() && clock_type::now() < tx_deadline) {
     reap_tx();
@@ -590,7 +568,7 @@ case_result run_case(const case_options& o) {
   res.rx_stats = rx.stats();
   res.tx_stats = tx.stats();
   CHECK_FALSE(rx.broken());
-  CHECK(tx.broken() == o.pinned_tx_len);
+  CHECK_FALSE(tx.broken());
   REQUIRE(pmd.command("quit"));
   pmd.close_stdin();
   if (!pmd.wait_exit(15s)) pmd.kill_now();
@@ -609,21 +587,7 @@ void check_case(const case_options& o, const case_result& r) {
   INFO("testpmd log tail: " << tail(r.log));
   // Every frame came back, once, byte-exact and in order (checked as they arrived).
   CHECK(r.received == r.sent);
-  if (o.pinned_tx_len) {
-    // FINDING (ours, not DPDK's): 2.8.6 says "Element Length is reserved for used descriptors
-    // without the VIRTQ_DESC_F_WRITE flag, and is ignored by drivers". DPDK's vhost completes
-    // a transmit chain with a used descriptor that has no WRITE flag and still holds the
-    // length the driver wrote (12 + 60 bytes for frame 0); packed_driver checks that length
-    // against the chain's writable bytes (0) and breaks the queue. When packed_driver ignores
-    // the reserved length, this pin fails: turn the packed cases into full runs (drop
-    // pinned_tx_len) and update docs/interop.md.
-    CHECK(r.tx_error == virtq::errc::used_len_too_large);
-    CHECK((r.tx_used_flags & virtq::packed::desc_f_write) == 0);
-    CHECK(r.tx_used_len == net_hdr + frame_length(0));
-    CHECK(r.tx_reaped == 0);
-  } else {
-    CHECK(r.tx_reaped == r.sent);
-  }
+  CHECK(r.tx_reaped == r.sent);
   CHECK(r.sent > 2 * queue_size);  // several laps of the receive ring (and the transmit ring)
   // testpmd's own view: it received what we sent and sent back all of it.
   CHECK(r.counts.seen);
@@ -631,7 +595,7 @@ void check_case(const case_options& o, const case_result& r) {
   CHECK(r.counts.tx == r.sent);
   CHECK(r.counts.tx_dropped == 0);
   CHECK(r.rx_stats.rejected() == 0);
-  CHECK(r.tx_stats.rejected() == (o.pinned_tx_len ? 1U : 0U));
+  CHECK(r.tx_stats.rejected() == 0);
   CHECK(r.rx_stats.reaped == r.received);
   CHECK(r.tx_stats.reaped == r.tx_reaped);
   // DPDK polls and asks not to be kicked; kick_prepare() read that and held kicks back.
@@ -650,7 +614,7 @@ void check_case(const case_options& o, const case_result& r) {
   CHECK(r.num_buffers.count(fill_u16) == 1);
   // Where DPDK stopped: every chain we made available was taken.
   if (o.packed) {
-    CHECK(r.tx_base == packed_position(r.tx_slots, o.tx_size()));
+    CHECK(r.tx_base == packed_position(r.tx_slots, queue_size));
     CHECK(r.rx_base == packed_position(r.received, queue_size));
   } else {
     CHECK(r.tx_base == ((o.split_base + r.sent) & 0xFFFFU));
@@ -697,11 +661,11 @@ TEST_CASE("vhost-user device (DPDK net_vhost): split ring, EVENT_IDX", "[dpdk][v
 
 TEST_CASE("vhost-user device (DPDK net_vhost): packed ring, flags suppression",
           "[dpdk][vhost-device]") {
-  run_and_check<virtq::packed_layout, flags_pol>({"packed", true, false, false, 0, true});
+  run_and_check<virtq::packed_layout, flags_pol>({"packed", true});
 }
 
 TEST_CASE("vhost-user device (DPDK net_vhost): packed ring, EVENT_IDX", "[dpdk][vhost-device]") {
-  run_and_check<virtq::packed_layout, event_pol>({"packed+event_idx", true, true, false, 0, true});
+  run_and_check<virtq::packed_layout, event_pol>({"packed+event_idx", true, true});
 }
 
 TEST_CASE("vhost-user device (DPDK net_vhost): IN_ORDER, both layouts", "[dpdk][vhost-device]") {
@@ -712,11 +676,10 @@ TEST_CASE("vhost-user device (DPDK net_vhost): IN_ORDER, both layouts", "[dpdk][
     run_and_check<virtq::split_layout, event_pol>({"split+in_order+event_idx", false, true, true});
   }
   SECTION("packed") {
-    run_and_check<virtq::packed_layout, flags_pol>({"packed+in_order", true, false, true, 0, true});
+    run_and_check<virtq::packed_layout, flags_pol>({"packed+in_order", true, false, true});
   }
   SECTION("packed+event_idx") {
-    run_and_check<virtq::packed_layout, event_pol>(
-        {"packed+in_order+event_idx", true, true, true, 0, true});
+    run_and_check<virtq::packed_layout, event_pol>({"packed+in_order+event_idx", true, true, true});
   }
 }
 

@@ -553,6 +553,7 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
       const auto& [pid, wbytes] = sent[pick % with_len];
       id = pid;
       len = static_cast<std::uint32_t>(wbytes + 1);  // 2.7.8.2: more than it could write
+      flags = static_cast<std::uint16_t>(flags | packed::desc_f_write);  // 2.8.3: it says it wrote
       expect = errc::used_len_too_large;
     } else if (variant == 4) {
       flags = avail_flags(wrap_at(m.p_reaped, m.size));  // AVAIL != USED: not used

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "layouts.hpp"
@@ -47,12 +48,17 @@ inline void put_desc(const virtq::packed::ring_view& v, std::uint32_t slot, std:
 }
 
 /// Writes a used descriptor by hand (what a device does), flags last.
+/// A used descriptor as a device writes it: WRITE set when it wrote something (2.8.3), unless
+/// `write_flag` says otherwise (a device that leaves len reserved, 2.8.4).
 inline void put_used(const virtq::packed::ring_view& v, std::uint32_t slot, std::uint16_t id,
-                     std::uint32_t len, bool wrap) {
+                     std::uint32_t len, bool wrap, std::optional<bool> write_flag = {}) {
   virtq::packed::desc& d = v.ring[slot];
   virtq::put<le>(d.id, id);
   virtq::put<le>(d.len, len);
-  virtq::store_release<le>(d.flags, virtq::packed::used_bits(wrap));
+  const bool w = write_flag.value_or(len != 0);
+  virtq::store_release<le>(d.flags,
+                           static_cast<std::uint16_t>(virtq::packed::used_bits(wrap) |
+                                                      (w ? virtq::packed::desc_f_write : 0U)));
 }
 
 inline std::uint16_t flags_at(const virtq::packed::ring_view& v, std::uint32_t slot) {

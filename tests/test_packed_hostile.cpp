@@ -431,6 +431,54 @@ TEST_CASE("driver: an id used twice is used_id_not_outstanding") {
   REQUIRE(back == std::multiset<token_t>{101});
 }
 
+TEST_CASE("2.8.4 driver: a used len without WRITE is reserved: ignored, reported as 0") {
+  hostile_device h(8);
+  SECTION("a device-writable buffer: any len, even one over the buffer") {
+    const auto ids = h.publish(2, 64);
+    put_used(h.v(), 0, ids[0], 65, true, false);
+    put_used(h.v(), 1, ids[1], 0xFFFFFFFFU, true, false);
+    used_buffer u[2];
+    REQUIRE(*h.driver.get_used(std::span<used_buffer>(u)) == 2);
+    REQUIRE(u[0].token == 100);
+    REQUIRE(u[0].len == 0);
+    REQUIRE(u[1].token == 101);
+    REQUIRE(u[1].len == 0);
+  }
+  SECTION("a device-readable buffer completed with the driver's own length (DPDK's vhost)") {
+    const buffer frame = h.arena.at(0, 72);
+    const token_t token = 7;
+    REQUIRE(*h.driver.add_outbufs({&frame, 1}, {&token, 1}) == 1);
+    (void)h.driver.kick_prepare();
+    put_used(h.v(), 0, get<le>(h.v().ring[0].id), 72, true, false);
+    const auto u = h.driver.get_used();
+    REQUIRE(u);
+    REQUIRE(u->token == 7);
+    REQUIRE(u->len == 0);
+  }
+  REQUIRE_FALSE(h.driver.broken());
+  REQUIRE(h.driver.stats().rejected() == 0);
+}
+
+TEST_CASE("2.8.3 device: WRITE is set in a used descriptor exactly when it wrote") {
+  pair<> q(8);
+  virtq_test::buffer_arena arena(4096);
+  const buffer in[2] = {arena.at(0, 64), arena.at(64, 64)};
+  const token_t tokens[2] = {1, 2};
+  REQUIRE(*q.driver.add_inbufs(in, tokens) == 2);
+  (void)q.driver.kick_prepare();
+  popped_buffer p[2];
+  REQUIRE(*q.device.pop_buffers(p) == 2);
+  const used_entry done[2] = {{p[0].id, 40}, {p[1].id, 0}};
+  REQUIRE(*q.device.complete(done) == 2);
+  (void)q.device.interrupt_prepare();
+  REQUIRE((flags_at(q.ring.view(), 0) & packed::desc_f_write) != 0);
+  REQUIRE((flags_at(q.ring.view(), 1) & packed::desc_f_write) == 0);
+  used_buffer u[2];
+  REQUIRE(*q.driver.get_used(std::span<used_buffer>(u)) == 2);
+  REQUIRE(u[0].len == 40);
+  REQUIRE(u[1].len == 0);
+}
+
 TEST_CASE("driver: a used len larger than the writable space is used_len_too_large") {
   hostile_device h(8);
   const auto ids = h.publish(1, 64);

@@ -116,6 +116,18 @@ constexpr bool packed_bits_match_spec() {
 }
 static_assert(packed_bits_match_spec());
 
+/// 2.8.3 / 2.8.4: in a used descriptor WRITE says whether the device wrote anything into the
+/// buffer; without it Element Length "is reserved ... and is ignored by drivers": the driver
+/// reports 0 and checks nothing about it (DPDK's vhost, for one, leaves the driver's own
+/// length there when it completes a transmit chain).
+constexpr std::uint32_t packed_used_len(std::uint16_t flags, std::uint32_t raw) noexcept {
+  return (flags & packed::desc_f_write) != 0 ? raw : 0U;
+}
+/// The WRITE bit a device sets in a used descriptor: it wrote `len` bytes (2.8.3).
+constexpr std::uint16_t packed_written_bit(std::uint32_t len) noexcept {
+  return len != 0 ? packed::desc_f_write : std::uint16_t{0};
+}
+
 /// 2.8.10, the decision both sides make after publishing: does the peer's event suppression
 /// area ask to hear about the `added` slots just published up to (new_off, new_wrap)? DISABLE
 /// says no; DESC (meaningful only with EVENT_IDX) says yes iff its off_wrap lies among them;
@@ -669,7 +681,7 @@ class packed_driver : public detail::queue_common<P> {
     // outstanding this slot cannot hold one.
     if (outstanding_ == 0) return fail(errc::used_unexpected);
     const std::uint16_t id = get<E>(d.id);
-    const std::uint32_t len = get<E>(d.len);
+    const std::uint32_t len = detail::packed_used_len(flags, get<E>(d.len));
     if (id >= size_) return fail(errc::used_id_out_of_range);
     const id_info& s = ids_[id];
     // A used id must name a chain the device was given: in use and already published. IN_ORDER
@@ -736,7 +748,7 @@ class packed_driver : public detail::queue_common<P> {
       if ((flags & detail::packed_wrap_bits) != want) break;
       B::after_observe();
       const std::uint16_t id = get<E>(d.id);
-      const std::uint32_t len = get<E>(d.len);
+      const std::uint32_t len = detail::packed_used_len(flags, get<E>(d.len));
       if constexpr (InOrder) {
         // The oldest chain in use, whose id is its head slot (take_id), is in range and, with
         // fewer than outstanding_ reaped, published: for this id reap_one's range and
@@ -1523,11 +1535,13 @@ class packed_device : public detail::queue_common<P> {
                                               bool hold) noexcept {
     put<E>(d.id, id);
     put<E>(d.len, len);
+    // 2.8.3: WRITE tells the driver whether len means anything.
+    const auto f = static_cast<std::uint16_t>(flags | detail::packed_written_bit(len));
     if (hold) {
       pending_slot_ = static_cast<std::uint16_t>(slot);
-      pending_flags_ = flags;
+      pending_flags_ = f;
     } else {
-      store_relaxed<E>(d.flags, flags);
+      store_relaxed<E>(d.flags, f);
     }
   }
 
