@@ -35,28 +35,21 @@
 
 namespace virtq_bench {
 
-class floor_split_pair {
-  using E = virtq::little_endian;
-
+/// What both floors share: the harness around the four ring operations, identical to
+/// queue_pair's (buffers laid out once, `popped_buffer` and `used_entry` arrays, whole batches).
+/// Ring provides add / pop / complete / get_used, publish_avail() after a batch of adds and
+/// publish_used() after a batch of completions.
+template <class Ring>
+class floor_harness {
  public:
-  explicit floor_split_pair(std::uint32_t size = queue_size)
-      : ring_(size),
-        buffers_(std::size_t{size} * buffer_bytes, 4096),
-        view_(ring_.view()),
-        size_(size),
-        mask_(size - 1),
-        next_(size),
-        tokens_(size),
-        bufs_(size),
-        toks_in_(size) {
+  explicit floor_harness(std::uint32_t size)
+      : buffers_(std::size_t{size} * buffer_bytes, 4096), bufs_(size), toks_in_(size), size_(size) {
     for (std::uint32_t i = 0; i < size; ++i) {
-      next_[i] = static_cast<std::uint16_t>(i + 1U);
       bufs_[i] = virtq::buffer{
           reinterpret_cast<std::uintptr_t>(buffers_.data()) + std::uint64_t{i} * buffer_bytes,
           buffer_bytes};
       toks_in_[i] = i;
     }
-    num_free_ = size;
   }
 
   std::size_t capacity() const noexcept { return size_; }
@@ -65,39 +58,72 @@ class floor_split_pair {
     std::size_t i = 0;
     while (i < n) {
       const std::size_t k = std::min<std::size_t>(n - i, size_ - next_slot_);
-      const std::size_t got =
-          add(std::span(bufs_.data() + next_slot_, k), std::span(toks_in_.data() + next_slot_, k));
+      const std::size_t got = ring().add(std::span(bufs_.data() + next_slot_, k),
+                                         std::span(toks_in_.data() + next_slot_, k));
       i += got;
       next_slot_ += static_cast<std::uint32_t>(got);
       if (next_slot_ == size_) next_slot_ = 0;
       if (got != k) break;
     }
-    // 2.7.13: the entries before the idx (the only barrier of the driver's publish).
-    virtq::store_release<E>(view_.avail.idx(), avail_);
+    ring().publish_avail();
     return i;
   }
 
   std::size_t serve(std::size_t n) {
     std::size_t i = 0;
     while (i < n) {
-      const std::size_t got = pop(std::span(popped_, std::min<std::size_t>(n - i, max_batch)));
+      const std::size_t got =
+          ring().pop(std::span(popped_, std::min<std::size_t>(n - i, max_batch)));
       if (got == 0) break;
       for (std::size_t k = 0; k < got; ++k) {
         done_[k] = virtq::used_entry{popped_[k].id, buffer_bytes};
       }
-      complete(std::span<const virtq::used_entry>(done_, got));
+      ring().complete(std::span<const virtq::used_entry>(done_, got));
       i += got;
     }
-    // 2.7.14: the used elements before the idx.
-    if (i != 0) virtq::store_release<E>(view_.used.idx(), used_);
+    if (i != 0) ring().publish_used();
     return i;
   }
 
   std::size_t reap(std::size_t n) {
-    return get_used(std::span(used_out_, std::min<std::size_t>(n, max_batch)));
+    return ring().get_used(std::span(used_out_, std::min<std::size_t>(n, max_batch)));
   }
 
  private:
+  Ring& ring() noexcept { return static_cast<Ring&>(*this); }
+
+  virtq::aligned_buffer buffers_;
+  std::vector<virtq::buffer> bufs_;
+  std::vector<virtq::token_t> toks_in_;
+  std::uint32_t size_;
+  std::uint32_t next_slot_ = 0;
+  virtq::used_buffer used_out_[max_batch];
+  alignas(64) virtq::popped_buffer popped_[max_batch];
+  virtq::used_entry done_[max_batch];
+};
+
+class floor_split_pair : public floor_harness<floor_split_pair> {
+  using E = virtq::little_endian;
+  friend class floor_harness<floor_split_pair>;
+
+ public:
+  explicit floor_split_pair(std::uint32_t size = queue_size)
+      : floor_harness(size),
+        ring_(size),
+        view_(ring_.view()),
+        mask_(size - 1),
+        next_(size),
+        tokens_(size),
+        num_free_(size) {
+    for (std::uint32_t i = 0; i < size; ++i) next_[i] = static_cast<std::uint16_t>(i + 1U);
+  }
+
+ private:
+  // 2.7.13: the entries before the idx (the only barrier of the driver's publish).
+  void publish_avail() { virtq::store_release<E>(view_.avail.idx(), avail_); }
+  // 2.7.14: the used elements before the idx.
+  void publish_used() { virtq::store_release<E>(view_.used.idx(), used_); }
+
   [[gnu::always_inline]] std::size_t add(std::span<const virtq::buffer> bufs,
                                          std::span<const virtq::token_t> toks) {
     const std::size_t k = std::min<std::size_t>(bufs.size(), num_free_);
@@ -181,86 +207,41 @@ class floor_split_pair {
   }
 
   virtq::ring_memory<virtq::split_layout> ring_;
-  virtq::aligned_buffer buffers_;
   virtq::split::ring_view view_;
-  std::uint32_t size_;
   std::uint32_t mask_;
   // Driver state.
   alignas(64) std::vector<std::uint16_t> next_;
   std::vector<virtq::token_t> tokens_;
-  std::vector<virtq::buffer> bufs_;
-  std::vector<virtq::token_t> toks_in_;
-  std::uint32_t next_slot_ = 0;
-  std::uint32_t num_free_ = 0;
+  std::uint32_t num_free_;
   std::uint16_t free_head_ = 0;
   std::uint16_t avail_ = 0;
   std::uint16_t last_used_ = 0;
-  virtq::used_buffer used_out_[max_batch];
   // Device state.
   alignas(64) std::uint16_t last_avail_ = 0;
   std::uint16_t used_ = 0;
-  virtq::popped_buffer popped_[max_batch];
-  virtq::used_entry done_[max_batch];
 };
 
-class floor_packed_pair {
+class floor_packed_pair : public floor_harness<floor_packed_pair> {
   using E = virtq::little_endian;
+  friend class floor_harness<floor_packed_pair>;
 
  public:
   explicit floor_packed_pair(std::uint32_t size = queue_size)
-      : ring_(size),
-        buffers_(std::size_t{size} * buffer_bytes, 4096),
+      : floor_harness(size),
+        ring_(size),
         view_(ring_.view()),
-        size_(size),
+        ring_size_(size),
         free_ids_(size),
         tokens_(size),
-        bufs_(size),
-        toks_in_(size) {
-    for (std::uint32_t i = 0; i < size; ++i) {
-      free_ids_[i] = static_cast<std::uint16_t>(i);
-      bufs_[i] = virtq::buffer{
-          reinterpret_cast<std::uintptr_t>(buffers_.data()) + std::uint64_t{i} * buffer_bytes,
-          buffer_bytes};
-      toks_in_[i] = i;
-    }
-    num_free_ = size;
-  }
-
-  std::size_t capacity() const noexcept { return size_; }
-
-  std::size_t send(std::size_t n) {
-    std::size_t i = 0;
-    while (i < n) {
-      const std::size_t k = std::min<std::size_t>(n - i, size_ - next_slot_);
-      const std::size_t got =
-          add(std::span(bufs_.data() + next_slot_, k), std::span(toks_in_.data() + next_slot_, k));
-      i += got;
-      next_slot_ += static_cast<std::uint32_t>(got);
-      if (next_slot_ == size_) next_slot_ = 0;
-      if (got != k) break;
-    }
-    return i;
-  }
-
-  std::size_t serve(std::size_t n) {
-    std::size_t i = 0;
-    while (i < n) {
-      const std::size_t got = pop(std::span(popped_, std::min<std::size_t>(n - i, max_batch)));
-      if (got == 0) break;
-      for (std::size_t k = 0; k < got; ++k) {
-        done_[k] = virtq::used_entry{popped_[k].id, buffer_bytes};
-      }
-      complete(std::span<const virtq::used_entry>(done_, got));
-      i += got;
-    }
-    return i;
-  }
-
-  std::size_t reap(std::size_t n) {
-    return get_used(std::span(used_out_, std::min<std::size_t>(n, max_batch)));
+        num_free_(size) {
+    for (std::uint32_t i = 0; i < size; ++i) free_ids_[i] = static_cast<std::uint16_t>(i);
   }
 
  private:
+  // Packed publishes through each batch's first flags (add, complete): nothing more to do.
+  void publish_avail() {}
+  void publish_used() {}
+
   // Each loop runs to the end of the ring at most, then flips the wrap counter (2.8.1): no test
   // of the position per descriptor. Indices and bases in locals, as in floor_split_pair.
   [[gnu::always_inline]] std::size_t add(std::span<const virtq::buffer> bufs,
@@ -277,7 +258,7 @@ class floor_packed_pair {
     const std::uint16_t first_flags =
         static_cast<std::uint16_t>(virtq::packed::avail_bits(wrap) | virtq::packed::desc_f_write);
     for (std::size_t j = 0; j < k;) {
-      const std::size_t run_end = j + std::min<std::size_t>(k - j, size_ - pos);
+      const std::size_t run_end = j + std::min<std::size_t>(k - j, ring_size_ - pos);
       const std::uint16_t flags =
           static_cast<std::uint16_t>(virtq::packed::avail_bits(wrap) | virtq::packed::desc_f_write);
       for (; j < run_end; ++j, ++pos) {
@@ -289,7 +270,7 @@ class floor_packed_pair {
         if (j != 0) virtq::put<E>(d.flags, flags);
         tokens[id] = toks[j];
       }
-      if (pos == size_) {
+      if (pos == ring_size_) {
         pos = 0;
         wrap = !wrap;
       }
@@ -308,7 +289,7 @@ class floor_packed_pair {
     bool wrap = dev_wrap_;
     std::size_t j = 0;
     while (j < out.size()) {
-      const std::size_t run_end = j + std::min<std::size_t>(out.size() - j, size_ - pos);
+      const std::size_t run_end = j + std::min<std::size_t>(out.size() - j, ring_size_ - pos);
       for (; j < run_end; ++j, ++pos) {
         const virtq::packed::desc& d = ring[pos];
         // 2.8.21.1 (the device's side): the flags before the rest of the descriptor.
@@ -318,7 +299,7 @@ class floor_packed_pair {
                                       virtq::get<E>(d.len), virtq::get<E>(d.id),
                                       (flags & virtq::packed::desc_f_write) != 0};
       }
-      if (pos == size_) {
+      if (pos == ring_size_) {
         pos = 0;
         wrap = !wrap;
       }
@@ -334,7 +315,7 @@ class floor_packed_pair {
     std::uint32_t pos = used_pos_;
     bool wrap = used_wrap_;
     for (std::size_t j = 0; j < done.size();) {
-      const std::size_t run_end = j + std::min<std::size_t>(done.size() - j, size_ - pos);
+      const std::size_t run_end = j + std::min<std::size_t>(done.size() - j, ring_size_ - pos);
       const std::uint16_t flags = virtq::packed::used_bits(wrap);
       for (; j < run_end; ++j, ++pos) {
         virtq::packed::desc& d = ring[pos];
@@ -343,7 +324,7 @@ class floor_packed_pair {
         // 2.8.21.2 (the device's side): id and len before the flags that hand them over.
         virtq::store_release<E>(d.flags, flags);
       }
-      if (pos == size_) {
+      if (pos == ring_size_) {
         pos = 0;
         wrap = !wrap;
       }
@@ -361,7 +342,7 @@ class floor_packed_pair {
     bool wrap = reap_wrap_;
     std::size_t j = 0;
     while (j < out.size()) {
-      const std::size_t run_end = j + std::min<std::size_t>(out.size() - j, size_ - pos);
+      const std::size_t run_end = j + std::min<std::size_t>(out.size() - j, ring_size_ - pos);
       for (; j < run_end; ++j, ++pos) {
         const virtq::packed::desc& d = ring[pos];
         const std::uint16_t flags = virtq::load_acquire<E>(d.flags);
@@ -370,7 +351,7 @@ class floor_packed_pair {
         out[j] = virtq::used_buffer{tokens[id], virtq::get<E>(d.len)};
         free_ids[nfree++] = id;
       }
-      if (pos == size_) {
+      if (pos == ring_size_) {
         pos = 0;
         wrap = !wrap;
       }
@@ -383,28 +364,21 @@ class floor_packed_pair {
   }
 
   virtq::ring_memory<virtq::packed_layout> ring_;
-  virtq::aligned_buffer buffers_;
   virtq::packed::ring_view view_;
-  std::uint32_t size_;
+  std::uint32_t ring_size_;
   // Driver state.
   alignas(64) std::vector<std::uint16_t> free_ids_;
   std::vector<virtq::token_t> tokens_;
-  std::vector<virtq::buffer> bufs_;
-  std::vector<virtq::token_t> toks_in_;
-  std::uint32_t next_slot_ = 0;
-  std::uint32_t num_free_ = 0;
+  std::uint32_t num_free_;
   std::uint32_t avail_pos_ = 0;
   bool avail_wrap_ = true;  // 2.8.1: both wrap counters start at 1
   std::uint32_t reap_pos_ = 0;
   bool reap_wrap_ = true;
-  virtq::used_buffer used_out_[max_batch];
   // Device state.
   alignas(64) std::uint32_t dev_pos_ = 0;
   bool dev_wrap_ = true;
   std::uint32_t used_pos_ = 0;
   bool used_wrap_ = true;
-  virtq::popped_buffer popped_[max_batch];
-  virtq::used_entry done_[max_batch];
 };
 
 }  // namespace virtq_bench

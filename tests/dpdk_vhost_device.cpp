@@ -39,11 +39,10 @@
 #include <thread>
 #include <vector>
 
+#include "testpmd_child.hpp"
 #include "vhost_user_frontend.hpp"
 #include "virtq/packed.hpp"
 #include "virtq/split.hpp"
-
-extern char** environ;
 
 namespace {
 
@@ -59,55 +58,24 @@ constexpr std::uint64_t guest_base = 0x1'0000'0000;
 constexpr std::byte rx_fill{0xA5};  // what a receive buffer holds before the device writes it
 constexpr unsigned fill_u16 = 0xA5A5;
 
-std::string find_testpmd() {
-  const char* path = std::getenv("PATH");
-  std::stringstream dirs(path != nullptr ? path : "/usr/bin:/usr/local/bin");
-  std::string dir;
-  while (std::getline(dirs, dir, ':')) {
-    const std::string p = dir + "/dpdk-testpmd";
-    if (::access(p.c_str(), X_OK) == 0) return p;
-  }
-  return {};
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 std::string tail(const std::string& s, std::size_t n = 3000) {
   return s.size() <= n ? s : s.substr(s.size() - n);
 }
 
-// --- testpmd, its run directory and its socket, owned and cleaned up ------------------------
+// --- testpmd, its run directory and its socket, owned and cleaned up (testpmd_child.hpp) -----
 
 class testpmd_process {
  public:
   testpmd_process(const std::vector<std::string>& argv, std::string log, std::string sock,
                   std::string prefix)
-      : log_(std::move(log)), sock_(std::move(sock)), prefix_(std::move(prefix)) {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
-    stdin_.reset(fds[1]);
-    vhost::unique_fd rd(fds[0]);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, rd.get(), 0);
-    posix_spawn_file_actions_addopen(&fa, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    const int rc = ::posix_spawn(&pid_, args[0], &fa, nullptr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) throw std::runtime_error("posix_spawn: " + std::string(std::strerror(rc)));
-  }
+      : log_(std::move(log)),
+        sock_(std::move(sock)),
+        prefix_(std::move(prefix)),
+        child_(argv, log_) {}
   testpmd_process(const testpmd_process&) = delete;
   testpmd_process& operator=(const testpmd_process&) = delete;
   ~testpmd_process() {
-    if (pid_ > 0 && !wait_exit(0ms)) kill_now();
+    if (!child_.wait_exit(0ms)) child_.kill_now();
     // A failed assertion unwinds through here: show what testpmd said before its log goes.
     if (std::uncaught_exceptions() > 0) {
       std::fprintf(stderr, "--- testpmd log tail (%s) ---\n%s\n", log_.c_str(),
@@ -119,41 +87,15 @@ class testpmd_process {
     std::filesystem::remove(log_, ec);
   }
 
-  bool command(const std::string& line) {
-    const std::string s = line + "\n";
-    return stdin_ && ::write(stdin_.get(), s.data(), s.size()) == static_cast<ssize_t>(s.size());
-  }
-  void close_stdin() { stdin_.reset(); }
-  std::string log() const { return read_file(log_); }
-
-  /// True once the child has exited (reaped), within `timeout`.
-  bool wait_exit(std::chrono::milliseconds timeout) {
-    if (pid_ <= 0) return true;
-    const auto deadline = clock_type::now() + timeout;
-    for (;;) {
-      int status = 0;
-      const pid_t r = ::waitpid(pid_, &status, WNOHANG);
-      if (r == pid_ || (r < 0 && errno == ECHILD)) {
-        pid_ = -1;
-        return true;
-      }
-      if (clock_type::now() >= deadline) return false;
-      std::this_thread::sleep_for(10ms);
-    }
-  }
-  /// SIGTERM, then SIGKILL: only this child, by its pid.
-  void kill_now() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGTERM);
-    if (wait_exit(2000ms)) return;
-    ::kill(pid_, SIGKILL);
-    (void)wait_exit(2000ms);
-  }
+  bool command(const std::string& line) { return child_.write(line + "\n"); }
+  void close_stdin() { child_.close_stdin(); }
+  std::string log() const { return testpmd::read_file(log_); }
+  bool wait_exit(std::chrono::milliseconds timeout) { return child_.wait_exit(timeout); }
+  void kill_now() { child_.kill_now(); }
 
  private:
-  pid_t pid_ = -1;
-  vhost::unique_fd stdin_;
-  std::string log_, sock_, prefix_;
+  std::string log_, sock_, prefix_;  // before child_: its log path is passed on
+  testpmd::child child_;
 };
 
 /// Pins the calling thread to one CPU for a scope (testpmd's lcores take the other one).
@@ -309,7 +251,7 @@ struct case_result {
 template <class Layout, class Policy>
 case_result run_case(const case_options& o) {
   case_result res;
-  const std::string testpmd = find_testpmd();
+  const std::string testpmd = testpmd::find();
   if (testpmd.empty()) {
     res.skipped = true;
     res.skip_reason = "dpdk-testpmd is not installed";

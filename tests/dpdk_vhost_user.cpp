@@ -30,9 +30,8 @@
 #include <thread>
 #include <vector>
 
+#include "testpmd_child.hpp"
 #include "vhost_user_backend.hpp"
-
-extern char** environ;
 
 namespace {
 
@@ -43,17 +42,6 @@ std::string unique_name(const char* what) {
   static std::atomic<int> counter{0};
   return std::string("virtq-") + what + "-" + std::to_string(::getpid()) + "-" +
          std::to_string(counter.fetch_add(1));
-}
-
-std::string find_testpmd() {
-  const char* path = std::getenv("PATH");
-  std::stringstream dirs(path != nullptr ? path : "/usr/bin:/usr/local/bin");
-  std::string dir;
-  while (std::getline(dirs, dir, ':')) {
-    const std::string p = dir + "/dpdk-testpmd";
-    if (::access(p.c_str(), X_OK) == 0) return p;
-  }
-  return {};
 }
 
 // --- frame checks (run on the backend's thread; the test thread reads them after join) ------
@@ -113,75 +101,6 @@ struct frame_checker {
     ++good;
   }
 };
-
-// --- testpmd as a child process ---------------------------------------------------------------
-
-class child_process {
- public:
-  child_process(const std::vector<std::string>& argv, const std::string& log) {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
-    stdin_.reset(fds[1]);
-    vhost::unique_fd rd(fds[0]);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, rd.get(), 0);
-    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    const int rc = ::posix_spawn(&pid_, args[0], &fa, nullptr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) throw std::runtime_error("posix_spawn: " + std::string(std::strerror(rc)));
-  }
-  child_process(const child_process&) = delete;
-  child_process& operator=(const child_process&) = delete;
-  ~child_process() {
-    if (pid_ > 0 && !wait_exit(0ms)) kill_now();
-  }
-
-  bool write(const std::string& s) {
-    return stdin_ && ::write(stdin_.get(), s.data(), s.size()) == static_cast<ssize_t>(s.size());
-  }
-  void close_stdin() { stdin_.reset(); }
-  bool running() { return pid_ > 0 && !wait_exit(0ms); }
-
-  /// True once the child has exited (reaped), within `timeout`.
-  bool wait_exit(std::chrono::milliseconds timeout) {
-    if (pid_ <= 0) return true;
-    const auto deadline = clock_type::now() + timeout;
-    for (;;) {
-      int status = 0;
-      const pid_t r = ::waitpid(pid_, &status, WNOHANG);
-      if (r == pid_ || (r < 0 && errno == ECHILD)) {
-        pid_ = -1;
-        return true;
-      }
-      if (clock_type::now() >= deadline) return false;
-      std::this_thread::sleep_for(10ms);
-    }
-  }
-  /// SIGTERM, then SIGKILL: only this child, by its pid.
-  void kill_now() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGTERM);
-    if (wait_exit(2000ms)) return;
-    ::kill(pid_, SIGKILL);
-    (void)wait_exit(2000ms);
-  }
-
- private:
-  pid_t pid_ = -1;
-  vhost::unique_fd stdin_;
-};
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 /// testpmd's "TX-packets:" counts in its forward statistics (per stop), summed over all.
 std::uint64_t testpmd_tx_packets(const std::string& log) {
@@ -244,7 +163,7 @@ std::string tail(const std::string& s, std::size_t n = 3000) {
 
 run_result run_testpmd(const run_options& o) {
   run_result res;
-  const std::string testpmd = find_testpmd();
+  const std::string testpmd = testpmd::find();
   if (testpmd.empty()) {
     res.skipped = true;
     return res;
@@ -300,7 +219,7 @@ run_result run_testpmd(const run_options& o) {
     argv.push_back("--tx-offloads=0x8000");  // RTE_ETH_TX_OFFLOAD_MULTI_SEGS
   }
   try {
-    child_process pmd(argv, log);
+    testpmd::child pmd(argv, log);
     const auto wait_for = [&](auto pred, std::chrono::milliseconds t) {
       const auto deadline = clock_type::now() + t;
       while (!pred()) {
@@ -347,7 +266,7 @@ run_result run_testpmd(const run_options& o) {
   }
   stop.store(true, std::memory_order_release);
   server.join();
-  res.log = read_file(log);
+  res.log = testpmd::read_file(log);
   res.testpmd_tx = testpmd_tx_packets(res.log);
   std::error_code ec;
   std::filesystem::remove_all("/var/run/dpdk/" + prefix, ec);
