@@ -14,13 +14,9 @@
 // One DPDK finding is pinned (docs/interop.md): it leaves num_buffers unwritten without
 // MRG_RXBUF. This test also found that our packed_driver refused the reserved len of DPDK's
 // transmit completions (2.8.4); fixed, the packed cases now reap every transmit completion.
-#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -32,7 +28,6 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
@@ -284,28 +279,11 @@ case_result run_case(const case_options& o) {
   const auto tx_buf = [&](std::size_t i) { return mem.at(tx_buf_off + i * buffer_bytes); };
 
   pinned_thread pin(1);
-  testpmd_process pmd({testpmd,
-                       "--lcores",
-                       "0@0,1@0",
-                       "--no-huge",
-                       "-m",
-                       "256",
-                       "--no-pci",
-                       "--file-prefix",
-                       name,
-                       "--vdev",
-                       "net_vhost0,iface=" + sock + ",queues=1",
-                       "--",
-                       "-i",
-                       "--no-mlockall",
-                       "--total-num-mbufs=16384",
-                       "--forward-mode=io",
-                       "--burst=32",
-                       "--rxq=1",
-                       "--txq=1",
-                       "--nb-cores=1",
-                       "--no-flush-rx"},
-                      log, sock, name);
+  std::vector<std::string> argv =
+      testpmd::command_line(testpmd, name, "net_vhost0,iface=" + sock + ",queues=1");
+  argv.insert(argv.end(), {"--forward-mode=io", "--burst=32", "--rxq=1", "--txq=1", "--nb-cores=1",
+                           "--no-flush-rx"});
+  testpmd_process pmd(argv, log, sock, name);
   INFO(o.name);
 
   vhost::frontend fe(sock, 20s);

@@ -7,13 +7,9 @@
 // driven interactively through a pipe so that it sends an exact number of frames, and every
 // frame is checked: the 12-byte virtio-net header (5.1.6), then a plausible IPv4/UDP frame.
 // The hostile-frontend cases below play the frontend themselves and need no DPDK.
-#include <fcntl.h>
 #include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -23,7 +19,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
@@ -195,23 +190,9 @@ run_result run_testpmd(const run_options& o) {
   std::string vdev = "net_virtio_user0,path=" + sock + ",queues=1,queue_size=256";
   if (o.packed) vdev += ",packed_vq=1";
   vdev += o.in_order ? ",in_order=1" : ",in_order=0";
-  std::vector<std::string> argv = {testpmd,
-                                   "--lcores",
-                                   "0@0,1@0",
-                                   "--no-huge",
-                                   "-m",
-                                   "256",
-                                   "--no-pci",
-                                   "--file-prefix",
-                                   prefix,
-                                   "--vdev",
-                                   vdev,
-                                   "--",
-                                   "-i",
-                                   "--no-mlockall",
-                                   "--total-num-mbufs=16384",
-                                   "--burst=" + std::to_string(o.burst),
-                                   txonly ? "--forward-mode=txonly" : "--forward-mode=io"};
+  std::vector<std::string> argv = testpmd::command_line(testpmd, prefix, vdev);
+  argv.insert(argv.end(), {"--burst=" + std::to_string(o.burst),
+                           txonly ? "--forward-mode=txonly" : "--forward-mode=io"});
   if (!o.txpkts.empty()) {
     // Frames of several segments: the header cannot be pushed in front of the data, so each
     // chain is a header descriptor and one per segment (or an indirect table of them).

@@ -40,6 +40,29 @@ inline std::string find() {
   return {};
 }
 
+/// testpmd's command line up to its own options: both lcores on CPU 0 (the test thread takes
+/// CPU 1), no hugepages (EAL backs its memory with one memfd, which vhost-user can share), its
+/// own runtime directory `prefix`, one virtual device, then interactive mode and a pool small
+/// enough for 128-256 MB. Callers append forward mode, burst and the rest.
+inline std::vector<std::string> command_line(const std::string& testpmd, const std::string& prefix,
+                                             const std::string& vdev) {
+  return {testpmd,
+          "--lcores",
+          "0@0,1@0",
+          "--no-huge",
+          "-m",
+          "256",
+          "--no-pci",
+          "--file-prefix",
+          prefix,
+          "--vdev",
+          vdev,
+          "--",
+          "-i",
+          "--no-mlockall",
+          "--total-num-mbufs=16384"};
+}
+
 inline std::string read_file(const std::string& path) {
   std::ifstream in(path);
   std::stringstream ss;
