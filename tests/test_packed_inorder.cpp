@@ -372,6 +372,30 @@ TEST_CASE("IN_ORDER get_used(span): per-chain used descriptors come back in orde
   REQUIRE_FALSE(h.q.driver.broken());
 }
 
+TEST_CASE("2.8.4 IN_ORDER get_used(span): a used len without WRITE is reserved and reads 0") {
+  SECTION("per-chain descriptors, one of them over the buffer") {
+    hostile_device h(8, 3);
+    put_used(h.v(), 0, h.id_at(0), 9, true, false);
+    put_used(h.v(), 1, h.id_at(1), 17, true, false);  // over 16, but reserved: not checked
+    put_used(h.v(), 2, h.id_at(2), 5, true);          // WRITE: taken as written
+    used_buffer u[4];
+    REQUIRE(*h.reap(u) == 3);
+    REQUIRE(u[0].len == 0);
+    REQUIRE(u[1].len == 0);
+    REQUIRE(u[2].len == 5);
+    REQUIRE_FALSE(h.q.driver.broken());
+  }
+  SECTION("a batched descriptor (the general path)") {
+    hostile_device h(8, 3);
+    put_used(h.v(), 0, h.id_at(2), 40, true, false);
+    used_buffer u[4];
+    REQUIRE(*h.reap(u) == 3);
+    for (std::uint32_t i = 0; i < 3; ++i) REQUIRE(u[i].len == 0);
+    REQUIRE(u[2].token == 3);
+    REQUIRE_FALSE(h.q.driver.broken());
+  }
+}
+
 TEST_CASE("2.8.20 IN_ORDER get_used(span): a batched used descriptor mid-run") {
   hostile_device h(8, 6);
   // Chain 0 alone; chains 1..3 under one descriptor naming chain 3 (at chain 1's slot); then
