@@ -31,16 +31,19 @@ constexpr std::uint16_t WRITE = packed::desc_f_write;
 // The property: batch calls == single calls
 // ---------------------------------------------------------------------------------------------
 
-/// Two identical pairs over one arena of buffers: `a` is driven with batch and single calls
-/// mixed, `b` with single calls through the general paths only.
+/// The twin pairs with the model of this test: chains popped and not completed, tokens out.
 template <class P>
-struct twin {
-  twin(std::uint32_t size, features f)
-      : arena(std::size_t{4096}), a(size, f), b(size, f), in_order(f.has(feature::in_order)) {}
+struct twin : twin_pairs<P> {
+  using base = twin_pairs<P>;
+  using base::a;
+  using base::b;
+  using base::interrupt;
+  using base::kick;
+  using base::size;
 
-  virtq_test::buffer_arena arena;
-  pair<P> a;
-  pair<P> b;
+  twin(std::uint32_t ring_size, features f)
+      : base(ring_size, f), in_order(f.has(feature::in_order)) {}
+
   bool in_order;
   struct popped {
     std::uint16_t id;
@@ -48,79 +51,21 @@ struct twin {
   };
   std::vector<popped> held;  ///< popped and not completed, in pop order (the same in a and b)
   std::set<token_t> out;     ///< tokens added and not reaped
-  token_t next_token = 1;
 
-  std::uint32_t size() const { return a.driver.size(); }
-
-  buffer make_buffer() {
-    const auto len = *rc::gen::inRange<std::uint32_t>(0, 65);
-    const auto off = *rc::gen::inRange<std::size_t>(0, 4096 - 64);
-    return arena.at(off, len);
-  }
-
-  /// Both sides must look the same from outside, and the rings must hold the same bytes.
+  /// The shared checks, and the statistics of the suppression and full-ring paths as well.
   void check_same() const {
-    RC_ASSERT(a.driver.num_free() == b.driver.num_free());
-    RC_ASSERT(a.device.in_flight() == b.device.in_flight());
-    RC_ASSERT(!a.driver.broken());
-    RC_ASSERT(!a.device.broken());
-    RC_ASSERT(!b.driver.broken());
-    RC_ASSERT(!b.device.broken());
+    base::check_same();
     const queue_stats& x = a.driver.stats();
     const queue_stats& y = b.driver.stats();
-    RC_ASSERT(x.added == y.added);
-    RC_ASSERT(x.reaped == y.reaped);
     RC_ASSERT(x.ring_full == y.ring_full);
     RC_ASSERT(x.min_free == y.min_free);
-    RC_ASSERT(x.kicks == y.kicks);
     RC_ASSERT(x.kicks_suppressed == y.kicks_suppressed);
-    const queue_stats& v = a.device.stats();
-    const queue_stats& w = b.device.stats();
-    RC_ASSERT(v.popped == w.popped);
-    RC_ASSERT(v.completed == w.completed);
-    RC_ASSERT(v.interrupts == w.interrupts);
-    RC_ASSERT(v.interrupts_suppressed == w.interrupts_suppressed);
-    const auto ra = a.ring.bytes();
-    const auto rb = b.ring.bytes();
-    RC_ASSERT(ra.size() == rb.size());
-    RC_ASSERT(std::memcmp(ra.data(), rb.data(), ra.size()) == 0);
+    RC_ASSERT(a.device.stats().interrupts_suppressed == b.device.stats().interrupts_suppressed);
   }
 
   void add(bool batch) {
-    const bool writable = *rc::gen::arbitrary<bool>();
-    const auto k = batch ? *rc::gen::inRange<std::uint32_t>(0, size() + 3) : 1U;
-    std::vector<buffer> bufs;
-    std::vector<token_t> tokens;
-    for (std::uint32_t i = 0; i < k; ++i) {
-      bufs.push_back(make_buffer());
-      tokens.push_back(next_token + i);
-    }
-    std::size_t got = 0;
-    if (batch) {
-      const result<std::size_t> r =
-          writable ? a.driver.add_inbufs(bufs, tokens) : a.driver.add_outbufs(bufs, tokens);
-      RC_ASSERT(r.has_value());
-      got = *r;
-    } else {
-      const errc e = writable ? a.driver.add_inbuf(bufs[0], tokens[0])
-                              : a.driver.add({&bufs[0], 1}, {}, tokens[0]);
-      RC_ASSERT(e == errc::ok || e == errc::no_space);
-      got = e == errc::ok ? 1 : 0;
-    }
-    std::size_t ref = 0;
-    for (std::uint32_t i = 0; i < k; ++i) {
-      const std::span<const buffer> one{&bufs[i], 1};
-      const errc e = writable ? b.driver.add({}, one, tokens[i]) : b.driver.add(one, {}, tokens[i]);
-      if (e == errc::no_space) break;
-      RC_ASSERT(e == errc::ok);
-      ++ref;
-    }
-    RC_ASSERT(got == ref);
-    for (std::size_t i = 0; i < got; ++i) out.insert(tokens[i]);
-    next_token += k;
+    for (const token_t t : base::add_ones(batch)) out.insert(t);
   }
-
-  void kick() { RC_ASSERT(a.driver.kick_prepare() == b.driver.kick_prepare()); }
 
   void pop(bool batch) {
     const auto k = batch ? *rc::gen::inRange<std::uint32_t>(0, size() + 3) : 1U;
@@ -192,30 +137,7 @@ struct twin {
           break;
       }
     }
-    std::size_t n = 0;
-    if (batch) {
-      const result<std::size_t> r = a.device.complete(done);
-      if (r) {
-        n = *r;
-        RC_ASSERT(n != 0 || done.empty());
-      } else {
-        RC_ASSERT(r.error() == errc::invalid_argument);
-      }
-    } else {
-      const errc e = a.device.complete(done[0].id, done[0].len);
-      RC_ASSERT(e == errc::ok || e == errc::invalid_argument);
-      n = e == errc::ok ? 1 : 0;
-    }
-    std::size_t ref = 0;
-    for (const used_entry& u : done) {
-      const errc e = b.device.complete(u.id, u.len);
-      if (e != errc::ok) {
-        RC_ASSERT(e == errc::invalid_argument);
-        break;
-      }
-      ++ref;
-    }
-    RC_ASSERT(n == ref);
+    const std::size_t n = base::complete_both(batch, done);
     std::vector<bool> gone(held.size(), false);
     for (std::size_t i = 0; i < n; ++i) gone[pick[i]] = true;
     std::vector<popped> keep;
@@ -225,33 +147,10 @@ struct twin {
     held = keep;
   }
 
-  void interrupt() { RC_ASSERT(a.device.interrupt_prepare() == b.device.interrupt_prepare()); }
-
   void reap(bool batch) {
-    const auto k = batch ? *rc::gen::inRange<std::uint32_t>(1, size() + 3) : 1U;
-    std::vector<used_buffer> got(k);
-    std::size_t n = 0;
-    if (batch) {
-      const result<std::size_t> r = a.driver.get_used(std::span<used_buffer>(got));
-      RC_ASSERT(r.has_value());
-      n = *r;
-    } else {
-      const result<used_buffer> r = a.driver.get_used();
-      if (r) {
-        got[0] = *r;
-        n = 1;
-      } else {
-        RC_ASSERT(r.error() == errc::empty);
-      }
-    }
-    for (std::size_t i = 0; i < n; ++i) {
-      const result<used_buffer> r = b.driver.get_used();
-      RC_ASSERT(r.has_value());
-      RC_ASSERT(r->token == got[i].token);
-      RC_ASSERT(r->len == got[i].len);
-      RC_ASSERT(out.erase(got[i].token) == 1U);  // every token comes back exactly once
-    }
-    if (n < k) RC_ASSERT(b.driver.get_used().error() == errc::empty);
+    base::reap_both(batch, [&](const used_buffer& u) {
+      RC_ASSERT(out.erase(u.token) == 1U);  // every token comes back exactly once
+    });
   }
 
   void step() {

@@ -1,12 +1,19 @@
 // SPDX-License-Identifier: MIT
 // tests/test_packed_common.hpp -- helpers shared by the packed-ring tests: a driver+device pair
-// (layouts.hpp's queue_pair), hand-written descriptors through the spec.hpp accessors, and a
+// (layouts.hpp's queue_pair), hand-written descriptors through the spec.hpp accessors, a
 // reference model of where a ring position is after `n` slots (computed with division, which
-// the implementation never uses: an independent oracle).
+// the implementation never uses: an independent oracle), and the twin pairs that the batch
+// property tests hold batch calls against single calls with.
 #pragma once
 
+#include <rapidcheck.h>
+
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "layouts.hpp"
@@ -64,5 +71,159 @@ inline void put_used(const virtq::packed::ring_view& v, std::uint32_t slot, std:
 inline std::uint16_t flags_at(const virtq::packed::ring_view& v, std::uint32_t slot) {
   return virtq::load_relaxed<le>(v.ring[slot].flags);
 }
+
+/// Two identical pairs over one arena of buffers, driven by the same random commands: `a` with
+/// batch calls where a step has them, `b` with single calls through the general paths only, so
+/// that the general paths are the reference for the batch fast paths. A property test derives
+/// from it, keeps its own model of what is in flight and its own steps, and calls check_same()
+/// after every step; the steps here are the ones whose checks do not depend on that model.
+template <class P>
+struct twin_pairs {
+  twin_pairs(std::uint32_t size, virtq::features f)
+      : arena(std::size_t{4096}), a(size, f), b(size, f) {}
+
+  virtq_test::buffer_arena arena;
+  pair<P> a;  ///< batch calls where there are any
+  pair<P> b;  ///< single calls only
+  virtq::token_t next_token = 1;
+
+  std::uint32_t size() const { return a.driver.size(); }
+
+  /// 0..64 bytes anywhere in the arena: buffers may overlap, neither queue touches their bytes.
+  virtq::buffer make_buffer() {
+    const auto len = *rc::gen::inRange<std::uint32_t>(0, 65);
+    const auto off = *rc::gen::inRange<std::size_t>(0, 4096 - 64);
+    return arena.at(off, len);
+  }
+
+  /// Both sides must look the same from outside, and the rings must hold the same bytes.
+  void check_same() const {
+    RC_ASSERT(a.driver.num_free() == b.driver.num_free());
+    RC_ASSERT(a.device.in_flight() == b.device.in_flight());
+    RC_ASSERT(!a.driver.broken());
+    RC_ASSERT(!a.device.broken());
+    RC_ASSERT(!b.driver.broken());
+    RC_ASSERT(!b.device.broken());
+    const virtq::queue_stats& x = a.driver.stats();
+    const virtq::queue_stats& y = b.driver.stats();
+    RC_ASSERT(x.added == y.added);
+    RC_ASSERT(x.reaped == y.reaped);
+    RC_ASSERT(x.kicks == y.kicks);
+    const virtq::queue_stats& v = a.device.stats();
+    const virtq::queue_stats& w = b.device.stats();
+    RC_ASSERT(v.popped == w.popped);
+    RC_ASSERT(v.completed == w.completed);
+    RC_ASSERT(v.interrupts == w.interrupts);
+    const auto ra = a.ring.bytes();
+    const auto rb = b.ring.bytes();
+    RC_ASSERT(ra.size() == rb.size());
+    RC_ASSERT(std::memcmp(ra.data(), rb.data(), ra.size()) == 0);
+  }
+
+  /// One-descriptor chains, all device-writable or all device-readable: a batch of 0..size+2
+  /// through add_inbufs / add_outbufs on `a` (one through add_inbuf / add when !batch), each
+  /// through add() on `b` until the ring is full. Returns the tokens that went in, in order.
+  std::vector<virtq::token_t> add_ones(bool batch) {
+    const bool writable = *rc::gen::arbitrary<bool>();
+    const auto k = batch ? *rc::gen::inRange<std::uint32_t>(0, size() + 3) : 1U;
+    std::vector<virtq::buffer> bufs;
+    std::vector<virtq::token_t> tokens;
+    for (std::uint32_t i = 0; i < k; ++i) {
+      bufs.push_back(make_buffer());
+      tokens.push_back(next_token + i);
+    }
+    std::size_t got = 0;
+    if (batch) {
+      const virtq::result<std::size_t> r =
+          writable ? a.driver.add_inbufs(bufs, tokens) : a.driver.add_outbufs(bufs, tokens);
+      RC_ASSERT(r.has_value());
+      got = *r;
+    } else {
+      const virtq::errc e = writable ? a.driver.add_inbuf(bufs[0], tokens[0])
+                                     : a.driver.add({&bufs[0], 1}, {}, tokens[0]);
+      RC_ASSERT(e == virtq::errc::ok || e == virtq::errc::no_space);
+      got = e == virtq::errc::ok ? 1 : 0;
+    }
+    std::size_t ref = 0;
+    for (std::uint32_t i = 0; i < k; ++i) {
+      const std::span<const virtq::buffer> one{&bufs[i], 1};
+      const virtq::errc e =
+          writable ? b.driver.add({}, one, tokens[i]) : b.driver.add(one, {}, tokens[i]);
+      if (e == virtq::errc::no_space) break;
+      RC_ASSERT(e == virtq::errc::ok);
+      ++ref;
+    }
+    RC_ASSERT(got == ref);
+    next_token += k;
+    tokens.resize(got);
+    return tokens;
+  }
+
+  void kick() { RC_ASSERT(a.driver.kick_prepare() == b.driver.kick_prepare()); }
+
+  /// `done` through complete(span) on `a` (its first entry through complete(id, len) when
+  /// !batch), then entry by entry through complete(id, len) on `b`: both must stop at the same
+  /// refused entry. Returns how many were completed.
+  std::size_t complete_both(bool batch, std::span<const virtq::used_entry> done) {
+    std::size_t n = 0;
+    if (batch) {
+      const virtq::result<std::size_t> r = a.device.complete(done);
+      if (r) {
+        n = *r;
+        RC_ASSERT(n != 0 || done.empty());
+      } else {
+        RC_ASSERT(r.error() == virtq::errc::invalid_argument);
+      }
+    } else if (!done.empty()) {
+      const virtq::errc e = a.device.complete(done[0].id, done[0].len);
+      RC_ASSERT(e == virtq::errc::ok || e == virtq::errc::invalid_argument);
+      n = e == virtq::errc::ok ? 1 : 0;
+    }
+    const auto tried = batch ? done : done.first(std::min<std::size_t>(1, done.size()));
+    std::size_t ref = 0;
+    for (const virtq::used_entry& u : tried) {
+      const virtq::errc e = b.device.complete(u.id, u.len);
+      if (e != virtq::errc::ok) {
+        RC_ASSERT(e == virtq::errc::invalid_argument);
+        break;
+      }
+      ++ref;
+    }
+    RC_ASSERT(n == ref);
+    return n;
+  }
+
+  void interrupt() { RC_ASSERT(a.device.interrupt_prepare() == b.device.interrupt_prepare()); }
+
+  /// get_used(span) of 1..size+2 on `a` (one get_used() when !batch) against get_used() on `b`;
+  /// `check` holds each reaped buffer against the test's own model.
+  template <class F>
+  void reap_both(bool batch, F&& check) {
+    const auto k = batch ? *rc::gen::inRange<std::uint32_t>(1, size() + 3) : 1U;
+    std::vector<virtq::used_buffer> got(k);
+    std::size_t n = 0;
+    if (batch) {
+      const virtq::result<std::size_t> r = a.driver.get_used(std::span<virtq::used_buffer>(got));
+      RC_ASSERT(r.has_value());
+      n = *r;
+    } else {
+      const virtq::result<virtq::used_buffer> r = a.driver.get_used();
+      if (r) {
+        got[0] = *r;
+        n = 1;
+      } else {
+        RC_ASSERT(r.error() == virtq::errc::empty);
+      }
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      const virtq::result<virtq::used_buffer> r = b.driver.get_used();
+      RC_ASSERT(r.has_value());
+      RC_ASSERT(r->token == got[i].token);
+      RC_ASSERT(r->len == got[i].len);
+      check(got[i]);
+    }
+    if (n < k) RC_ASSERT(b.driver.get_used().error() == virtq::errc::empty);
+  }
+};
 
 }  // namespace packed_test

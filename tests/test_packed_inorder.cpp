@@ -40,16 +40,20 @@ features in_order_features() {
 // The property: batch calls == single calls == the spec's model
 // ---------------------------------------------------------------------------------------------
 
+/// The twin pairs with the spec's model: which chains are popped, added and used, in order.
 template <class P>
-struct twin {
-  explicit twin(std::uint32_t size)
-      : arena(std::size_t{4096}),
-        a(size, in_order_features<P>()),
-        b(size, in_order_features<P>()) {}
+struct twin : twin_pairs<P> {
+  using base = twin_pairs<P>;
+  using base::a;
+  using base::b;
+  using base::interrupt;
+  using base::kick;
+  using base::make_buffer;
+  using base::next_token;
+  using base::size;
 
-  virtq_test::buffer_arena arena;
-  pair<P> a;  ///< batch calls where there are any
-  pair<P> b;  ///< single calls only
+  explicit twin(std::uint32_t ring_size) : base(ring_size, in_order_features<P>()) {}
+
   struct chain_rec {
     std::uint16_t id;
     std::uint32_t writable;  // the bound for its used len
@@ -57,63 +61,17 @@ struct twin {
   std::deque<chain_rec> popped;  ///< popped, not completed, oldest first (the same in a and b)
   std::deque<token_t> added;     ///< added, not yet completed, in add order
   std::deque<used_buffer> used;  ///< completed, not yet reaped, in the order they must come back
-  token_t next_token = 1;
-
-  std::uint32_t size() const { return a.driver.size(); }
-
-  buffer make_buffer() {
-    const auto len = *rc::gen::inRange<std::uint32_t>(0, 65);
-    const auto off = *rc::gen::inRange<std::size_t>(0, 4096 - 64);
-    return arena.at(off, len);
-  }
 
   void check_same() const {
-    RC_ASSERT(a.driver.num_free() == b.driver.num_free());
-    RC_ASSERT(a.device.in_flight() == b.device.in_flight());
+    base::check_same();
     RC_ASSERT(a.device.in_flight() == popped.size());
-    RC_ASSERT(!a.driver.broken());
-    RC_ASSERT(!a.device.broken());
-    RC_ASSERT(!b.driver.broken());
-    RC_ASSERT(!b.device.broken());
-    RC_ASSERT(a.driver.stats().added == b.driver.stats().added);
-    RC_ASSERT(a.driver.stats().reaped == b.driver.stats().reaped);
-    RC_ASSERT(a.driver.stats().kicks == b.driver.stats().kicks);
-    RC_ASSERT(a.device.stats().popped == b.device.stats().popped);
-    RC_ASSERT(a.device.stats().completed == b.device.stats().completed);
-    RC_ASSERT(a.device.stats().interrupts == b.device.stats().interrupts);
-    const auto ra = a.ring.bytes();
-    const auto rb = b.ring.bytes();
-    RC_ASSERT(ra.size() == rb.size());
-    RC_ASSERT(std::memcmp(ra.data(), rb.data(), ra.size()) == 0);
   }
 
   /// A batch of one-descriptor chains (add_inbufs / add_outbufs against add), or one chain of
   /// 1..3 descriptors through add() on both (several ring slots per id).
   void add(bool batch) {
     if (batch) {
-      const bool writable = *rc::gen::arbitrary<bool>();
-      const auto k = *rc::gen::inRange<std::uint32_t>(0, size() + 3);
-      std::vector<buffer> bufs;
-      std::vector<token_t> tokens;
-      for (std::uint32_t i = 0; i < k; ++i) {
-        bufs.push_back(make_buffer());
-        tokens.push_back(next_token + i);
-      }
-      const result<std::size_t> r =
-          writable ? a.driver.add_inbufs(bufs, tokens) : a.driver.add_outbufs(bufs, tokens);
-      RC_ASSERT(r.has_value());
-      std::size_t ref = 0;
-      for (std::uint32_t i = 0; i < k; ++i) {
-        const std::span<const buffer> one{&bufs[i], 1};
-        const errc e =
-            writable ? b.driver.add({}, one, tokens[i]) : b.driver.add(one, {}, tokens[i]);
-        if (e == errc::no_space) break;
-        RC_ASSERT(e == errc::ok);
-        ++ref;
-      }
-      RC_ASSERT(*r == ref);
-      for (std::size_t i = 0; i < ref; ++i) added.push_back(tokens[i]);
-      next_token += k;
+      for (const token_t t : base::add_ones(true)) added.push_back(t);
       return;
     }
     const auto n = *rc::gen::inRange<std::size_t>(1, 4);
@@ -128,8 +86,6 @@ struct twin {
     if (ea == errc::ok) added.push_back(next_token);
     ++next_token;
   }
-
-  void kick() { RC_ASSERT(a.driver.kick_prepare() == b.driver.kick_prepare()); }
 
   /// pop_buffers against pop(chain&); pop_buffers stops before a multi-descriptor chain, which
   /// the single variant of this step pops on both.
@@ -203,31 +159,7 @@ struct twin {
           break;
       }
     }
-    std::size_t n = 0;
-    if (batch) {
-      const result<std::size_t> r = a.device.complete(done);
-      if (r) {
-        n = *r;
-        RC_ASSERT(n != 0 || done.empty());
-      } else {
-        RC_ASSERT(r.error() == errc::invalid_argument);
-      }
-    } else if (!done.empty()) {
-      const errc e = a.device.complete(done[0].id, done[0].len);
-      RC_ASSERT(e == errc::ok || e == errc::invalid_argument);
-      n = e == errc::ok ? 1 : 0;
-    }
-    std::size_t ref = 0;
-    for (std::size_t i = 0; i < (batch ? done.size() : std::min<std::size_t>(1, done.size()));
-         ++i) {
-      const errc e = b.device.complete(done[i].id, done[i].len);
-      if (e != errc::ok) {
-        RC_ASSERT(e == errc::invalid_argument);
-        break;
-      }
-      ++ref;
-    }
-    RC_ASSERT(n == ref);
+    const std::size_t n = base::complete_both(batch, done);
     // 2.8.20: only the oldest chains, in order, can have been completed.
     for (std::size_t i = 0; i < n; ++i) {
       RC_ASSERT(done[i].id == popped.front().id);
@@ -237,37 +169,14 @@ struct twin {
     }
   }
 
-  void interrupt() { RC_ASSERT(a.device.interrupt_prepare() == b.device.interrupt_prepare()); }
-
   void reap(bool batch) {
-    const auto k = batch ? *rc::gen::inRange<std::uint32_t>(1, size() + 3) : 1U;
-    std::vector<used_buffer> got(k);
-    std::size_t n = 0;
-    if (batch) {
-      const result<std::size_t> r = a.driver.get_used(std::span<used_buffer>(got));
-      RC_ASSERT(r.has_value());
-      n = *r;
-    } else {
-      const result<used_buffer> r = a.driver.get_used();
-      if (r) {
-        got[0] = *r;
-        n = 1;
-      } else {
-        RC_ASSERT(r.error() == errc::empty);
-      }
-    }
-    for (std::size_t i = 0; i < n; ++i) {
-      const result<used_buffer> r = b.driver.get_used();
-      RC_ASSERT(r.has_value());
-      RC_ASSERT(r->token == got[i].token);
-      RC_ASSERT(r->len == got[i].len);
+    base::reap_both(batch, [&](const used_buffer& u) {
       // The model: in add order, with the len the device gave (0 inside a batched one).
       RC_ASSERT(!used.empty());
-      RC_ASSERT(got[i].token == used.front().token);
-      RC_ASSERT(got[i].len == used.front().len);
+      RC_ASSERT(u.token == used.front().token);
+      RC_ASSERT(u.len == used.front().len);
       used.pop_front();
-    }
-    if (n < k) RC_ASSERT(b.driver.get_used().error() == errc::empty);
+    });
   }
 
   void step() {
