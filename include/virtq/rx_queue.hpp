@@ -242,6 +242,10 @@ class rx_queue {
       detail::throw_error(errc::invalid_argument, "rx_queue: reserve must be below the pool size");
     }
     if (opts_.repost_batch == 0) opts_.repost_batch = 1;
+    post_when_under_ = std::max(opts_.repost_batch, opts_.low_watermark + 1);
+    if (opts_.loan_deadline.count() <= 0) {
+      next_deadline_check_ = std::numeric_limits<std::int64_t>::max();
+    }
     // Every buffer has the pool's size: post_free() writes only the addresses.
     for (std::uint32_t k = 0; k < q.size(); ++k) bufs_[k].len = pool.buffer_size();
     // One thread owns everything: released buffers go straight into the arrays add_inbufs()
@@ -289,7 +293,8 @@ class rx_queue {
       const std::int64_t now = clock_.now().count();  // once per batch: ages are coarse
       ++stats_.polls;
       std::array<used_buffer, 32> used;
-      batch b{lendable(), 0, 0, pool_.lend_batch()};
+      const std::uint64_t stamp = loan_stamp::make(holder_stack, now);
+      batch b{lendable(), 0};
       while (r.received < out.size()) {
         const std::size_t want = std::min(used.size(), out.size() - r.received);
         const result<std::size_t> got = q_.get_used(std::span(used.data(), want));
@@ -298,14 +303,25 @@ class rx_queue {
           ++stats_.queue_errors;
           break;
         }
-        r.received += deliver(used.data(), *got, out.data() + r.received, now, b);
-        if (*got < want) break;
+        const std::size_t n = *got;
+        packet* const dst = out.data() + r.received;
+        if (static_cast<std::int64_t>(n) <= b.lendable) [[likely]] {
+          // The reserve cannot be reached in this run (every packet lent): the loop without
+          // its test, called straight from here (a call level fewer per batch).
+          const std::size_t w = lend_all(used.data(), n, dst, pool_, stamp);
+          stats_.bad_tokens += n - w;
+          b.lendable -= static_cast<std::int64_t>(w);
+          r.received += w;
+        } else {
+          r.received += deliver(used.data(), n, dst, r.received, now, stamp, b);
+        }
+        if (n < want) break;
       }
       const auto lent = static_cast<std::uint32_t>(r.received - b.copied);
-      b.lender.finish(lent);
+      pool_.lend_batch().finish(lent);
       stats_.packets_lent += lent;
       stats_.packets += r.received;
-      stats_.packets_copied += r.received - lent;
+      stats_.packets_copied += b.copied;
       if (failure == errc::ok) r.notify = post_locked();
       evaluate_locked(now, cb);
     }
@@ -447,9 +463,7 @@ class rx_queue {
     /// those lent since it was computed. Posted falls by one per loan and free never falls
     /// during a poll (only this thread takes), so it is recomputed only when it reaches 0.
     std::int64_t lendable;
-    std::size_t delivered;  // packets written so far
-    std::size_t copied;     // ...of which copies (the others were lent)
-    typename Pool::lender lender;
+    std::size_t copied;  // packets delivered as copies so far
   };
 
   /// free + posted - K with the lends not yet booked by lender::finish() (none at the start).
@@ -458,22 +472,13 @@ class rx_queue {
     return std::int64_t{pool_.free_count()} + pool_.posted_count() - reserve_;
   }
 
-  /// Completions used[0..n) into packets out[0..); returns how many packets were written
-  /// (dropped copies and bad tokens write none). Out of line with the batch state in locals,
-  /// so the per-packet loop runs in registers.
+  /// Completions used[0..n) into packets out[0..) near the reserve (some may be copies);
+  /// `delivered`: packets this poll wrote before. Returns how many packets were written
+  /// (dropped copies and bad tokens write none). Out of line: the common case is lend_all().
   [[gnu::noinline]] std::size_t deliver(const used_buffer* used, std::size_t n, packet* out,
-                                        std::int64_t now, batch& b) noexcept {
-    const typename Pool::lender l = b.lender;
-    const std::uint64_t stamp = loan_stamp::make(holder_stack, now);
-    if (static_cast<std::int64_t>(n) <= b.lendable) [[likely]] {
-      // The reserve cannot be reached in this run (every packet lent): the loop without its
-      // test and with nothing of the copy path live (no spills).
-      const std::size_t w = lend_all(used, n, out, l, stamp);
-      stats_.bad_tokens += n - w;
-      b.lendable -= static_cast<std::int64_t>(w);
-      b.delivered += w;
-      return w;
-    }
+                                        std::size_t delivered, std::int64_t now,
+                                        std::uint64_t stamp, batch& b) noexcept {
+    const typename Pool::lender l = pool_.lend_batch();
     std::int64_t lendable = b.lendable;
     packet* pkt = out;
     for (const used_buffer* ub = used; ub != used + n; ++ub) {
@@ -485,7 +490,7 @@ class rx_queue {
       const std::uint32_t len = std::min(ub->len, l.buffer_size());
       // free + posted counts the buffer in hand: lending it would leave fewer than K.
       if (lendable <= 0) [[unlikely]] {
-        const std::size_t lent = b.delivered + static_cast<std::size_t>(pkt - out) - b.copied;
+        const std::size_t lent = delivered + static_cast<std::size_t>(pkt - out) - b.copied;
         lendable = this->lendable() - static_cast<std::int64_t>(lent);
         if (lendable <= 0) {
           if (deliver_copy(i, len, *pkt, now)) {
@@ -500,27 +505,30 @@ class rx_queue {
       ++pkt;
     }
     b.lendable = lendable;
-    b.delivered += static_cast<std::size_t>(pkt - out);
     return static_cast<std::size_t>(pkt - out);
   }
 
-  /// deliver() away from the reserve: every completion with a posted token is lent. Returns how
+  /// Completions away from the reserve: every one with a posted token is lent. Returns how
   /// many packets were written (a bad token writes none; the caller counts it).
   /// Out of line: inlined, the caller's state kept live across the loop costs a spill.
+  /// The lender is made here from the pool (its fields loaded into registers) rather than
+  /// passed: a lender argument is a struct the caller must lay out in memory.
   [[gnu::noinline]] static std::size_t lend_all(const used_buffer* used, std::size_t n, packet* out,
-                                                const typename Pool::lender& lr,
-                                                std::uint64_t stamp) noexcept {
-    const typename Pool::lender l = lr;  // in registers
+                                                Pool& pool, std::uint64_t stamp) noexcept {
+    const typename Pool::lender l = pool.lend_batch();
     packet* pkt = out;
+    std::size_t bad = 0;  // counted rather than derived from pkt - out (a division by 24)
     for (const used_buffer* ub = used; ub != used + n; ++ub) {
       // A bad token cannot come from a virtqueue that checks its used ids.
-      if (!l.is_posted(ub->token)) [[unlikely]]
+      if (!l.is_posted(ub->token)) [[unlikely]] {
+        ++bad;
         continue;
+      }
       lend_one(l, static_cast<std::uint32_t>(ub->token), std::min(ub->len, l.buffer_size()), stamp,
                *pkt);
       ++pkt;
     }
-    return static_cast<std::size_t>(pkt - out);
+    return n - bad;
   }
 
   static void lend_one(const typename Pool::lender& l, std::uint32_t i, std::uint32_t len,
@@ -549,20 +557,12 @@ class rx_queue {
   bool post_locked() {
     if (q_.broken()) return false;
     std::uint32_t added = 0;
-    std::uint32_t k = 0;
-    for (; k < n_repost_; ++k) {
-      if (q_.add_inbuf(buffer_of(repost_[k]), repost_[k]) != errc::ok) break;
-      ++added;
-      ++stats_.reposts;
-    }
-    if (k != 0) {  // keep what did not fit (cannot happen: each came out of this ring)
-      std::copy(repost_.get() + k, repost_.get() + n_repost_, repost_.get());
-      n_repost_ -= k;
-    }
+    if (n_repost_ != 0) [[unlikely]]
+      added = repost_copied();
     const std::uint32_t free_n = pool_.free_count();
     stats_.min_free = std::min(stats_.min_free, free_n);
     const std::uint32_t in_ring = pool_.posted_count() - n_repost_;
-    const bool low = in_ring < std::max(opts_.repost_batch, opts_.low_watermark + 1);
+    const bool low = in_ring < post_when_under_;
     if (free_n != 0 && (free_n >= opts_.repost_batch || low)) {
       const std::uint32_t room = q_.num_free();
       std::size_t j = post_ready(room);  // the repost list first: the warmest buffers
@@ -576,6 +576,20 @@ class rx_queue {
     const bool notify = q_.kick_prepare();
     ++(notify ? stats_.kicks : stats_.kicks_suppressed);
     return notify;
+  }
+
+  /// Reposts the ring buffers whose packets went up as copies; how many.
+  [[gnu::noinline]] std::uint32_t repost_copied() {
+    std::uint32_t k = 0;
+    for (; k < n_repost_; ++k) {
+      if (q_.add_inbuf(buffer_of(repost_[k]), repost_[k]) != errc::ok) break;
+      ++stats_.reposts;
+    }
+    if (k != 0) {  // keep what did not fit (cannot happen: each came out of this ring)
+      std::copy(repost_.get() + k, repost_.get() + n_repost_, repost_.get());
+      n_repost_ -= k;
+    }
+    return k;
   }
 
   /// Adds the pool's repost list (buffers released since the last post, already laid out for
@@ -616,9 +630,16 @@ class rx_queue {
     return buffer{pool_.guest_address(i), pool_.buffer_size()};
   }
 
-  /// The detector and the deadlines (cold unless something fires).
+  /// The detector and the deadlines: three compares while the ring has buffers, no episode is
+  /// open and no deadline check is due (next_deadline_check_ is never reached without one).
   void evaluate_locked(std::int64_t now, pending_callbacks& cb) {
     last_eval_ = std::max(last_eval_, now);
+    if (pool_.posted_count() > opts_.low_watermark && !starving_ && now < next_deadline_check_)
+        [[likely]]
+      return;
+    evaluate_slow(now, cb);
+  }
+  [[gnu::noinline]] void evaluate_slow(std::int64_t now, pending_callbacks& cb) {
     const bool starving = pool_.posted_count() <= opts_.low_watermark;
     if (starving) {
       if (!starving_) {
@@ -688,6 +709,7 @@ class rx_queue {
   std::unique_ptr<std::uint32_t[]> repost_;  // ring buffers to repost after a copy
   std::uint32_t n_repost_ = 0;
   std::uint32_t reserve_ = 0;
+  std::uint32_t post_when_under_ = 0;  // "the ring is low": max(repost_batch, low_watermark + 1)
   rx_stats stats_;
   bool stopped_ = false;
   bool starving_ = false;
