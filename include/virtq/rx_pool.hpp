@@ -579,7 +579,7 @@ class rx_pool {
       slot* const slots = slots_.get();
       const token_t* const t = ready_tokens_.get();
       // Unrolled: the loop's own instructions were half of it.
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (std::uint32_t k = 0; k < j; ++k) {
         (void)move_state<rx_state::ready, rx_state::posted>(slots[t[k]]);
       }
@@ -746,6 +746,10 @@ class rx_pool {
             *rt++ = i;
           }
           ready_n_ += static_cast<std::uint32_t>(rt - rt0);
+          if (it == end) {  // the receive path's whole burst: nothing else to book
+            returns_ += ready_n_ - ready0;
+            return errc::ok;
+          }
         }
       }
       if (free_loop) {

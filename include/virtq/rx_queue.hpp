@@ -317,10 +317,8 @@ class rx_queue {
         }
         if (n < want) break;
       }
-      const auto lent = static_cast<std::uint32_t>(r.received - b.copied);
-      pool_.lend_batch().finish(lent);
-      stats_.packets_lent += lent;
-      stats_.packets += r.received;
+      pool_.lend_batch().finish(static_cast<std::uint32_t>(r.received - b.copied));
+      stats_.packets += r.received;  // packets_lent: packets - packets_copied, made by stats()
       stats_.packets_copied += b.copied;
       if (failure == errc::ok) r.notify = post_locked();
       evaluate_locked(now, cb);
@@ -367,6 +365,7 @@ class rx_queue {
   rx_stats stats() const {
     std::lock_guard g(lock_);
     rx_stats s = stats_;
+    s.packets_lent = s.packets - s.packets_copied;
     if (starving_) {
       const std::chrono::nanoseconds cur{last_eval_ - starving_since_};
       s.time_starved += cur;
