@@ -63,12 +63,21 @@ runner rx_scenario(std::size_t batch, bool copy_reserve, bool bulk_release = tru
   };
 }
 
+/// How the device side of a queue scenario works.
+enum class device_calls {
+  serve,         ///< serve_buffers: pop and complete in one pass (the default)
+  pop_complete,  ///< pop_buffers + complete(span), arrays in between
+  single,        ///< pop(chain&) + complete(id, len) per chain (and add_inbuf on the driver)
+};
+
 template <class Layout, class P>
-runner queue_scenario(std::size_t batch, bool single_calls = false, bool in_order = false) {
-  return [batch, single_calls, in_order](std::size_t cycles) {
+runner queue_scenario(std::size_t batch, device_calls calls = device_calls::serve,
+                      bool in_order = false) {
+  return [batch, calls, in_order](std::size_t cycles) {
     auto q = std::make_unique<virtq_bench::queue_pair<Layout, P>>(
         virtq_bench::queue_size, virtq_bench::buffer_bytes, in_order);
-    q->use_single_calls(single_calls);
+    q->use_single_calls(calls == device_calls::single);
+    q->use_pop_complete(calls == device_calls::pop_complete);
     for (std::size_t i = 0; i < cycles; ++i) {
       if (phase_driver_add(*q, batch) != batch || phase_device_serve(*q, batch) != batch ||
           phase_driver_reap(*q, batch) != batch) {
@@ -81,9 +90,10 @@ runner queue_scenario(std::size_t batch, bool single_calls = false, bool in_orde
 
 /// A pair that is not one of our queues (the format floor), through the same phases.
 template <class Pair>
-runner pair_scenario(std::size_t batch) {
-  return [batch](std::size_t cycles) {
+runner pair_scenario(std::size_t batch, bool pop_complete = false) {
+  return [batch, pop_complete](std::size_t cycles) {
     auto q = std::make_unique<Pair>();
+    q->use_pop_complete(pop_complete);
     for (std::size_t i = 0; i < cycles; ++i) {
       if (phase_driver_add(*q, batch) != batch || phase_device_serve(*q, batch) != batch ||
           phase_driver_reap(*q, batch) != batch) {
@@ -115,20 +125,33 @@ std::vector<std::pair<std::string, runner>> scenarios() {
   }
   // The same cycle through the one-chain-per-call API: what the batch calls save.
   s.emplace_back("split-event-single-32",
-                 queue_scenario<virtq::split_layout, vb::p_event>(32, true));
+                 queue_scenario<virtq::split_layout, vb::p_event>(32, device_calls::single));
   s.emplace_back("packed-event-single-32",
-                 queue_scenario<virtq::packed_layout, vb::p_event>(32, true));
+                 queue_scenario<virtq::packed_layout, vb::p_event>(32, device_calls::single));
+  // The device through pop_buffers + complete(span) instead of serve_buffers.
+  s.emplace_back("split-event-popcomplete-32",
+                 queue_scenario<virtq::split_layout, vb::p_event>(32, device_calls::pop_complete));
+  s.emplace_back("packed-event-popcomplete-32",
+                 queue_scenario<virtq::packed_layout, vb::p_event>(32, device_calls::pop_complete));
   // IN_ORDER negotiated (2.7.9 / 2.8.20): buffers are used in the order they were made available.
   s.emplace_back("split-inorder-event-32",
-                 queue_scenario<virtq::split_layout, vb::p_event>(32, false, true));
+                 queue_scenario<virtq::split_layout, vb::p_event>(32, device_calls::serve, true));
   s.emplace_back("packed-inorder-event-32",
-                 queue_scenario<virtq::packed_layout, vb::p_event>(32, false, true));
+                 queue_scenario<virtq::packed_layout, vb::p_event>(32, device_calls::serve, true));
+  s.emplace_back(
+      "split-inorder-event-popcomplete-32",
+      queue_scenario<virtq::split_layout, vb::p_event>(32, device_calls::pop_complete, true));
+  s.emplace_back(
+      "packed-inorder-event-popcomplete-32",
+      queue_scenario<virtq::packed_layout, vb::p_event>(32, device_calls::pop_complete, true));
   // The split format with no checks, suppression or bookkeeping (bench/floor_ring.hpp): the
   // floor any split implementation starts from, next to split-none-32.
   s.emplace_back("floor-split-32", pair_scenario<vb::floor_split_pair>(32));
   s.emplace_back("floor-split-1", pair_scenario<vb::floor_split_pair>(1));
   s.emplace_back("floor-packed-32", pair_scenario<vb::floor_packed_pair>(32));
   s.emplace_back("floor-packed-1", pair_scenario<vb::floor_packed_pair>(1));
+  s.emplace_back("floor-split-popcomplete-32", pair_scenario<vb::floor_split_pair>(32, true));
+  s.emplace_back("floor-packed-popcomplete-32", pair_scenario<vb::floor_packed_pair>(32, true));
   s.emplace_back(
       "rx-split-32",
       rx_scenario<virtq::split_layout, vb::rx_plain, virtq::steady_clock_source>(32, true));

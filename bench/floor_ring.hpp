@@ -37,7 +37,8 @@ namespace virtq_bench {
 
 /// What both floors share: the harness around the four ring operations, identical to
 /// queue_pair's (buffers laid out once, `popped_buffer` and `used_entry` arrays, whole batches).
-/// Ring provides add / pop / complete / get_used, publish_avail() after a batch of adds and
+/// Ring provides add / pop / complete / get_used, serve_in_place (pop and complete, reporting
+/// `len` or the buffer's length if smaller), publish_avail() after a batch of adds and
 /// publish_used() after a batch of completions.
 template <class Ring>
 class floor_harness {
@@ -69,7 +70,16 @@ class floor_harness {
     return i;
   }
 
+  /// The device pops into popped_buffers and completes from used_entries (the shape of
+  /// pop_buffers + complete(span)) instead of serving in place (that of serve_buffers).
+  void use_pop_complete(bool on) noexcept { pop_complete_ = on; }
+
   std::size_t serve(std::size_t n) {
+    if (!pop_complete_) {
+      const std::size_t got = ring().serve_in_place(n, buffer_bytes);
+      if (got != 0) ring().publish_used();
+      return got;
+    }
     std::size_t i = 0;
     while (i < n) {
       const std::size_t got =
@@ -97,6 +107,7 @@ class floor_harness {
   std::vector<virtq::token_t> toks_in_;
   std::uint32_t size_;
   std::uint32_t next_slot_ = 0;
+  bool pop_complete_ = false;
   virtq::used_buffer used_out_[max_batch];
   alignas(64) virtq::popped_buffer popped_[max_batch];
   virtq::used_entry done_[max_batch];
@@ -167,6 +178,27 @@ class floor_split_pair : public floor_harness<floor_split_pair> {
                                     (virtq::get<E>(d.flags) & virtq::split::desc_f_write) != 0};
     }
     last_avail_ = last;
+    return k;
+  }
+
+  [[gnu::always_inline]] std::size_t serve_in_place(std::size_t n, std::uint32_t len) {
+    const std::uint16_t idx = virtq::load_acquire<E>(view_.avail.idx());
+    const auto k = static_cast<std::uint32_t>(
+        std::min<std::size_t>(static_cast<std::uint16_t>(idx - last_avail_), n));
+    const std::uint32_t last = last_avail_;
+    const std::uint32_t used = used_;
+    const virtq::split::desc* const table = view_.table;
+    const virtq::split::avail_ring avail = view_.avail;
+    const virtq::split::used_ring ring = view_.used;
+    const std::uint32_t mask = mask_;
+    for (std::uint32_t j = 0; j < k; ++j) {
+      const std::uint16_t head = virtq::get<E>(avail.ring((last + j) & mask));
+      virtq::split::used_elem& e = ring.ring((used + j) & mask);
+      virtq::put<E>(e.id, head);
+      virtq::put<E>(e.len, std::min(len, virtq::get<E>(table[head].len)));
+    }
+    last_avail_ = static_cast<std::uint16_t>(last + k);
+    used_ = static_cast<std::uint16_t>(used + k);
     return k;
   }
 
@@ -307,6 +339,36 @@ class floor_packed_pair : public floor_harness<floor_packed_pair> {
     }
     dev_pos_ = pos;
     dev_wrap_ = wrap;
+    return j;
+  }
+
+  [[gnu::always_inline]] std::size_t serve_in_place(std::size_t n, std::uint32_t len) {
+    virtq::packed::desc* const ring = view_.ring;
+    std::uint32_t pos = dev_pos_;
+    bool wrap = dev_wrap_;
+    std::size_t j = 0;
+    while (j < n) {
+      const std::size_t run_end = j + std::min<std::size_t>(n - j, ring_size_ - pos);
+      const std::uint16_t used_flags =
+          static_cast<std::uint16_t>(virtq::packed::used_bits(wrap) | virtq::packed::desc_f_write);
+      for (; j < run_end; ++j, ++pos) {
+        virtq::packed::desc& d = ring[pos];
+        // 2.8.21.1 (the device's side): the flags before the rest of the descriptor.
+        const std::uint16_t flags = virtq::load_acquire<E>(d.flags);
+        if (!virtq::packed::is_avail(flags, wrap)) break;
+        // In place: the id is already there.
+        virtq::put<E>(d.len, std::min(len, virtq::get<E>(d.len)));
+        // 2.8.21.2 (the device's side): len before the flags that hand it over.
+        virtq::store_release<E>(d.flags, used_flags);
+      }
+      if (pos == ring_size_) {
+        pos = 0;
+        wrap = !wrap;
+      }
+      if (j != run_end) break;
+    }
+    dev_pos_ = used_pos_ = pos;
+    dev_wrap_ = used_wrap_ = wrap;
     return j;
   }
 

@@ -81,6 +81,10 @@ class queue_pair {
   /// Use the one-chain-per-call API (add_inbuf, pop(chain&), complete(id, len)) instead of the
   /// batch calls: what a batch API saves, measured.
   void use_single_calls(bool on) noexcept { single_calls_ = on; }
+  /// The device pops a batch into popped_buffers, then completes it with used_entries
+  /// (pop_buffers + complete(span)) instead of serving in place (serve_buffers): what the
+  /// arrays in between cost, measured.
+  void use_pop_complete(bool on) noexcept { pop_complete_ = on; }
 
   std::size_t send(std::size_t n) {
     // One packet: the single call, as a driver would make it (a batch call's set-up is paid
@@ -107,8 +111,20 @@ class queue_pair {
 
   std::size_t serve(std::size_t n) {
     if (single_calls_ || n == 1) return serve_each(n);
-    // The batch calls: pop single-descriptor chains, complete them together. A chain of more
-    // than one descriptor (never posted here) would take the pop(chain&) path.
+    if (pop_complete_) return serve_pop_complete(n);
+    // The batch call a device that finishes each buffer at once makes: pop and complete in
+    // one pass, the same length for every buffer. A chain of more than one descriptor (never
+    // posted here) would take the pop(chain&) path.
+    const std::uint32_t len = complete_len_;
+    const auto got =
+        dev_.serve_buffers(n, [len](const virtq::popped_buffer&) noexcept { return len; });
+    const std::size_t i = got ? *got : 0;
+    if (i != 0) interrupts_ += dev_.interrupt_prepare() ? 1U : 0U;
+    return i;
+  }
+
+  /// The two batch calls: pop single-descriptor chains, complete them together.
+  [[gnu::noinline]] std::size_t serve_pop_complete(std::size_t n) {
     std::size_t i = 0;
     while (i < n) {
       const std::size_t want = std::min<std::size_t>(n - i, max_batch);
@@ -170,6 +186,7 @@ class queue_pair {
   alignas(64) driver_type drv_;
   std::uint32_t next_ = 0;
   bool single_calls_ = false;
+  bool pop_complete_ = false;
   std::uint64_t kicks_ = 0;
   virtq::used_buffer used_[max_batch];
   std::vector<virtq::buffer> bufs_;     // slot k's buffer, laid out once

@@ -1,11 +1,14 @@
 // examples/rx_burst.cpp -- the receive fast path in bursts, both sides, as a starting point for a
 // NIC emulator (vhost-net's job) and a NIC driver (virtio-net's receive queue).
 //
-// Device: pop_buffers() takes up to a burst of posted receive buffers in one call (each a chain
-// of one device-writable descriptor, translated and checked), the frames are copied in,
-// complete(span) reports their lengths in one call, interrupt_prepare() publishes them and says
-// whether the driver wants an interrupt. A chain that is not one descriptor stops the burst and
-// is taken with pop(chain&), so a device stays correct with any driver.
+// Device: serve_buffers() takes up to a burst of posted receive buffers in one call (each a
+// chain of one device-writable descriptor, translated and checked), hands each to a callback
+// that copies a frame in and returns its length, and stages the used entry at once: no array
+// of popped buffers or used entries in between. interrupt_prepare() publishes the burst and
+// says whether the driver wants an interrupt. A chain that is not one descriptor stops the
+// burst and is taken with pop(chain&), so a device stays correct with any driver.
+// (pop_buffers() + complete(span) are the same in two steps, for a device that fills buffers
+// later, out of order.)
 // Driver: rx_queue::poll() reaps a burst into packets lent from the pool (census: holder and
 // time per buffer), the "stack" reads them and gives the whole burst back with one
 // rx_queue::release(span), and the next poll() reposts the buffers with one add_inbufs() and one
@@ -62,15 +65,21 @@ class nic_rx {
     std::size_t done = 0;
     while (done < n) {
       const std::size_t want = std::min(n - done, burst);
-      const virtq::result<std::size_t> got = dev_.pop_buffers(std::span(popped_.data(), want));
+      // The callback runs under the queue's lock, once per buffer, in ring order; it must not
+      // throw, and its length must fit the buffer (else that buffer stays held, the burst ends
+      // with invalid_argument or the count before it: a bug of ours, not of the driver).
+      const std::uint64_t first = seq + done;
+      std::uint64_t k = 0;
+      const virtq::result<std::size_t> got =
+          dev_.serve_buffers(want, [&](const virtq::popped_buffer& b) noexcept {
+            const std::uint32_t len = std::min(frame_len(first + k), b.len);
+            ++k;
+            if (!b.writable) return 0U;  // not a receive buffer: nothing written
+            if (b.data != nullptr) make_frame(first + k - 1, {b.data, len});
+            return len;
+          });
       if (!got) return done;  // the driver broke a rule: the queue says which (error())
-      std::size_t k = 0;
-      for (; k < *got; ++k) {
-        const virtq::popped_buffer& b = popped_[k];
-        const std::uint32_t len = std::min(frame_len(seq + done + k), b.len);
-        if (b.writable && b.data != nullptr) make_frame(seq + done + k, {b.data, len});
-        used_[k] = virtq::used_entry{b.id, b.writable ? len : 0U};
-      }
+      done += *got;
       if (*got == 0) {
         // Empty, or a chain of several descriptors (another driver's layout): the general pop.
         if (dev_.pop(chain_) != virtq::errc::ok) break;
@@ -78,12 +87,9 @@ class nic_rx {
         const std::uint32_t len = frame_len(seq + done);
         make_frame(seq + done, std::span(frame).first(len));
         const std::size_t wrote = chain_.write(std::span(frame).first(len));
-        used_[0] = virtq::used_entry{chain_.id(), static_cast<std::uint32_t>(wrote)};
-        k = 1;
+        if (dev_.complete(chain_, static_cast<std::uint32_t>(wrote)) != virtq::errc::ok) break;
+        ++done;
       }
-      const virtq::result<std::size_t> c = dev_.complete(std::span(used_.data(), k));
-      if (!c || *c != k) return done;
-      done += k;
     }
     if (done != 0) interrupts_ += dev_.interrupt_prepare() ? 1U : 0U;
     return done;
@@ -92,8 +98,6 @@ class nic_rx {
 
  private:
   Device& dev_;
-  std::array<virtq::popped_buffer, burst> popped_{};
-  std::array<virtq::used_entry, burst> used_{};
   virtq::chain chain_;
   std::uint64_t interrupts_ = 0;
 };

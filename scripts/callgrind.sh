@@ -21,7 +21,7 @@ cmake --build "$build" --target count_cycle -j"${VIRTQ_JOBS:-2}" >/dev/null
 prog="$build/bench/count_cycle"
 
 if [ "$#" -eq 0 ]; then
-  set -- $("$prog" --list | grep -E -- '-(event|none|flags|single)-(1|32)$|^rx-|^floor-' || true)
+  set -- $("$prog" --list | grep -E -- '-(event|none|flags|single|popcomplete)-(1|32)$|^rx-|^floor-' || true)
 fi
 
 # Total Ir of one run (callgrind's "totals:" line).

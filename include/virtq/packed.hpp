@@ -1028,21 +1028,7 @@ class packed_device : public detail::queue_common<P> {
     guard g(this->lock_);
     if (this->broken()) [[unlikely]]
       return errc::broken;
-    // 2.8.4: the driver can only make available slots the device gave back, so a batch ends
-    // where the slots the device still holds begin.
-    const std::uint32_t room = size_ - held_slots_;
-    const std::size_t want = std::min<std::size_t>(out.size(), room);
-    errc e = errc::ok;
-    const std::size_t n = in_order_ ? take_buffers<true>(out.data(), want, e)
-                                    : take_buffers<false>(out.data(), want, e);
-    if (n < out.size() && e == errc::ok) [[unlikely]]
-      e = stop_reason(n == room);
-    if (n != 0) after_pop(static_cast<std::uint32_t>(n), static_cast<std::uint32_t>(n));
-    if (e != errc::ok) [[unlikely]] {
-      fail(e);
-      if (n == 0) return e;
-    }
-    return n;
+    return pop_locked(out);
   }
 
   /// Stages a used descriptor for chain `id` with `len` bytes written. invalid_argument (a
@@ -1069,6 +1055,68 @@ class packed_device : public detail::queue_common<P> {
     guard g(this->lock_);
     if (this->broken()) [[unlikely]]
       return errc::broken;
+    return complete_locked(done);
+  }
+
+  errc complete(const chain& c, std::uint32_t len) { return complete(c.id(), len); }
+
+  /// pop_buffers and complete in one pass, for a device that finishes each buffer at once (a
+  /// receive queue fed from a backlog, a transmit queue that copies out): for each of up to
+  /// `max` chains of one direct descriptor, validated as pop_buffers validates, `f(const
+  /// popped_buffer&)` returns the bytes it wrote and the used descriptor is written right away
+  /// (interrupt_prepare() publishes the batch). With no chain in flight it is written in place,
+  /// over the descriptor just read, and no id record is kept for a chain that never waits: the
+  /// cheapest full cycle this layout has.
+  ///   * Stops where pop_buffers stops (nothing available, a chain pop(chain&) must walk, a
+  ///     fatal peer error: k > 0 served are returned, the queue is broken; 0 returns the errc).
+  ///   * f returning more than the buffer's writable bytes (2.8.4 / 2.7.8.2: the device MUST
+  ///     NOT over-state; 0 for a device-readable buffer) is the caller's error: that chain stays
+  ///     in flight, as if pop_buffers had popped it (complete(id, len) it with the id f was
+  ///     given), the batch ends, and the result is invalid_argument if it was the first, else
+  ///     the count served before it. The queue stays usable.
+  ///   * With IN_ORDER, chains still in flight from pop / pop_buffers must be used first
+  ///     (2.8.20): invalid_argument, nothing served.
+  ///   * An id the driver offers twice within one batch (with nothing else in flight) is
+  ///     served twice: the device holds neither, and the driver's reaping refuses the second
+  ///     used descriptor (2.8.4).
+  /// f runs under the queue's lock and must not call the queue; it must not throw (a chain in
+  /// its hands would be neither in flight nor used).
+  template <class F>
+  result<std::size_t> serve_buffers(std::size_t max, F&& f) {
+    static_assert(std::is_nothrow_invocable_r_v<std::uint32_t, F&, const popped_buffer&>,
+                  "serve_buffers: f(const popped_buffer&) -> std::uint32_t, noexcept");
+    guard g(this->lock_);
+    if (this->broken()) [[unlikely]]
+      return errc::broken;
+    if (in_flight_ != 0) {
+      if (in_order_) return errc::invalid_argument;
+      return serve_each(max, f);
+    }
+    return serve_in_place(max, f);
+  }
+
+ private:
+  // pop_buffers, the lock held and the queue not broken.
+  result<std::size_t> pop_locked(std::span<popped_buffer> out) {
+    // 2.8.4: the driver can only make available slots the device gave back, so a batch ends
+    // where the slots the device still holds begin.
+    const std::uint32_t room = size_ - held_slots_;
+    const std::size_t want = std::min<std::size_t>(out.size(), room);
+    errc e = errc::ok;
+    const std::size_t n = in_order_ ? take_buffers<true>(out.data(), want, e)
+                                    : take_buffers<false>(out.data(), want, e);
+    if (n < out.size() && e == errc::ok) [[unlikely]]
+      e = stop_reason(n == room);
+    if (n != 0) after_pop(static_cast<std::uint32_t>(n), static_cast<std::uint32_t>(n));
+    if (e != errc::ok) [[unlikely]] {
+      fail(e);
+      if (n == 0) return e;
+    }
+    return n;
+  }
+
+  // complete(span), the lock held and the queue not broken.
+  result<std::size_t> complete_locked(std::span<const used_entry> done) {
     errc e = errc::ok;
     const std::size_t n = in_order_ ? use_entries<true>(done, e) : use_entries<false>(done, e);
     if (e != errc::ok) [[unlikely]]
@@ -1078,8 +1126,7 @@ class packed_device : public detail::queue_common<P> {
     return n;
   }
 
-  errc complete(const chain& c, std::uint32_t len) { return complete(c.id(), len); }
-
+ public:
   /// VIRTIO_F_IN_ORDER (2.8.11): completes the `count` oldest popped chains with ONE used
   /// descriptor carrying the last one's id and `len_of_last`; it skips all their slots.
   errc complete_in_order(std::uint16_t count, std::uint32_t len_of_last) {
@@ -1283,6 +1330,11 @@ class packed_device : public detail::queue_common<P> {
     held_slots_ += slots;
     in_flight_ += chains;
     this->stats_.popped += chains;
+    follow_event();
+  }
+
+  /// next_avail moved.
+  void follow_event() noexcept {
     if constexpr (S::uses_event_idx) {
       // While notifications are enabled in desc mode the event follows the popped position,
       // so the driver's next publish notifies again (as the split ring's avail_event does).
@@ -1291,6 +1343,154 @@ class packed_device : public detail::queue_common<P> {
                          packed::make_off_wrap(next_avail_, avail_wrap_));
       }
     }
+  }
+
+  /// serve_buffers with chains in flight (not IN_ORDER): pop_buffers and complete(span) one
+  /// chain at a time, so every rule and every result is theirs.
+  template <class F>
+  result<std::size_t> serve_each(std::size_t max, F& f) {
+    std::size_t n = 0;
+    for (; n < max; ++n) {
+      popped_buffer b;
+      const result<std::size_t> got = pop_locked(std::span(&b, 1));
+      if (!got) return n == 0 ? got : result<std::size_t>(n);  // fatal: the queue is broken
+      if (*got == 0) break;
+      const used_entry u{b.id, f(static_cast<const popped_buffer&>(b))};
+      const result<std::size_t> done = complete_locked(std::span(&u, 1));
+      if (!done) {
+        // invalid_argument: f over-stated, the chain stays in flight; else fatal (broken).
+        return n == 0 ? done : result<std::size_t>(n);
+      }
+    }
+    return n;
+  }
+
+  /// serve_buffers with nothing in flight: next_used is next_avail (every slot popped was
+  /// given back), so each used descriptor is written over the descriptor just read, and no id
+  /// record is needed for a chain that never waits.
+  template <class F>
+  result<std::size_t> serve_in_place(std::size_t max, F& f) {
+    std::size_t n = 0;
+    errc e = errc::ok;
+    bool over = false;
+    popped_buffer kept{};  // the chain f over-stated, as validated
+    // The first used descriptor of a publish keeps its flags for interrupt_prepare (V2).
+    bool hold = staged_slots_ == 0;
+    while (n < max) {
+      // Up to the ring's end: the wrap counter is tested once per run (2.8.1).
+      const auto run =
+          static_cast<std::uint32_t>(std::min<std::size_t>(max - n, size_ - next_avail_));
+      const std::uint32_t got = serve_run(f, run, hold, e, over, kept);
+      if (got != 0) {
+        hold = false;
+        n += got;
+        detail::packed_advance(next_avail_, avail_wrap_, got, size_);
+        next_used_ = next_avail_;
+        used_wrap_ = avail_wrap_;
+      }
+      if (got != run) break;
+    }
+    staged_slots_ += static_cast<std::uint32_t>(n);
+    this->stats_.popped += n;
+    this->stats_.completed += n;
+    if (over) [[unlikely]] {
+      keep_in_flight(kept);
+    } else if (n < max && e == errc::ok) [[unlikely]] {
+      e = stop_reason(false);  // nothing held: an overrun is impossible
+    }
+    if (n != 0 || over) follow_event();
+    if (e != errc::ok) [[unlikely]] {
+      fail(e);
+      if (n == 0) return e;
+    }
+    if (over && n == 0) return errc::invalid_argument;
+    return n;
+  }
+
+  /// serve_in_place within one lap: `run` slots from next_avail at most. Stops at the first
+  /// descriptor that is not available, has NEXT or INDIRECT, breaks a rule (`e`, without
+  /// failing), or that f over-states (`over`, `kept`: the slot is left for keep_in_flight).
+  template <class F>
+  [[gnu::always_inline]] inline std::uint32_t serve_run(F& f, std::uint32_t run, bool hold, errc& e,
+                                                        bool& over, popped_buffer& kept) {
+    packed::desc* d = view_.ring + next_avail_;
+    const M& mem = *mem_;
+    const std::uint32_t size = size_;
+    // 2.8.1 (available in lap `wrap`) and "one direct descriptor" in one masked compare.
+    constexpr std::uint16_t mask =
+        detail::packed_wrap_bits | packed::desc_f_next | packed::desc_f_indirect;
+    const std::uint16_t expect = detail::packed_avail_bits(avail_wrap_);
+    // In place, the used descriptor is in the lap it was available in (2.8.1: AVAIL == USED ==
+    // the device's used wrap counter, here equal to the avail one).
+    const std::uint16_t used_bits = detail::packed_used_bits(avail_wrap_);
+    packed::desc* const first = d;
+    // One descriptor; false: stop here.
+    const auto one = [&](packed::desc & x, bool keep_flags) __attribute__((always_inline)) {
+      // V1 (2.8.21.1, partner D1): the flags are acquired before the other fields are read.
+      const std::uint16_t fl = load_acquire<E>(x.flags);
+      if ((fl & mask) != expect) return false;
+      B::after_observe();
+      const std::uint64_t addr = get<E>(x.addr);
+      const std::uint32_t len = get<E>(x.len);
+      // 2.8.6: the buffer id sits in the chain's last descriptor, here the only one.
+      const std::uint16_t id = get<E>(x.id);
+      const bool writable = (fl & packed::desc_f_write) != 0;
+      popped_buffer b{nullptr, len, id, writable};
+      // 2.8.4: ids below the queue size (none is in flight). A zero-length buffer is not
+      // translated (odd_buffer takes it, as pop_buffers does).
+      if ((id >= size) | (len == 0)) [[unlikely]] {
+        e = odd_buffer(addr, len, id, b);
+        if (e != errc::ok) return false;
+      } else {
+        // 2.8.6 with 2.7.5: the buffer is guest memory.
+        const result<std::byte*> host = mem.translate(addr, len);
+        if (!host) [[unlikely]] {
+          e = host.error();
+          return false;
+        }
+        b.data = *host;
+      }
+      const auto slot = next_avail_ + static_cast<std::uint32_t>(&x - first);
+      // Checked mode: the device never reads a slot it has not given back.
+      if (!packed_shadow_slots(this->shadow_, slot, 1, size, detail::desc_state::free,
+                               detail::desc_state::device)) {
+        e = errc::state_violation;
+        return false;
+      }
+      const std::uint32_t wrote = f(static_cast<const popped_buffer&>(b));
+      // 2.7.8.2: at most the writable bytes; a device-readable buffer bounds it at 0.
+      if (wrote > (writable ? len : 0U)) [[unlikely]] {
+        over = true;
+        kept = b;
+        return false;
+      }
+      // Checked mode: device -> free, as complete() moves it (cannot fail: set just above).
+      static_cast<void>(packed_shadow_slots(this->shadow_, slot, 1, size,
+                                            detail::desc_state::device, detail::desc_state::free));
+      put_used(x, slot, id, wrote, used_bits, keep_flags);
+      return true;
+    };
+    packed::desc* const end = d + run;
+    if (hold && d != end) {
+      if (!one(*d, true)) return 0;
+      ++d;
+    }
+    for (; d != end; ++d) {
+      if (!one(*d, false)) break;
+    }
+    return static_cast<std::uint32_t>(d - first);
+  }
+
+  /// serve_in_place: f over-stated `b`, the chain at next_avail, as validated (the ring is not
+  /// read again: the driver may have rewritten it). It stays in flight as pop_buffers would
+  /// have left it (its id, its writable bytes, its one slot); the used position stays there.
+  [[gnu::cold, gnu::noinline]] void keep_in_flight(const popped_buffer& b) noexcept {
+    held_[b.id] = held{b.writable ? b.len : 0U, 1U};
+    if (in_order_) id_at_[next_avail_] = b.id;
+    detail::packed_advance(next_avail_, avail_wrap_, 1, size_);
+    held_slots_ += 1;
+    in_flight_ += 1;
+    this->stats_.popped += 1;
   }
 
   /// pop_buffers' loop: one-descriptor chains from next_avail on, at most `want`, with the ring

@@ -217,6 +217,11 @@ concept driver_queue = requires(Q& q, const Q& cq, std::span<const buffer> bufs,
 ///  complete(span<const used_entry>)
 ///                           the batch form: completes in order, stops at the first invalid
 ///                           entry (invalid_argument if it is the first, else the count done).
+///  serve_buffers(max, f)    pop_buffers and complete in one pass: f(const popped_buffer&)
+///                           noexcept -> bytes written, the used entry staged at once; same
+///                           checks and stops as pop_buffers; f over-stating a buffer leaves
+///                           that chain held (invalid_argument if it is the first, else the
+///                           count served). With IN_ORDER, held chains must be completed first.
 ///  interrupt_prepare()      publish staged used entries (V2), decide by the suppression
 ///                           policy whether the driver wants an interrupt (V3).
 ///  disable_notifications() / enable_notifications() -> bool pending (true: chains arrived
@@ -224,11 +229,21 @@ concept driver_queue = requires(Q& q, const Q& cq, std::span<const buffer> bufs,
 ///  reset()                  forget everything; the ring is back to its initial state.
 ///  avail_position()         where the device reads next, as vhost-user's GET_VRING_BASE
 ///                           reports it (split: the next avail idx; packed: offset | wrap << 15).
+namespace detail {
+/// What the device_queue concept passes to serve_buffers: a buffer handler of the required
+/// shape (never called).
+struct serve_probe {
+  std::uint32_t operator()(const popped_buffer& b) const noexcept { return b.len; }
+};
+}  // namespace detail
+
 template <class Q>
 concept device_queue = requires(Q& q, const Q& cq, chain& c, std::uint16_t id, std::uint32_t len,
-                                std::span<popped_buffer> popped, std::span<const used_entry> done) {
+                                std::span<popped_buffer> popped, std::span<const used_entry> done,
+                                std::size_t max, detail::serve_probe f) {
   { q.pop(c) } -> std::same_as<errc>;
   { q.pop_buffers(popped) } -> std::same_as<result<std::size_t>>;
+  { q.serve_buffers(max, f) } -> std::same_as<result<std::size_t>>;
   { q.complete(id, len) } -> std::same_as<errc>;
   { q.complete(done) } -> std::same_as<result<std::size_t>>;
   { q.interrupt_prepare() } -> std::same_as<bool>;
