@@ -511,3 +511,41 @@ TEMPLATE_LIST_TEST_CASE(
   CHECK(pool.held_count() == 0);
   CHECK(pool.census(0).conserved);
 }
+
+TEMPLATE_LIST_TEST_CASE(
+    "rx_queue: a poll wider than one reap batch reaches the reserve in its second batch and "
+    "lends no more than pool - K",
+    "[rx_queue]", all_layouts) {
+  // Ring and pool of 64, K = 8: the first reap batch (32) is lent by the loop without the
+  // reserve test; the second (32) runs into the reserve after 24 loans, counting the first
+  // batch's loans (not yet booked in the pool) as lent.
+  rx_queue_options o;
+  o.reserve = 8;
+  o.bounce_buffers = 16;
+  rx_rig<TestType> rig(64, 64, o);
+  REQUIRE(rig.rxq.refill().has_value());
+  REQUIRE(rig.rxq.posted() == 64);
+  REQUIRE(rig.send(64, 80) == 64);
+  std::array<typename rx_rig<TestType>::packet, 64> out;
+  auto r = rig.rxq.poll(out);
+  REQUIRE(r.has_value());
+  REQUIRE(r->received == 64);
+  std::size_t copies = 0;
+  for (std::size_t k = 0; k < r->received; ++k) {
+    CHECK(frame_seq(out[k].data()) == k);
+    if (out[k].resources_low()) {
+      ++copies;
+      CHECK(k >= 56);  // copies only once 56 are lent
+    }
+  }
+  CHECK(copies == 8);
+  CHECK(rig.pool.held_count() == 56);
+  const auto s = rig.rxq.stats();
+  CHECK(s.packets_lent == 56);
+  CHECK(s.packets_copied == 8);
+  CHECK(s.min_posted >= 8);  // the reserve is back in the ring
+  CHECK(rig.rxq.posted() == 8);
+  CHECK(rig.rxq.census().conserved);
+  CHECK(rig.rxq.release(std::span(out)) == errc::ok);
+  CHECK(rig.rxq.census().conserved);
+}
