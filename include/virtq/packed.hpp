@@ -1435,12 +1435,15 @@ class packed_device : public detail::queue_common<P> {
       // 2.8.6: the buffer id sits in the chain's last descriptor, here the only one.
       const std::uint16_t id = get<E>(x.id);
       const bool writable = (fl & packed::desc_f_write) != 0;
-      popped_buffer b{nullptr, len, id, writable};
+      std::byte* data = nullptr;
       // 2.8.4: ids below the queue size (none is in flight). A zero-length buffer is not
       // translated (odd_buffer takes it, as pop_buffers does).
       if ((id >= size) | (len == 0)) [[unlikely]] {
-        e = odd_buffer(addr, len, id, b);
+        // Its own popped_buffer: one whose address escapes would keep `b` below in memory.
+        popped_buffer odd;
+        e = odd_buffer(addr, len, id, odd);
         if (e != errc::ok) return false;
+        data = odd.data;
       } else {
         // 2.8.6 with 2.7.5: the buffer is guest memory.
         const result<std::byte*> host = mem.translate(addr, len);
@@ -1448,8 +1451,9 @@ class packed_device : public detail::queue_common<P> {
           e = host.error();
           return false;
         }
-        b.data = *host;
+        data = *host;
       }
+      const popped_buffer b{data, len, id, writable};
       const auto slot = next_avail_ + static_cast<std::uint32_t>(&x - first);
       // Checked mode: the device never reads a slot it has not given back.
       if (!packed_shadow_slots(this->shadow_, slot, 1, size, detail::desc_state::free,

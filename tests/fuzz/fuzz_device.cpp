@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -110,6 +111,54 @@ void run(const virtq_fuzz::config& cfg, reader& ops, reader& rest) {
     return dev.complete(h.id, len);
   };
 
+  // serve_buffers: pop and complete in one pass. Every buffer handed to f lies inside guest
+  // memory; f over-states one of them now and then (the caller's error: that chain stays held,
+  // the batch ends there, the queue stays usable). With IN_ORDER and chains held it refuses.
+  const auto serve = [&](std::uint8_t op) -> errc {
+    const std::size_t max = 1U + (op & 7U);
+    const std::size_t over_at = ops.u8() % 8U;
+    const std::uint16_t want = ops.u16();
+    std::size_t calls = 0;
+    std::optional<held_chain> over;
+    const result<std::size_t> got = dev.serve_buffers(max, [&](const popped_buffer& b) noexcept {
+      if (b.len != 0) {
+        const chain::segment seg(b.data, b.len);
+        FUZZ_CHECK(g.contains(seg));
+        if (b.writable) std::memset(seg.data(), 0x3C, std::min<std::size_t>(seg.size(), 64));
+      } else {
+        FUZZ_CHECK(b.data == nullptr);
+      }
+      const std::uint32_t cap = b.writable ? b.len : 0U;
+      if (calls++ == over_at && cap < max_chain_bytes - 1) {
+        over = held_chain{b.id, cap};
+        return cap + 1U;
+      }
+      return std::min<std::uint32_t>(cap, want);
+    });
+    FUZZ_CHECK(calls <= max);
+    if (over) {
+      // The batch ended at the over-stated chain, which is held now.
+      FUZZ_CHECK(!dev.broken());
+      if (calls == 1) {
+        FUZZ_CHECK(!got.has_value() && got.error() == errc::invalid_argument);
+      } else {
+        FUZZ_CHECK(got.has_value() && *got == calls - 1);
+      }
+      held.push_back(*over);
+      return errc::ok;
+    }
+    if (!got.has_value()) {
+      if (got.error() == errc::invalid_argument) {
+        FUZZ_CHECK(in_order && !held.empty() && calls == 0 && !dev.broken());
+        return errc::ok;
+      }
+      FUZZ_CHECK(calls == 0);
+      return got.error();  // empty, or fatal (checked below)
+    }
+    FUZZ_CHECK(*got == calls);
+    return dev.broken() ? dev.error() : errc::ok;
+  };
+
   const std::uint32_t rounds = 4 * cfg.size + 8;
   for (std::uint32_t i = 0; i < rounds; ++i) {
     const std::uint8_t op = ops.u8();
@@ -210,12 +259,14 @@ void run(const virtq_fuzz::config& cfg, reader& ops, reader& rest) {
         }
         break;
       case 4:  // IN_ORDER batch: every held chain in one used element (2.7.9 / 2.8.11)
-        if (in_order && !held.empty()) {
+        if (in_order && !held.empty() && (op & 8U) != 0) {
           const auto count = static_cast<std::uint16_t>(held.size());
           const auto len =
               static_cast<std::uint32_t>(std::min<std::uint64_t>(held.back().writable, ops.u16()));
           held.clear();
           e = dev.complete_in_order(count, len);
+        } else {
+          e = serve(op);
         }
         break;
       case 5:
