@@ -553,7 +553,7 @@ class rx_queue {
 
   /// Reposts copied-from buffers, then posts free ones when a batch has gathered or the ring is
   /// low; one kick decision for all of it.
-  bool post_locked() {
+  [[gnu::always_inline]] bool post_locked() {
     if (q_.broken()) return false;
     std::uint32_t added = 0;
     if (n_repost_ != 0) [[unlikely]]
