@@ -9,6 +9,7 @@
 #include <optional>
 #include <vector>
 
+#include "property.hpp"
 #include "virtq/error.hpp"
 #include "virtq/memory.hpp"
 #include "virtq/spec.hpp"
@@ -115,13 +116,13 @@ TEST_CASE("translate agrees with a brute-force model", "[memory][property]") {
       std::byte* host;
     };
     std::vector<reg> regs;
-    const auto n = *rc::gen::inRange<std::size_t>(0, 8);
+    const auto n = virtq_test::uniform<std::size_t>(0, 8);
     for (std::size_t i = 0; i < n; ++i) {
       // Small addresses near 0 or near 2^64 so that edges are hit often.
       const bool high = *rc::gen::arbitrary<bool>();
-      const auto off = *rc::gen::inRange<std::uint64_t>(0, 2048);
+      const auto off = virtq_test::uniform<std::uint64_t>(0, 2048);
       const std::uint64_t gpa = high ? u64max - off : off;
-      const auto size = *rc::gen::inRange<std::uint64_t>(1, 257);
+      const auto size = virtq_test::uniform<std::uint64_t>(1, 257);
       try {
         m.add_region(gpa, size, host[i]);
         regs.push_back({gpa, size, host[i]});
@@ -137,9 +138,9 @@ TEST_CASE("translate agrees with a brute-force model", "[memory][property]") {
     }
     for (int k = 0; k < 20; ++k) {
       const bool high = *rc::gen::arbitrary<bool>();
-      const auto off = *rc::gen::inRange<std::uint64_t>(0, 2100);
+      const auto off = virtq_test::uniform<std::uint64_t>(0, 2100);
       const std::uint64_t addr = high ? u64max - off : off;
-      const auto len = *rc::gen::inRange<std::uint64_t>(0, 300);
+      const auto len = virtq_test::uniform<std::uint64_t>(0, 300);
       const auto got = m.translate(addr, len);
       std::optional<errc> expect_err;
       std::byte* expect_ptr = nullptr;

@@ -43,6 +43,7 @@
 #include <catch2/catch.hpp>
 
 #include "layouts.hpp"
+#include "property.hpp"
 
 namespace {
 
@@ -222,21 +223,10 @@ struct model {
   }
 };
 
-// rapidcheck scales inRange / element by the test size, so early (short) runs would draw almost
-// only the first command kinds and the smallest queues. Choices here are drawn at full size:
-// uniform (and weighted) from the first run on, still shrinking toward the low end.
-template <class G>
-auto at_full_size(G g) {
-  return rc::gen::resize(rc::kNominalSize, std::move(g));
-}
-template <class T>
-auto uniform_gen(T lo, T hi) {
-  return at_full_size(rc::gen::inRange<T>(lo, hi));
-}
-template <class T>
-T uniform(T lo, T hi) {
-  return *uniform_gen<T>(lo, hi);
-}
+// Choices are drawn at full size (tests/property.hpp): uniform from the first run on.
+using virtq_test::at_full_size;
+using virtq_test::uniform;
+using virtq_test::uniform_gen;
 
 constexpr std::size_t slot_bytes = 512;
 constexpr std::size_t slots = 64;

@@ -66,7 +66,7 @@ struct twin : twin_pairs<P, twin<P>> {
   }
 
   void pop(bool batch) {
-    const auto k = batch ? *rc::gen::inRange<std::uint32_t>(0, size() + 3) : 1U;
+    const auto k = batch ? virtq_test::uniform<std::uint32_t>(0, size() + 3) : 1U;
     std::vector<popped_buffer> got(k);
     std::size_t n = 0;
     if (batch) {
@@ -107,23 +107,23 @@ struct twin : twin_pairs<P, twin<P>> {
 
   void complete(bool batch) {
     if (held.empty()) return;
-    const auto m = batch ? *rc::gen::inRange<std::size_t>(0, held.size() + 1) : 1U;
+    const auto m = batch ? virtq_test::uniform<std::size_t>(0, held.size() + 1) : 1U;
     std::vector<std::size_t> pick(held.size());
     for (std::size_t i = 0; i < pick.size(); ++i) pick[i] = i;
     if (!in_order) {  // any completion order (Fisher-Yates)
       for (std::size_t i = pick.size(); i > 1; --i) {
-        std::swap(pick[i - 1], pick[*rc::gen::inRange<std::size_t>(0, i)]);
+        std::swap(pick[i - 1], pick[virtq_test::uniform<std::size_t>(0, i)]);
       }
     }
     pick.resize(m);
     std::vector<used_entry> done;
     for (const std::size_t i : pick) {
-      done.push_back({held[i].id, *rc::gen::inRange<std::uint32_t>(0, held[i].writable + 1)});
+      done.push_back({held[i].id, virtq_test::uniform<std::uint32_t>(0, held[i].writable + 1)});
     }
     // Now and then one entry complete(id, len) refuses: the calls must stop right there.
-    if (!done.empty() && *rc::gen::inRange(0, 6) == 0) {
-      const auto j = *rc::gen::inRange<std::size_t>(0, done.size());
-      switch (*rc::gen::inRange(0, 3)) {
+    if (!done.empty() && virtq_test::uniform(0, 6) == 0) {
+      const auto j = virtq_test::uniform<std::size_t>(0, done.size());
+      switch (virtq_test::uniform(0, 3)) {
         case 0:
           done[j].len = held[pick[j]].writable + 1;  // over-states (2.7.8.2)
           break;
@@ -154,8 +154,8 @@ struct twin : twin_pairs<P, twin<P>> {
 
 template <class P>
 void batch_equals_single(bool in_order) {
-  const auto size =
-      *rc::gen::oneOf(rc::gen::element(1U, 3U, 7U, 255U), rc::gen::inRange<std::uint32_t>(1, 20));
+  const auto size = *rc::gen::oneOf(rc::gen::element(1U, 3U, 7U, 255U),
+                                    virtq_test::uniform_gen<std::uint32_t>(1, 20));
   features f = packed_features<P>();
   if (in_order) f = f.with(feature::in_order);
   twin<P> t(size, f);

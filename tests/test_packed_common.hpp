@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "layouts.hpp"
+#include "property.hpp"
 #include "virtq/packed.hpp"
 
 namespace packed_test {
@@ -94,18 +95,17 @@ struct twin_pairs {
   /// Enough random steps for many laps of the small rings, so that both wrap counters flip
   /// many times, mid-batch too.
   void run() {
-    const auto steps = *rc::gen::inRange(50, 400);
+    const auto steps = virtq_test::uniform(50, 400);
     for (int i = 0; i < steps; ++i) step();
   }
 
   /// One step, then the model's check_same() (which includes this one's). Two in three that
-  /// have a batch call take it. rapidcheck scales inRange with a case's size, so the kinds
-  /// numbered last come only in the largest cases: of the 100 cases of a property, about 10
-  /// (8 with one step of the model's own) reap at all.
+  /// have a batch call take it. The kind is drawn at full size (tests/property.hpp), so every
+  /// case mixes every kind of step.
   void step() {
     Model& m = static_cast<Model&>(*this);
-    const bool batch = *rc::gen::inRange(0, 3) != 0;
-    const int pick = *rc::gen::inRange(0, 6 + Model::more_steps);
+    const bool batch = virtq_test::uniform(0, 3) != 0;
+    const int pick = virtq_test::uniform(0, 6 + Model::more_steps);
     const int own = pick - 4;  // the model's own steps are numbered after complete
     if (own >= 0 && own < Model::more_steps) {
       if constexpr (Model::more_steps != 0) m.more_step(own);
@@ -136,8 +136,8 @@ struct twin_pairs {
 
   /// 0..64 bytes anywhere in the arena: buffers may overlap, neither queue touches their bytes.
   virtq::buffer make_buffer() {
-    const auto len = *rc::gen::inRange<std::uint32_t>(0, 65);
-    const auto off = *rc::gen::inRange<std::size_t>(0, 4096 - 64);
+    const auto len = virtq_test::uniform<std::uint32_t>(0, 65);
+    const auto off = virtq_test::uniform<std::size_t>(0, 4096 - 64);
     return arena.at(off, len);
   }
 
@@ -170,7 +170,7 @@ struct twin_pairs {
   /// through add() on `b` until the ring is full. Returns the tokens that went in, in order.
   std::vector<virtq::token_t> add_ones(bool batch) {
     const bool writable = *rc::gen::arbitrary<bool>();
-    const auto k = batch ? *rc::gen::inRange<std::uint32_t>(0, size() + 3) : 1U;
+    const auto k = batch ? virtq_test::uniform<std::uint32_t>(0, size() + 3) : 1U;
     std::vector<virtq::buffer> bufs;
     std::vector<virtq::token_t> tokens;
     for (std::uint32_t i = 0; i < k; ++i) {
@@ -244,7 +244,7 @@ struct twin_pairs {
   /// `check` holds each reaped buffer against the test's own model.
   template <class F>
   void reap_both(bool batch, F&& check) {
-    const auto k = batch ? *rc::gen::inRange<std::uint32_t>(1, size() + 3) : 1U;
+    const auto k = batch ? virtq_test::uniform<std::uint32_t>(1, size() + 3) : 1U;
     std::vector<virtq::used_buffer> got(k);
     std::size_t n = 0;
     if (batch) {

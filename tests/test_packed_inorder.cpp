@@ -72,8 +72,8 @@ struct twin : twin_pairs<P, twin<P>> {
       for (const token_t t : base::add_ones(true)) added.push_back(t);
       return;
     }
-    const auto n = *rc::gen::inRange<std::size_t>(1, 4);
-    const auto n_out = *rc::gen::inRange<std::size_t>(0, n + 1);
+    const auto n = virtq_test::uniform<std::size_t>(1, 4);
+    const auto n_out = virtq_test::uniform<std::size_t>(0, n + 1);
     std::vector<buffer> bufs;
     for (std::size_t i = 0; i < n; ++i) bufs.push_back(make_buffer());
     const std::span<const buffer> all(bufs);
@@ -101,7 +101,7 @@ struct twin : twin_pairs<P, twin<P>> {
       }
       return;
     }
-    const auto k = *rc::gen::inRange<std::uint32_t>(0, size() + 3);
+    const auto k = virtq_test::uniform<std::uint32_t>(0, size() + 3);
     std::vector<popped_buffer> got(k);
     const result<std::size_t> r = a.device.pop_buffers(got);
     RC_ASSERT(r.has_value());
@@ -117,9 +117,9 @@ struct twin : twin_pairs<P, twin<P>> {
   static constexpr int more_steps = 1;
   void more_step(int) {
     if (popped.empty()) return;
-    const auto count = *rc::gen::inRange<std::size_t>(1, popped.size() + 1);
+    const auto count = virtq_test::uniform<std::size_t>(1, popped.size() + 1);
     const std::uint32_t bound = popped[count - 1].writable;
-    const auto len = *rc::gen::inRange<std::uint32_t>(0, bound + 1);
+    const auto len = virtq_test::uniform<std::uint32_t>(0, bound + 1);
     const errc e = a.device.complete_in_order(static_cast<std::uint16_t>(count), len);
     RC_ASSERT(e == errc::ok);
     RC_ASSERT(b.device.complete_in_order(static_cast<std::uint16_t>(count), len) == errc::ok);
@@ -134,24 +134,25 @@ struct twin : twin_pairs<P, twin<P>> {
   /// one entry complete(id, len) refuses (out of order, too long, out of range, or past the
   /// chains in flight).
   void complete(bool batch) {
-    const auto m = batch ? *rc::gen::inRange<std::size_t>(0, popped.size() + 2) : std::size_t{1};
+    const auto m = batch ? virtq_test::uniform<std::size_t>(0, popped.size() + 2) : std::size_t{1};
     std::vector<used_entry> done;
     for (std::size_t i = 0; i < m; ++i) {
       if (i < popped.size()) {
-        done.push_back({popped[i].id, *rc::gen::inRange<std::uint32_t>(0, popped[i].writable + 1)});
+        done.push_back(
+            {popped[i].id, virtq_test::uniform<std::uint32_t>(0, popped[i].writable + 1)});
       } else {  // past the chains in flight: any id is refused
         done.push_back(
-            {*rc::gen::inRange<std::uint16_t>(0, static_cast<std::uint16_t>(size())), 0});
+            {virtq_test::uniform<std::uint16_t>(0, static_cast<std::uint16_t>(size())), 0});
       }
     }
-    if (!done.empty() && *rc::gen::inRange(0, 5) == 0) {
-      const auto j = *rc::gen::inRange<std::size_t>(0, done.size());
-      switch (*rc::gen::inRange(0, 3)) {
+    if (!done.empty() && virtq_test::uniform(0, 5) == 0) {
+      const auto j = virtq_test::uniform<std::size_t>(0, done.size());
+      switch (virtq_test::uniform(0, 3)) {
         case 0:
           if (j < popped.size()) done[j].len = popped[j].writable + 1;  // 2.7.8.2
           break;
         case 1:
-          done[j].id = static_cast<std::uint16_t>(size() + *rc::gen::inRange(0U, 3U));
+          done[j].id = static_cast<std::uint16_t>(size() + virtq_test::uniform(0U, 3U));
           break;
         default:
           if (j + 1 < popped.size()) done[j].id = popped[j + 1].id;  // not the oldest
@@ -182,7 +183,7 @@ struct twin : twin_pairs<P, twin<P>> {
 template <class P>
 void in_order_batch_equals_single() {
   const auto size = *rc::gen::oneOf(rc::gen::element(1U, 2U, 3U, 5U, 7U, 255U),
-                                    rc::gen::inRange<std::uint32_t>(1, 20));
+                                    virtq_test::uniform_gen<std::uint32_t>(1, 20));
   twin<P> t(size);
   t.run();
   // Everything still out comes back through reset, exactly once.

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "layouts.hpp"
+#include "property.hpp"
 #include "test_packed_common.hpp"
 #include "virtq/packed.hpp"
 #include "virtq/split.hpp"
@@ -194,27 +195,27 @@ struct twins {
 template <class Layout, class P>
 void serve_matches_reference(features f) {
   twins<Layout, P> t(f);
-  const auto steps = *rc::gen::inRange(1, 80);
+  const auto steps = virtq_test::uniform(1, 80);
   for (int s = 0; s < steps; ++s) {
-    switch (*rc::gen::inRange(0, 8)) {
+    switch (virtq_test::uniform(0, 8)) {
       case 0:
       case 1:
-        t.add(*rc::gen::inRange<std::uint32_t>(1, ring_size + 1), *rc::gen::inRange(0, 5) == 0,
-              *rc::gen::inRange<std::uint32_t>(0, 1000));
+        t.add(virtq_test::uniform<std::uint32_t>(1, ring_size + 1), virtq_test::uniform(0, 5) == 0,
+              virtq_test::uniform<std::uint32_t>(0, 1000));
         break;
       case 2:
       case 3: {
-        const bool over = *rc::gen::inRange(0, 6) == 0;
-        t.serve(*rc::gen::inRange<std::uint32_t>(0, ring_size + 2),
-                over ? std::optional<std::uint32_t>(*rc::gen::inRange<std::uint32_t>(0, 6))
+        const bool over = virtq_test::uniform(0, 6) == 0;
+        t.serve(virtq_test::uniform<std::uint32_t>(0, ring_size + 2),
+                over ? std::optional<std::uint32_t>(virtq_test::uniform<std::uint32_t>(0, 6))
                      : std::nullopt);
         break;
       }
       case 4:
-        t.hold(*rc::gen::inRange<std::uint32_t>(1, 4));
+        t.hold(virtq_test::uniform<std::uint32_t>(1, 4));
         break;
       case 5:
-        t.complete_held(*rc::gen::inRange<std::uint32_t>(1, 5));
+        t.complete_held(virtq_test::uniform<std::uint32_t>(1, 5));
         break;
       case 6:
         t.interrupt();

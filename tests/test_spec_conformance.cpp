@@ -33,6 +33,7 @@
 #include <catch2/catch.hpp>
 
 #include "linux_virtio_ring.h"
+#include "property.hpp"
 #include "virtq/spec.hpp"
 
 namespace {
@@ -367,7 +368,7 @@ TEST_CASE("need_event equals vring_need_event over the whole 16-bit domain", "[s
              RC_ASSERT(virtq::need_event(e, n, o) == (vring_need_event(e, n, o) != 0));
            });
   rc::prop("uniform over 0..65535, and it means: event in [old, new) mod 2^16", [] {
-    const auto u16 = rc::gen::cast<std::uint16_t>(rc::gen::inRange<std::uint32_t>(0, 65536));
+    const auto u16 = rc::gen::cast<std::uint16_t>(virtq_test::uniform_gen<std::uint32_t>(0, 65536));
     const auto e = *u16;
     const auto n = *u16;
     const auto o = *u16;
@@ -375,9 +376,9 @@ TEST_CASE("need_event equals vring_need_event over the whole 16-bit domain", "[s
     RC_ASSERT(virtq::need_event(e, n, o) == need_event_model(e, n, o));
   });
   rc::prop("a step of k from old fires for exactly the k events old..old+k-1", [] {
-    const auto o = *rc::gen::cast<std::uint16_t>(rc::gen::inRange<std::uint32_t>(0, 65536));
-    const auto k = *rc::gen::inRange<std::uint32_t>(0, 65536);
-    const auto d = *rc::gen::inRange<std::uint32_t>(0, 65536);
+    const auto o = *rc::gen::cast<std::uint16_t>(virtq_test::uniform_gen<std::uint32_t>(0, 65536));
+    const auto k = virtq_test::uniform<std::uint32_t>(0, 65536);
+    const auto d = virtq_test::uniform<std::uint32_t>(0, 65536);
     const auto n = static_cast<std::uint16_t>(o + k);
     const auto e = static_cast<std::uint16_t>(o + d);
     RC_ASSERT(virtq::need_event(e, n, o) == (d < k));
@@ -391,12 +392,12 @@ TEST_CASE("packed_need_event follows the Linux driver's packed kick test", "[spe
   // additions virtq must decide exactly the same; more than a ring always notifies (offset and
   // wrap bit can no longer say which lap the event is in).
   rc::prop("same decision as Linux for added <= size; true for added > size", [] {
-    const auto size = *rc::gen::inRange<std::uint32_t>(1, virtq::max_queue_size + 1);
-    const auto new_off = static_cast<std::uint16_t>(*rc::gen::inRange<std::uint32_t>(0, size));
+    const auto size = virtq_test::uniform<std::uint32_t>(1, virtq::max_queue_size + 1);
+    const auto new_off = static_cast<std::uint16_t>(virtq_test::uniform<std::uint32_t>(0, size));
     const bool new_wrap = *rc::gen::arbitrary<bool>();
-    const auto ev_off = static_cast<std::uint16_t>(*rc::gen::inRange<std::uint32_t>(0, size));
+    const auto ev_off = static_cast<std::uint16_t>(virtq_test::uniform<std::uint32_t>(0, size));
     const bool ev_wrap = *rc::gen::arbitrary<bool>();
-    const auto added = *rc::gen::inRange<std::uint32_t>(0, 2 * size + 1);
+    const auto added = virtq_test::uniform<std::uint32_t>(0, 2 * size + 1);
     const auto off_wrap = packed::make_off_wrap(ev_off, ev_wrap);
 
     const bool ours = virtq::packed_need_event(off_wrap, new_off, new_wrap, added, size);

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "layouts.hpp"
+#include "property.hpp"
 #include "virtq/split.hpp"
 
 using namespace virtq;
@@ -251,9 +252,9 @@ struct twin {
 
 template <class P>
 void batch_matches_single(features f, driver_options o) {
-  const auto ops =
-      *rc::gen::container<std::vector<std::tuple<int, int, std::uint32_t>>>(rc::gen::tuple(
-          rc::gen::inRange(0, 10), rc::gen::inRange(0, 20), rc::gen::arbitrary<std::uint32_t>()));
+  const auto ops = *rc::gen::container<std::vector<std::tuple<int, int, std::uint32_t>>>(
+      rc::gen::tuple(virtq_test::uniform_gen(0, 10), virtq_test::uniform_gen(0, 20),
+                     rc::gen::arbitrary<std::uint32_t>()));
   twin<P> t(16, f, o);
   for (const auto& [kind, param, seed] : ops) {
     const auto n = static_cast<std::size_t>(param);
