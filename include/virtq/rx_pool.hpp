@@ -738,9 +738,12 @@ class rx_pool {
             if (h.pool_ != this) break;
             const std::uint32_t i = h.index_;
             const std::uint32_t tag = h.gen_;
+            // The new tag computed before the test: GCC then makes it with one lea instead
+            // of a copy and an add after it (-1 per buffer).
+            const std::uint32_t next = tag + step<rx_state::held, rx_state::ready>;
             if (!live_alone(slots[i], tag)) break;
             h.pool_ = nullptr;
-            slots[i].tag.store(tag + step<rx_state::held, rx_state::ready>);
+            slots[i].tag.store(next);
             if constexpr (Policy::poison) poison(i);
             (rb++)->addr = addr[i];  // .len is the buffer size already
             *rt++ = i;
@@ -762,9 +765,10 @@ class rx_pool {
           if (h.pool_ != this) break;
           const std::uint32_t i = h.index_;
           const std::uint32_t tag = h.gen_;
+          const std::uint32_t next = tag + step<rx_state::held, rx_state::free>;  // as above
           if (!live_alone(slots[i], tag)) break;
           h.pool_ = nullptr;
-          slots[i].tag.store(tag + step<rx_state::held, rx_state::free>);
+          slots[i].tag.store(next);
           if constexpr (Policy::poison) poison(i);
           stack[top++] = i;
         }
