@@ -727,9 +727,8 @@ class rx_pool {
           free_loop = false;
           // The same loop, writing each buffer into the repost list instead of onto the free
           // stack (its loan ends: a new generation, state ready).
-          token_t* const rt0 = ready_tokens_.get() + ready_n_;
           buffer* rb = ready_bufs_.get() + ready_n_;
-          token_t* rt = rt0;
+          token_t* rt = ready_tokens_.get() + ready_n_;
           const std::uint64_t* const addr = guest_addr_.get();
           // Unrolled once: three pointer steps per buffer otherwise.
 #pragma GCC unroll 2
@@ -748,7 +747,9 @@ class rx_pool {
             (rb++)->addr = addr[i];  // .len is the buffer size already
             *rt++ = i;
           }
-          ready_n_ += static_cast<std::uint32_t>(rt - rt0);
+          // Counted from the handles (this loop starts at the first): the list's pointers are
+          // then dead where the loop ends, and GCC steps them once per unrolled pair.
+          ready_n_ += static_cast<std::uint32_t>(it - items.data());
           if (it == end) {  // the receive path's whole burst: nothing else to book
             returns_ += ready_n_ - ready0;
             return errc::ok;
