@@ -1060,31 +1060,14 @@ class packed_device : public detail::queue_common<P> {
 
   errc complete(const chain& c, std::uint32_t len) { return complete(c.id(), len); }
 
-  /// pop_buffers and complete in one pass, for a device that finishes each buffer at once (a
-  /// receive queue fed from a backlog, a transmit queue that copies out): for each of up to
-  /// `max` chains of one direct descriptor, validated as pop_buffers validates, `f(const
-  /// popped_buffer&)` returns the bytes it wrote and the used descriptor is written right away
-  /// (interrupt_prepare() publishes the batch). With no chain in flight it is written in place,
-  /// over the descriptor just read, and no id record is kept for a chain that never waits: the
-  /// cheapest full cycle this layout has.
-  ///   * Stops where pop_buffers stops (nothing available, a chain pop(chain&) must walk, a
-  ///     fatal peer error: k > 0 served are returned, the queue is broken; 0 returns the errc).
-  ///   * f returning more than the buffer's writable bytes (2.8.4 / 2.7.8.2: the device MUST
-  ///     NOT over-state; 0 for a device-readable buffer) is the caller's error: that chain stays
-  ///     in flight, as if pop_buffers had popped it (complete(id, len) it with the id f was
-  ///     given), the batch ends, and the result is invalid_argument if it was the first, else
-  ///     the count served before it. The queue stays usable.
-  ///   * With IN_ORDER, chains still in flight from pop / pop_buffers must be used first
-  ///     (2.8.20): invalid_argument, nothing served.
-  ///   * An id the driver offers twice within one batch (with nothing else in flight) is
-  ///     served twice: the device holds neither, and the driver's reaping refuses the second
-  ///     used descriptor (2.8.4).
-  /// f runs under the queue's lock and must not call the queue; it must not throw (a chain in
-  /// its hands would be neither in flight nor used).
-  template <class F>
+  /// pop_buffers and complete in one pass (the contract: device_queue in virtqueue.hpp). Packed
+  /// specifics: with no chain in flight the used position is the avail position, so each used
+  /// descriptor is written over the descriptor just read and no id record is kept; an id the
+  /// driver offers twice within one batch is then served twice, and the driver's reaping
+  /// refuses the second (2.8.4). With chains in flight, pop_buffers + complete one chain at a
+  /// time; with IN_ORDER they must be used first (2.8.20).
+  template <buffer_server F>
   result<std::size_t> serve_buffers(std::size_t max, F&& f) {
-    static_assert(std::is_nothrow_invocable_r_v<std::uint32_t, F&, const popped_buffer&>,
-                  "serve_buffers: f(const popped_buffer&) -> std::uint32_t, noexcept");
     guard g(this->lock_);
     if (this->broken()) [[unlikely]]
       return errc::broken;

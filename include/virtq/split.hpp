@@ -1127,29 +1127,13 @@ class alignas(64) split_device : public detail::queue_common<P> {
   }
   errc complete(const chain& c, std::uint32_t len) { return complete(c.id(), len); }
 
-  /// pop_buffers and complete in one pass, for a device that finishes each buffer at once (a
-  /// receive queue fed from a backlog, a transmit queue that copies out): for each of up to
-  /// `max` chains of one direct descriptor, validated as pop_buffers validates, `f(const
-  /// popped_buffer&)` returns the bytes it wrote and the used element is staged right away
-  /// (interrupt_prepare() publishes it). No popped or used array in between and no held record
-  /// for a chain that never waits: the cheapest full cycle this layout has.
-  ///   * Stops where pop_buffers stops (nothing available, a chain pop(chain&) must walk, a
-  ///     fatal peer error: k > 0 served are returned, the queue is broken; 0 returns the errc).
-  ///   * f returning more than the buffer's writable bytes (2.7.8.2: the device MUST NOT
-  ///     over-state; 0 for a device-readable buffer) is the caller's error: that chain stays
-  ///     held, as if pop_buffers had popped it (complete(id, len) it with the id f was given),
-  ///     the batch ends, and the result is invalid_argument if it was the first, else the count
-  ///     served before it. The queue stays usable.
-  ///   * With IN_ORDER, chains still held from pop / pop_buffers must be used first (2.7.9):
-  ///     invalid_argument, nothing served.
-  ///   * A head the driver offers twice within one batch is served twice: the device holds
-  ///     neither copy, and the driver's reaping refuses the second used element (2.7.8).
-  /// f runs under the queue's lock and must not call the queue; it must not throw (a chain in
-  /// its hands would be neither held nor used).
-  template <class F>
+  /// pop_buffers and complete in one pass (the contract: device_queue in virtqueue.hpp). Split
+  /// specifics: no held record for a chain that never waits, and with nothing held the held
+  /// test is compiled out of the loop; a head the driver offers twice within one batch is then
+  /// served twice, and the driver's reaping refuses the second used element (2.7.8). With
+  /// IN_ORDER, held chains must be used first (2.7.9).
+  template <buffer_server F>
   result<std::size_t> serve_buffers(std::size_t max, F&& f) {
-    static_assert(std::is_nothrow_invocable_r_v<std::uint32_t, F&, const popped_buffer&>,
-                  "serve_buffers: f(const popped_buffer&) -> std::uint32_t, noexcept");
     guard g(this->lock_);
     if (this->broken()) [[unlikely]]
       return errc::broken;
@@ -1192,42 +1176,11 @@ class alignas(64) split_device : public detail::queue_common<P> {
       [[maybe_unused]] std::uint16_t* ord = nullptr;
       if constexpr (InOrder) ord = order + pos;
       for (; n < run_end; ++n, ++entry) {
-        const std::uint16_t head = get<E>(*entry);
-        // The range test first (2.7.6), then the held test reads held_ at a checked index: two
-        // branches, as GCC compiles the combined test anyway, and no mask kept live for it.
-        const std::uint32_t h = head;
-        if (h >= size || held[h] != 0) [[unlikely]] {
-          bad = bad_head(head);
-          break;
-        }
-        // The driver may rewrite the descriptor under us: each field is read once and every
-        // decision is made on that copy.
-        const split::desc& d = table[h];
-        const std::uint16_t flags = get<E>(d.flags);
-        if ((flags & (split::desc_f_next | split::desc_f_indirect)) != 0) break;  // pop(chain&)'s
-        const std::uint32_t len = get<E>(d.len);
-        std::byte* data = nullptr;
-        if (len != 0) [[likely]] {
-          // 2.7.5: the buffer is guest memory; chain::append translates the same way.
-          const result<std::byte*> host = mem.translate(get<E>(d.addr), len);
-          if (!host) [[unlikely]] {
-            bad = host.error();
-            break;
-          }
-          data = *host;
-        }
-        if constexpr (P::checked) {
-          links_.start();
-          links_.visit(head);
-          if (!links_.commit(this->shadow_, head)) {
-            bad = errc::state_violation;
-            break;
-          }
-        }
-        const bool writable = (flags & split::desc_f_write) != 0;
-        held[h] = (writable ? std::uint64_t{len} : 0U) + 1U;
-        if constexpr (InOrder) *ord++ = head;
-        out[n] = popped_buffer{data, len, head, writable};
+        popped_buffer b;
+        if (!take_entry<true>(get<E>(*entry), table, held, mem, size, b, bad)) break;
+        held[b.id] = (b.writable ? std::uint64_t{b.len} : 0U) + 1U;
+        if constexpr (InOrder) *ord++ = b.id;
+        out[n] = b;
       }
       if (n != run_end) break;
     }
@@ -1383,6 +1336,49 @@ class alignas(64) split_device : public detail::queue_common<P> {
     return order[order_head] == id;
   }
 
+  // One avail entry of a batch (pop_buffers, serve_buffers), validated as pop() validates:
+  // the head's range (2.7.6) and, if any chain may be held (AnyHeld), that it is not held
+  // (2.7.13.1: a re-offered head would be completed twice); the descriptor read once (the
+  // driver may rewrite it under us: every decision is made on that copy); a chain with NEXT or
+  // INDIRECT ends the batch (pop(chain&) takes it); translation (2.7.5: the buffer is guest
+  // memory, as chain::append translates it; a zero-length buffer is not translated and has
+  // data == nullptr); checked mode's shadow. False: stop here, `bad` set if a rule was broken.
+  template <bool AnyHeld>
+  [[gnu::always_inline]] inline bool take_entry(std::uint16_t head, const split::desc* table,
+                                                const std::uint64_t* held, const M& mem,
+                                                std::uint32_t size, popped_buffer& b, errc& bad) {
+    // The range test first, then the held test reads held_ at a checked index: two branches,
+    // as GCC compiles the combined test anyway, and no mask kept live for it.
+    const std::uint32_t h = head;
+    if (h >= size || (AnyHeld && held[h] != 0)) [[unlikely]] {
+      bad = bad_head(head);
+      return false;
+    }
+    const split::desc& d = table[h];
+    const std::uint16_t flags = get<E>(d.flags);
+    if ((flags & (split::desc_f_next | split::desc_f_indirect)) != 0) return false;
+    const std::uint32_t len = get<E>(d.len);
+    std::byte* data = nullptr;
+    if (len != 0) [[likely]] {
+      const result<std::byte*> host = mem.translate(get<E>(d.addr), len);
+      if (!host) [[unlikely]] {
+        bad = host.error();
+        return false;
+      }
+      data = *host;
+    }
+    if constexpr (P::checked) {
+      links_.start();
+      links_.visit(head);
+      if (!links_.commit(this->shadow_, head)) {
+        bad = errc::state_violation;
+        return false;
+      }
+    }
+    b = popped_buffer{data, len, head, (flags & split::desc_f_write) != 0};
+    return true;
+  }
+
   // serve_buffers' loop, the lock held and the queue not broken. AnyHeld: some chain is held
   // (from pop / pop_buffers), so each head is tested against held_.
   template <bool AnyHeld, class F>
@@ -1415,43 +1411,14 @@ class alignas(64) split_device : public detail::queue_common<P> {
       split::used_elem* const ue = &used_ring.ring(pos_u);
       std::uint32_t i = 0;
       for (; i < run; ++i) {
-        const std::uint16_t head = get<E>(entry[i]);
-        const std::uint32_t h = head;
-        // 2.7.6: a head indexes the table; a held head cannot be offered again (2.7.13.1).
-        if (h >= size || (AnyHeld && held[h] != 0)) [[unlikely]] {
-          bad = bad_head(head);
-          break;
-        }
-        // The driver may rewrite the descriptor under us: each field is read once.
-        const split::desc& d = table[h];
-        const std::uint16_t flags = get<E>(d.flags);
-        if ((flags & (split::desc_f_next | split::desc_f_indirect)) != 0) break;  // pop(chain&)'s
-        const std::uint32_t len = get<E>(d.len);
-        std::byte* data = nullptr;
-        if (len != 0) [[likely]] {
-          // 2.7.5: the buffer is guest memory; chain::append translates the same way.
-          const result<std::byte*> host = mem.translate(get<E>(d.addr), len);
-          if (!host) [[unlikely]] {
-            bad = host.error();
-            break;
-          }
-          data = *host;
-        }
-        if constexpr (P::checked) {
-          links_.start();
-          links_.visit(head);
-          if (!links_.commit(this->shadow_, head)) {
-            bad = errc::state_violation;
-            break;
-          }
-        }
-        const bool writable = (flags & split::desc_f_write) != 0;
-        const std::uint32_t wrote =
-            f(static_cast<const popped_buffer&>(popped_buffer{data, len, head, writable}));
+        popped_buffer b;
+        if (!take_entry<AnyHeld>(get<E>(entry[i]), table, held, mem, size, b, bad)) break;
+        const std::uint32_t wrote = f(static_cast<const popped_buffer&>(b));
+        const std::uint16_t head = b.id;
         // 2.7.8.2: at most the writable bytes; a device-readable buffer bounds it at 0.
-        if (wrote > (writable ? len : 0U)) [[unlikely]] {
+        if (wrote > (b.writable ? b.len : 0U)) [[unlikely]] {
           // held_'s encoding: writable bytes + 1.
-          keep_held(head, (writable ? std::uint64_t{len} : 0U) + 1U,
+          keep_held(head, (b.writable ? std::uint64_t{b.len} : 0U) + 1U,
                     detail::u16(last_avail_ + n + i));
           finish_serve(n + i + 1U, n + i);
           return n + i == 0 ? result<std::size_t>(errc::invalid_argument)

@@ -39,6 +39,7 @@
 #include <limits>
 #include <mutex>
 #include <span>
+#include <type_traits>
 
 #include "virtq/chain.hpp"
 #include "virtq/detail/shadow.hpp"
@@ -217,11 +218,19 @@ concept driver_queue = requires(Q& q, const Q& cq, std::span<const buffer> bufs,
 ///  complete(span<const used_entry>)
 ///                           the batch form: completes in order, stops at the first invalid
 ///                           entry (invalid_argument if it is the first, else the count done).
-///  serve_buffers(max, f)    pop_buffers and complete in one pass: f(const popped_buffer&)
-///                           noexcept -> bytes written, the used entry staged at once; same
-///                           checks and stops as pop_buffers; f over-stating a buffer leaves
-///                           that chain held (invalid_argument if it is the first, else the
-///                           count served). With IN_ORDER, held chains must be completed first.
+///  serve_buffers(max, f)    pop_buffers and complete in one pass, for a device that finishes
+///                           each buffer at once: up to `max` chains of one direct descriptor,
+///                           each validated and stopped at as pop_buffers does, handed to
+///                           f (a buffer_server), whose result, the bytes written, is staged as
+///                           the used entry right away. No popped or used array in between.
+///                           Fatal peer errors as pop_buffers (k > 0 served are returned, the
+///                           queue is broken). f reporting more than the buffer's writable bytes
+///                           (2.7.8.2; 0 for a device-readable buffer) is the caller's error:
+///                           that chain stays held as if popped (complete(id, len) takes it),
+///                           the batch ends: invalid_argument if it was the first, else the
+///                           count served before it; the queue stays usable. With IN_ORDER,
+///                           chains held from pop / pop_buffers must be completed first
+///                           (invalid_argument, nothing served).
 ///  interrupt_prepare()      publish staged used entries (V2), decide by the suppression
 ///                           policy whether the driver wants an interrupt (V3).
 ///  disable_notifications() / enable_notifications() -> bool pending (true: chains arrived
@@ -229,6 +238,12 @@ concept driver_queue = requires(Q& q, const Q& cq, std::span<const buffer> bufs,
 ///  reset()                  forget everything; the ring is back to its initial state.
 ///  avail_position()         where the device reads next, as vhost-user's GET_VRING_BASE
 ///                           reports it (split: the next avail idx; packed: offset | wrap << 15).
+/// What serve_buffers calls for each buffer: the bytes it wrote into it. It runs under the
+/// queue's lock and must not call the queue; it must not throw (a chain in its hands would be
+/// neither held nor used).
+template <class F>
+concept buffer_server = std::is_nothrow_invocable_r_v<std::uint32_t, F&, const popped_buffer&>;
+
 namespace detail {
 /// What the device_queue concept passes to serve_buffers: a buffer handler of the required
 /// shape (never called).
