@@ -17,6 +17,7 @@
 #include "layouts.hpp"
 #include "property.hpp"
 #include "test_packed_common.hpp"
+#include "test_split_common.hpp"
 #include "virtq/packed.hpp"
 #include "virtq/split.hpp"
 
@@ -428,40 +429,24 @@ TEMPLATE_LIST_TEST_CASE("serve_buffers on a broken queue says broken", "[serve]"
 
 namespace {
 
-constexpr std::uint64_t guest_base = 0x100000;
-constexpr std::size_t guest_size = 0x10000;
+using split_test::guest_base;
+using split_test::guest_size;
 using LE = little_endian;
 
-/// A split device over guest memory fed by hand-written avail entries.
-struct split_hand {
-  explicit split_hand(features f = virtq_test::base_features<split_layout>())
-      : ring(8), guest(guest_size, 64), device(ring.view(), f, mem) {
-    mem.add_region(guest_base, guest_size, guest.data());
-  }
-  void set(std::uint32_t i, std::uint64_t addr, std::uint32_t len, std::uint16_t flags) const {
-    split::desc& d = ring.view().table[i];
-    put<LE>(d.addr, addr);
-    put<LE>(d.len, len);
-    put<LE>(d.flags, flags);
-    put<LE>(d.next, 0);
-  }
-  void offer(std::uint16_t head) {
-    put<LE>(ring.view().avail.ring(next_avail & 7U), head);
-    ++next_avail;
-  }
-  void publish() { store_release<LE>(ring.view().avail.idx(), next_avail); }
-  std::uint16_t used_idx_staged() const { return next_used; }
-
-  /// Serves with f = "the whole buffer"; counts f's calls.
+/// serve_buffers with f = "the whole buffer", counting f's calls, and what a fatal peer error
+/// must leave: the count served before it (or the errc), a broken queue naming the rule, and f
+/// never called for the bad chain. Self has a `device`.
+template <class Self>
+struct serving {
   result<std::size_t> serve(std::size_t max = 8) {
-    return device.serve_buffers(max, [this](const popped_buffer& b) noexcept {
-      ++calls;
-      return b.writable ? b.len : 0U;
-    });
+    return static_cast<Self&>(*this).device.serve_buffers(max,
+                                                          [this](const popped_buffer& b) noexcept {
+                                                            ++calls;
+                                                            return b.writable ? b.len : 0U;
+                                                          });
   }
-  /// `got` after `served` good chains, then failure `e`: the queue is broken, f was not called
-  /// for the bad one.
   void expect(result<std::size_t> got, std::size_t served, errc e) {
+    const auto& device = static_cast<Self&>(*this).device;
     if (served == 0) {
       REQUIRE_FALSE(got);
       CHECK(got.error() == e);
@@ -475,14 +460,12 @@ struct split_hand {
     CHECK(device.stats().rejects[static_cast<std::size_t>(e)] == 1);
     CHECK(serve().error() == errc::broken);
   }
-
-  ring_memory<split_layout> ring;
-  aligned_buffer guest;
-  guest_memory mem;
-  split_device<default_policy, guest_memory> device;
-  std::uint16_t next_avail = 0;
-  std::uint16_t next_used = 0;
   int calls = 0;
+};
+
+/// A split device fed by hand-written avail entries (tests/test_split_common.hpp).
+struct split_hand : split_test::hand, serving<split_hand> {
+  using hand::hand;
 };
 
 }  // namespace
@@ -551,7 +534,7 @@ TEST_CASE("serve_buffers, hostile split driver: buffers outside guest memory (2.
 TEST_CASE("serve_buffers, split: an empty buffer is served untranslated (2.7.5)",
           "[serve][split]") {
   split_hand h;
-  h.set(0, 0xdead0000, 0, split::desc_f_write);  // no memory there: never translated
+  h.set(0, 0xdead0000, 0, split::desc_f_write);  // no guest memory there: never translated
   h.offer(0);
   h.publish();
   std::byte* data = reinterpret_cast<std::byte*>(1);
@@ -612,7 +595,7 @@ TEST_CASE("serve_buffers, split, EVENT_IDX: avail_event follows the served chain
 namespace {
 
 /// A packed device over guest memory fed by hand-written descriptors.
-struct packed_hand {
+struct packed_hand : serving<packed_hand> {
   explicit packed_hand(features f = virtq_test::base_features<packed_layout>())
       : ring(8), guest(guest_size, 64), device(ring.view(), f, mem) {
     mem.add_region(guest_base, guest_size, guest.data());
@@ -623,32 +606,11 @@ struct packed_hand {
     packed_test::put_desc(ring.view(), slot, addr, len, id,
                           static_cast<std::uint16_t>(packed::avail_bits(true) | extra));
   }
-  result<std::size_t> serve(std::size_t max = 8) {
-    return device.serve_buffers(max, [this](const popped_buffer& b) noexcept {
-      ++calls;
-      return b.writable ? b.len : 0U;
-    });
-  }
-  void expect(result<std::size_t> got, std::size_t served, errc e) {
-    if (served == 0) {
-      REQUIRE_FALSE(got);
-      CHECK(got.error() == e);
-    } else {
-      REQUIRE(got);
-      CHECK(*got == served);
-    }
-    CHECK(calls == static_cast<int>(served));
-    CHECK(device.broken());
-    CHECK(device.error() == e);
-    CHECK(device.stats().rejects[static_cast<std::size_t>(e)] == 1);
-    CHECK(serve().error() == errc::broken);
-  }
 
   ring_memory<packed_layout> ring;
   aligned_buffer guest;
   guest_memory mem;
   packed_device<default_policy, guest_memory> device;
-  int calls = 0;
 };
 
 }  // namespace

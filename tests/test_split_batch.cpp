@@ -15,6 +15,7 @@
 
 #include "layouts.hpp"
 #include "property.hpp"
+#include "test_split_common.hpp"
 #include "virtq/split.hpp"
 
 using namespace virtq;
@@ -562,29 +563,12 @@ TEST_CASE("pop_buffers keeps avail_event at the next entry to read (2.7.10)",
 
 namespace {
 
-constexpr std::uint64_t guest_base = 0x10000;
-constexpr std::uint64_t guest_size = 0x10000;
+using split_test::guest_base;
+using split_test::guest_size;
 
-/// A device over a ring the test writes by hand, as a hostile driver would, with one region of
-/// guest memory, so that addresses can be untranslatable.
-struct hostile_driver {
-  explicit hostile_driver(features f = f_base())
-      : ring(8), guest(guest_size, 64), device(ring.view(), f, mem) {
-    mem.add_region(guest_base, guest_size, guest.data());
-  }
-  void set(std::uint32_t i, std::uint64_t addr, std::uint32_t len, std::uint16_t flags) const {
-    split::desc& d = ring.view().table[i];
-    put<LE>(d.addr, addr);
-    put<LE>(d.len, len);
-    put<LE>(d.flags, flags);
-    put<LE>(d.next, 0);
-  }
-  void offer(std::uint16_t head) {
-    const auto& v = ring.view();
-    put<LE>(v.avail.ring(next_avail & 7U), head);
-    ++next_avail;
-  }
-  void publish() { store_release<LE>(ring.view().avail.idx(), next_avail); }
+/// A device over a ring the test writes by hand (tests/test_split_common.hpp).
+struct hostile_driver : split_test::hand {
+  using hand::hand;
 
   /// `got` with `popped` good buffers before failure `e`: then broken, and the next call says so.
   /// `total` counts the buffers popped by earlier calls too.
@@ -606,12 +590,6 @@ struct hostile_driver {
     chain c;
     CHECK(device.pop(c) == errc::broken);
   }
-
-  ring_memory<split_layout> ring;
-  aligned_buffer guest;
-  guest_memory mem;
-  split_device<default_policy, guest_memory> device;
-  std::uint16_t next_avail = 0;
 };
 
 }  // namespace
