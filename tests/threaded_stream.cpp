@@ -91,10 +91,16 @@ struct shared_state {
   bool stopped() const { return stop.load(std::memory_order_relaxed); }
 };
 
-/// Batch: the driver adds with add_inbufs (as many as fit, up to 64 per call) and the device
-/// pops with pop_buffers and completes with complete(span); otherwise one chain per call.
-template <bool Batch, class Q>
+/// How both sides call the queues.
+enum class calls {
+  single,  ///< one chain per call (add / add_inbuf, pop(chain&), complete(chain, len))
+  batch,   ///< add_inbufs (up to 64 per call); pop_buffers, then complete(span)
+  serve,   ///< add_inbufs; serve_buffers (pop and complete in one pass)
+};
+
+template <calls Mode, class Q>
 void driver_thread(Q& drv, virtq_test::buffer_arena& arena, shared_state& st, std::uint64_t n) {
+  constexpr bool Batch = Mode != calls::single;
   std::uint64_t added = 0;
   std::uint64_t reaped = 0;
   std::vector<used_buffer> used(32);
@@ -169,8 +175,9 @@ void driver_thread(Q& drv, virtq_test::buffer_arena& arena, shared_state& st, st
   if (drv.broken()) st.fail(std::string("driver broken: ") + to_string(drv.error()));
 }
 
-template <bool Batch, class Q>
+template <calls Mode, class Q>
 void device_thread(Q& dev, shared_state& st, std::uint64_t n) {
+  constexpr bool Batch = Mode != calls::single;
   std::uint64_t popped = 0;
   std::vector<chain> held(16);
   std::vector<popped_buffer> bufs(16);
@@ -178,7 +185,28 @@ void device_thread(Q& dev, shared_state& st, std::uint64_t n) {
   dev.disable_notifications();
   while (popped < n && !st.stopped()) {
     std::size_t k = 0;
-    if constexpr (Batch) {
+    if constexpr (Mode == calls::serve) {
+      // Each buffer is filled and completed as it is popped; every chain here is one
+      // device-writable buffer, so 0 means the ring is empty.
+      bool bad_shape = false;
+      const result<std::size_t> got =
+          dev.serve_buffers(1 + popped % 16, [&](const popped_buffer& b) noexcept {
+            if (!b.writable || b.len != 16) {
+              bad_shape = true;
+              return 0U;
+            }
+            const std::uint64_t seq = popped + k++;
+            const std::uint64_t check = seq ^ magic;
+            std::memcpy(b.data, &seq, 8);
+            std::memcpy(b.data + 8, &check, 8);
+            return 16U;
+          });
+      if (!got) return st.fail(std::string("device serve_buffers: ") + to_string(got.error()));
+      if (bad_shape) return st.fail("device: unexpected buffer shape");
+      if (*got != k) return st.fail("device: serve_buffers miscounted");
+      popped += k;
+    }
+    if constexpr (Mode == calls::batch) {
       // Every chain here is one device-writable buffer: 0 means the ring is empty.
       const result<std::size_t> got = dev.pop_buffers(std::span(bufs.data(), 1 + popped % 16));
       if (!got) return st.fail(std::string("device pop_buffers: ") + to_string(got.error()));
@@ -243,14 +271,14 @@ void device_thread(Q& dev, shared_state& st, std::uint64_t n) {
 
 namespace {
 
-template <bool Batch, class L, class P>
+template <calls Mode, class L, class P>
 void run_stream() {
   virtq_test::queue_pair<L, P> q(queue_size);
   virtq_test::buffer_arena arena(std::size_t{queue_size} * slot_bytes);
   shared_state st;
   const auto t0 = clock_type::now();
-  std::thread dev([&] { device_thread<Batch>(q.device, st, chains_per_run); });
-  driver_thread<Batch>(q.driver, arena, st, chains_per_run);
+  std::thread dev([&] { device_thread<Mode>(q.device, st, chains_per_run); });
+  driver_thread<Mode>(q.driver, arena, st, chains_per_run);
   st.stop.store(true);  // lets the device leave a wait if the driver failed
   dev.join();
   const double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
@@ -272,10 +300,15 @@ void run_stream() {
 
 TEMPLATE_LIST_TEST_CASE("threaded: a driver thread and a device thread stream chains", "[threaded]",
                         virtq_test::layout_suppression_combos) {
-  run_stream<false, typename TestType::layout, typename TestType::policy>();
+  run_stream<calls::single, typename TestType::layout, typename TestType::policy>();
 }
 
 TEMPLATE_LIST_TEST_CASE("threaded: the batch calls stream chains between two threads", "[threaded]",
                         virtq_test::layout_suppression_combos) {
-  run_stream<true, typename TestType::layout, typename TestType::policy>();
+  run_stream<calls::batch, typename TestType::layout, typename TestType::policy>();
+}
+
+TEMPLATE_LIST_TEST_CASE("threaded: serve_buffers streams chains between two threads", "[threaded]",
+                        virtq_test::layout_suppression_combos) {
+  run_stream<calls::serve, typename TestType::layout, typename TestType::policy>();
 }
