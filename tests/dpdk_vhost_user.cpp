@@ -324,7 +324,7 @@ void check_exact_run(const run_options& o, const run_result& r) {
   for (const auto& [d, n] : r.frames.descriptors) shape << " " << d << " desc x" << n << ";";
   for (const auto& [d, n] : r.frames.ring_slots) shape << " " << d << " slots x" << n << ";";
   WARN(o.name() << ": " << r.frames.frames << " frames (" << tx.via_batch << " via " << tx.batches
-                << " pop_buffers, " << tx.via_chain << " via pop(chain)), kicks " << tx.kicks
+                << " batch calls, " << tx.via_chain << " via pop(chain)), kicks " << tx.kicks
                 << ", calls " << tx.calls << ", vring base 0x" << std::hex << tx.vring_base
                 << std::dec << ";" << shape.str());
 }

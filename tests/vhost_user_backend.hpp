@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <span>
@@ -165,9 +166,9 @@ struct queue_report {
   bool got_vring_base = false;   ///< GET_VRING_BASE arrived and was answered
   std::uint32_t vring_base = 0;  ///< what we answered
   std::uint64_t frames = 0;
-  std::uint64_t via_batch = 0;   ///< chains taken by pop_buffers
+  std::uint64_t via_batch = 0;   ///< chains taken by serve_buffers (pop_buffers: IN_ORDER)
   std::uint64_t via_chain = 0;   ///< chains taken by pop(chain&) (more than one descriptor)
-  std::uint64_t batches = 0;     ///< pop_buffers calls that returned at least one chain
+  std::uint64_t batches = 0;     ///< batch calls that returned at least one chain
   std::uint64_t idle_polls = 0;  ///< service turns that found nothing
   std::uint64_t busy_polls = 0;  ///< service turns that found chains
   std::uint64_t kicks = 0;       ///< kick eventfd wake-ups
@@ -891,32 +892,53 @@ class backend {
     return s;
   }
 
-  /// One batch: pop_buffers, then one pop(chain&) if the batch stopped short at a longer chain.
+  /// One batch of one-descriptor chains, then one pop(chain&) if the batch stopped short at a
+  /// longer chain. The batch is served in place (serve_buffers: each frame is copied out and
+  /// its chain completed with 0 bytes written in one pass); with IN_ORDER batches it is popped
+  /// (pop_buffers) and completed with one used entry (complete_in_order).
   template <class Dev>
   std::uint64_t take(vring& q, Dev& d) {
-    std::array<virtq::popped_buffer, 32> batch;
-    std::array<virtq::used_entry, 32> done;
-    const virtq::result<std::size_t> r = d.pop_buffers(batch);
-    if (!r) return 0;  // broken: drain() reports it
-    const std::size_t n = *r;
-    for (std::size_t i = 0; i < n; ++i) {
-      const auto& b = batch[i];
-      deliver(q, tx_frame{{b.data, b.len}, b.len, 1, 1, b.writable});
-      done[i] = virtq::used_entry{b.id, 0};
-      advance(q, 1);
+    constexpr std::size_t batch_max = 32;
+    std::size_t n = 0;
+    if (in_order_batches()) {
+      std::array<virtq::popped_buffer, batch_max> batch;
+      const virtq::result<std::size_t> r = d.pop_buffers(batch);
+      if (!r) return 0;  // broken: drain() reports it
+      n = *r;
+      for (std::size_t i = 0; i < n; ++i) {
+        const auto& b = batch[i];
+        deliver(q, tx_frame{{b.data, b.len}, b.len, 1, 1, b.writable});
+        advance(q, 1);
+      }
+      if (n != 0 && d.complete_in_order(static_cast<std::uint16_t>(n), 0) != virtq::errc::ok) {
+        throw protocol_error("complete_in_order refused our own popped chains");
+      }
+    } else {
+      // The callback may not throw: a sink's exception waits until the batch is served.
+      std::exception_ptr failed;
+      const virtq::result<std::size_t> r =
+          d.serve_buffers(batch_max, [&](const virtq::popped_buffer& b) noexcept {
+            try {
+              deliver(q, tx_frame{{b.data, b.len}, b.len, 1, 1, b.writable});
+            } catch (...) {
+              if (!failed) failed = std::current_exception();
+            }
+            advance(q, 1);
+            return 0U;  // a transmit buffer is read, not written
+          });
+      if (failed) std::rethrow_exception(failed);
+      if (!r) {
+        // Broken (drain() reports it), or ours: a length over what a buffer holds.
+        if (r.error() == virtq::errc::invalid_argument) {
+          throw protocol_error("serve_buffers refused our own length");
+        }
+        return 0;
+      }
+      n = *r;
     }
     q.rep.via_batch += n;
     if (n != 0) ++q.rep.batches;
-    if (n != 0 && in_order_batches()) {
-      if (d.complete_in_order(static_cast<std::uint16_t>(n), 0) != virtq::errc::ok) {
-        throw protocol_error("complete_in_order refused our own popped chains");
-      }
-    } else if (n != 0) {
-      const virtq::result<std::size_t> c =
-          d.complete(std::span<const virtq::used_entry>(done.data(), n));
-      if (!c || *c != n) throw protocol_error("complete(span) refused our own popped ids");
-    }
-    if (n == batch.size() || d.broken()) return n;
+    if (n == batch_max || d.broken()) return n;
     const virtq::errc e = d.pop(chain_);
     if (e != virtq::errc::ok) return n;  // empty, or broken (drain() reports it)
     // A chain may claim up to 4 GiB (2.7.5.2): the sink sees a bounded prefix.
