@@ -208,14 +208,7 @@ class packed_driver : public detail::queue_common<P> {
       }
       indirect_max_ = o.indirect_max;
       indirect_threshold_ = std::max<std::uint32_t>(o.indirect_threshold, 1);
-      tables_ = aligned_buffer(std::size_t{size_} * indirect_max_ * sizeof(packed::desc), 16);
-      if (o.to_guest != nullptr) {
-        const result<std::uint64_t> g = o.to_guest(tables_.data(), o.to_guest_ctx);
-        if (!g) detail::throw_error(g.error(), "indirect tables: no guest address");
-        tables_guest_ = *g;
-      } else {
-        tables_guest_ = reinterpret_cast<std::uintptr_t>(tables_.data());
-      }
+      tables_ = detail::indirect_tables(size_, indirect_max_, o);
     }
     ids_.resize(size_);
     free_ids_.resize(size_);
@@ -494,11 +487,9 @@ class packed_driver : public detail::queue_common<P> {
   }
 
   packed::desc* table(std::uint16_t id) const noexcept {
-    return reinterpret_cast<packed::desc*>(tables_.data()) + std::size_t{id} * indirect_max_;
+    return reinterpret_cast<packed::desc*>(tables_.table(id));
   }
-  std::uint64_t table_guest(std::uint16_t id) const noexcept {
-    return tables_guest_ + std::uint64_t{id} * indirect_max_ * sizeof(packed::desc);
-  }
+  std::uint64_t table_guest(std::uint16_t id) const noexcept { return tables_.guest(id); }
   static void fill_table_entry(packed::desc& d, const buffer& b, std::uint16_t flags) noexcept {
     put<E>(d.addr, b.addr);
     put<E>(d.len, b.len);
@@ -907,8 +898,7 @@ class packed_driver : public detail::queue_common<P> {
   bool in_order_;
   std::uint32_t indirect_max_ = 0;
   std::uint32_t indirect_threshold_ = 0;
-  aligned_buffer tables_;
-  std::uint64_t tables_guest_ = 0;
+  detail::indirect_tables tables_;  ///< one table per buffer id (indirect_max_ entries)
   std::vector<id_info> ids_;
 
   // Avail side (driver-private).

@@ -172,16 +172,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
         detail::throw_error(errc::invalid_argument,
                             "indirect_max larger than the queue size (2.7.5.3.1)");
       }
-      // 2.7.5.3: an indirect table is an array of 16-byte descriptors; one per ring slot so a
-      // chain's table lives exactly as long as its head.
-      indirect_ = aligned_buffer(std::size_t{size_} * opts.indirect_max * sizeof(split::desc),
-                                 split::desc_align);
-      result<std::uint64_t> g = opts.to_guest != nullptr
-                                    ? opts.to_guest(indirect_.data(), opts.to_guest_ctx)
-                                    : result<std::uint64_t>(static_cast<std::uint64_t>(
-                                          reinterpret_cast<std::uintptr_t>(indirect_.data())));
-      if (!g) detail::throw_error(g.error(), "split_driver: indirect table has no guest address");
-      indirect_guest_ = *g;
+      indirect_ = detail::indirect_tables(size_, opts.indirect_max, opts);
       indirect_min_ = opts.indirect_threshold == 0 ? 1 : opts.indirect_threshold;
     }
     next_.resize(size_);
@@ -239,8 +230,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     const std::uint16_t head = free_head_;
     std::uint16_t last = head;
     if (indirect) {
-      auto* table =
-          reinterpret_cast<split::desc*>(indirect_.data()) + std::size_t{head} * opts_.indirect_max;
+      auto* table = reinterpret_cast<split::desc*>(indirect_.table(head));
       std::uint16_t i = 0;
       const auto fill = [&](const buffer& b, std::uint16_t flags) {
         split::desc& d = table[i];
@@ -254,7 +244,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
       for (const buffer& b : out) fill(b, 0);
       for (const buffer& b : in) fill(b, split::desc_f_write);
       split::desc& d = ring_.table[head];
-      put<E>(d.addr, indirect_guest_ + std::uint64_t{head} * opts_.indirect_max * 16U);
+      put<E>(d.addr, indirect_.guest(head));
       put<E>(d.len, static_cast<std::uint32_t>(n * sizeof(split::desc)));
       put<E>(d.flags, split::desc_f_indirect);
       put<E>(d.next, next_[head]);
@@ -975,10 +965,9 @@ class alignas(64) split_driver : public detail::queue_common<P> {
   std::uint32_t device_chains_ = 0;        ///< published chains not yet reaped
   std::uint16_t batch_id_ = 0;             ///< IN_ORDER: head named by the current used element
   std::uint32_t batch_len_ = 0;
-  std::vector<std::uint16_t> next_;  ///< private descriptor links (free list and chains)
-  std::vector<slot> slots_;          ///< per head
-  aligned_buffer indirect_;
-  std::uint64_t indirect_guest_ = 0;
+  std::vector<std::uint16_t> next_;   ///< private descriptor links (free list and chains)
+  std::vector<slot> slots_;           ///< per head
+  detail::indirect_tables indirect_;  ///< one table per head (opts_.indirect_max entries)
 };
 
 // =============================================================================================

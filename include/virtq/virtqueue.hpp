@@ -44,6 +44,7 @@
 #include "virtq/chain.hpp"
 #include "virtq/detail/shadow.hpp"
 #include "virtq/error.hpp"
+#include "virtq/memory.hpp"
 #include "virtq/policy.hpp"
 #include "virtq/spec.hpp"
 
@@ -115,7 +116,60 @@ struct driver_options {
   /// Split only: the avail/used idx the ring starts from (0 in real use; tests start near
   /// 65535 to exercise wrap-around). Driver and device must agree.
   std::uint16_t initial_index = 0;
+  /// Where the indirect tables live: at least Queue Size x indirect_max x 16 bytes, 16-byte
+  /// aligned, outliving the queue. For a driver whose own heap the device cannot see (a
+  /// user-space driver over vhost-user, whose guest memory is a shared region); to_guest
+  /// translates it. Empty: the driver allocates the tables itself.
+  std::span<std::byte> indirect_memory{};
 };
+
+namespace detail {
+
+/// A driver's indirect tables (2.7.5.3, 2.8.7): one table of `per_table` 16-byte descriptors
+/// per ring slot, so that a chain's table lives exactly as long as its head; in the caller's
+/// driver_options::indirect_memory or in memory of their own, with the guest address of the
+/// first (driver_options::to_guest). One implementation for both layouts' drivers.
+class indirect_tables {
+ public:
+  indirect_tables() = default;
+  /// Throws virtq::error: invalid_argument (indirect_memory too small or not 16-byte
+  /// aligned), or to_guest's errc.
+  indirect_tables(std::uint32_t slots, std::uint32_t per_table, const driver_options& o) {
+    const std::size_t bytes = std::size_t{slots} * per_table * 16U;
+    if (o.indirect_memory.empty()) {
+      own_ = aligned_buffer(bytes, 16);
+      base_ = own_.data();
+    } else {
+      if (o.indirect_memory.size() < bytes) {
+        throw_error(errc::invalid_argument,
+                    "indirect_memory smaller than Queue Size x indirect_max x 16 bytes");
+      }
+      // 2.7.5.3 / 2.8.7: a table is an array of descriptors, 16-byte aligned like any other.
+      if (reinterpret_cast<std::uintptr_t>(o.indirect_memory.data()) % 16U != 0) {
+        throw_error(errc::invalid_argument, "indirect_memory not 16-byte aligned");
+      }
+      base_ = o.indirect_memory.data();
+    }
+    const result<std::uint64_t> g = o.to_guest != nullptr
+                                        ? o.to_guest(base_, o.to_guest_ctx)
+                                        : result<std::uint64_t>(static_cast<std::uint64_t>(
+                                              reinterpret_cast<std::uintptr_t>(base_)));
+    if (!g) throw_error(g.error(), "indirect tables: no guest address");
+    guest_ = *g;
+    per_table_bytes_ = std::size_t{per_table} * 16U;
+  }
+  /// Slot `i`'s table, as the driver writes it and as the device finds it.
+  std::byte* table(std::uint32_t i) const noexcept { return base_ + i * per_table_bytes_; }
+  std::uint64_t guest(std::uint32_t i) const noexcept { return guest_ + i * per_table_bytes_; }
+
+ private:
+  aligned_buffer own_;
+  std::byte* base_ = nullptr;
+  std::uint64_t guest_ = 0;
+  std::size_t per_table_bytes_ = 0;
+};
+
+}  // namespace detail
 
 /// Construction options of a device queue (both layouts).
 struct device_options {
