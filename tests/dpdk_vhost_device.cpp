@@ -200,6 +200,7 @@ struct case_options {
   bool event_idx = false;
   bool in_order = false;
   std::uint16_t split_base = 0;  // split: the avail/used idx both sides start from
+  bool indirect = false;         // two-buffer transmit chains through indirect tables
 };
 
 /// Ring addresses as vhost-user names them (desc, used, avail): for a packed ring the device
@@ -270,7 +271,12 @@ case_result run_case(const case_options& o) {
   const std::size_t tx_ring_off = page(rx_geo.total);
   const std::size_t rx_buf_off = tx_ring_off + page(tx_geo.total);
   const std::size_t tx_buf_off = rx_buf_off + queue_size * buffer_bytes;
-  vhost::shared_memory mem(tx_buf_off + tx_size * buffer_bytes, guest_base);
+  // The transmit driver's indirect tables (driver_options::indirect_memory): in the shared
+  // region, where the device can read them.
+  constexpr std::uint32_t indirect_max = 4;
+  const std::size_t tables_off = tx_buf_off + tx_size * buffer_bytes;
+  const std::size_t tables_bytes = o.indirect ? std::size_t{tx_size} * indirect_max * 16U : 0U;
+  vhost::shared_memory mem(tables_off + tables_bytes, guest_base);
   const auto rx_view = Layout::view_at(mem.at(0), rx_geo);
   const auto tx_view = Layout::view_at(mem.at(tx_ring_off), tx_geo);
   REQUIRE(rx_view);
@@ -290,12 +296,13 @@ case_result run_case(const case_options& o) {
   fe.set_owner();
   res.offered = fe.get_features();
   using virtq::feature::event_idx, virtq::feature::in_order, virtq::feature::ring_packed,
-      virtq::feature::version_1;
+      virtq::feature::version_1, virtq::feature::indirect_desc;
   const auto bit = [](unsigned b) { return std::uint64_t{1} << b; };
   std::uint64_t want = bit(version_1);
   if (o.packed) want |= bit(ring_packed);
   if (o.event_idx) want |= bit(event_idx);
   if (o.in_order) want |= bit(in_order);
+  if (o.indirect) want |= bit(indirect_desc);
   REQUIRE((res.offered & bit(version_1)) != 0);
   if ((res.offered & want) != want) {
     res.skipped = true;
@@ -304,15 +311,24 @@ case_result run_case(const case_options& o) {
     return res;
   }
   // Everything else is declined: no protocol features, no mergeable buffers (so the header is
-  // 12 bytes only because of VERSION_1), no offloads, no indirect descriptors (our drivers keep
-  // their indirect tables in their own heap memory, which this frontend cannot share).
+  // 12 bytes only because of VERSION_1), no offloads.
   fe.set_features(want);
   res.negotiated = want;
   const virtq::features f(want);
 
   virtq::driver_options dopt;
   dopt.initial_index = o.split_base;
-  driver_t rx(*rx_view, f, dopt), tx(*tx_view, f, dopt);
+  virtq::driver_options tx_opt = dopt;
+  if (o.indirect) {
+    tx_opt.indirect_max = indirect_max;
+    tx_opt.indirect_threshold = 2;  // the two-descriptor chains of the odd rounds
+    tx_opt.indirect_memory = std::span(mem.at(tables_off), tables_bytes);
+    tx_opt.to_guest = [](const void* host, void* ctx) -> virtq::result<std::uint64_t> {
+      return static_cast<const vhost::shared_memory*>(ctx)->guest_address(host);
+    };
+    tx_opt.to_guest_ctx = &mem;
+  }
+  driver_t rx(*rx_view, f, dopt), tx(*tx_view, f, tx_opt);
   // Transmit completions are polled: ask the device not to interrupt for them.
   tx.disable_interrupts();
   rx.disable_interrupts();
@@ -383,7 +399,8 @@ case_result run_case(const case_options& o) {
     // Odd rounds: two-descriptor chains (header, frame) published one by one; even rounds:
     // one-descriptor chains (header and frame together) added and published as one batch.
     const bool chained = (r % 2) == 1;
-    const std::uint32_t per_chain = chained ? 2 : 1;
+    // Ring slots per chain: an indirect chain takes one (2.7.5.3 / 2.8.7).
+    const std::uint32_t per_chain = chained && !o.indirect ? 2 : 1;
     reap_tx();
     const std::uint32_t n = std::min<std::uint32_t>(
         {pattern[static_cast<std::size_t>(r) % pattern.size()], tx.num_free() / per_chain,
@@ -600,6 +617,18 @@ TEST_CASE("vhost-user device (DPDK net_vhost): IN_ORDER, both layouts", "[dpdk][
   }
   SECTION("packed+event_idx") {
     run_and_check<virtq::packed_layout, event_pol>({"packed+in_order+event_idx", true, true, true});
+  }
+}
+
+TEST_CASE("vhost-user device (DPDK net_vhost): indirect descriptors, both layouts",
+          "[dpdk][vhost-device]") {
+  // The two-buffer transmit chains go through indirect tables that live in the shared region
+  // (driver_options::indirect_memory): the device reads each table through the memory table.
+  SECTION("split") {
+    run_and_check<virtq::split_layout, event_pol>({"split+indirect", false, true, false, 0, true});
+  }
+  SECTION("packed") {
+    run_and_check<virtq::packed_layout, event_pol>({"packed+indirect", true, true, false, 0, true});
   }
 }
 
