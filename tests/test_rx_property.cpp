@@ -15,6 +15,7 @@
 #include <map>
 #include <set>
 
+#include "property.hpp"
 #include "test_rx_common.hpp"
 
 using namespace virtq;
@@ -134,7 +135,7 @@ struct refill : cmd<L> {
 
 template <class L>
 struct device_pop : cmd<L> {
-  int n = *rc::gen::inRange(1, 9);
+  int n = virtq_test::uniform(1, 9);
   void checkPreconditions(const model& m) const override { RC_PRE(!m.stopped); }
   void run(const model& m, rx_system<L>& s) const override {
     for (int k = 0; k < n; ++k) {
@@ -152,7 +153,7 @@ struct device_pop : cmd<L> {
 template <class L>
 struct device_complete : cmd<L> {
   unsigned pick = *rc::gen::arbitrary<unsigned>();
-  int n = *rc::gen::inRange(1, 9);
+  int n = virtq_test::uniform(1, 9);
   void checkPreconditions(const model& m) const override { RC_PRE(!m.stopped); }
   void run(const model& m, rx_system<L>& s) const override {
     for (int k = 0; k < n && !s.in_device.empty(); ++k) {
@@ -190,7 +191,7 @@ struct device_receive : cmd<L> {
 
 template <class L>
 struct poll : cmd<L> {
-  int budget = *rc::gen::inRange(1, 17);
+  int budget = virtq_test::uniform(1, 17);
   void checkPreconditions(const model& m) const override { RC_PRE(!m.stopped); }
   void run(const model& m, rx_system<L>& s) const override {
     std::vector<typename rx_system<L>::packet> out(static_cast<std::size_t>(budget));
@@ -214,7 +215,7 @@ struct poll : cmd<L> {
 template <class L>
 struct pass_on : cmd<L> {
   unsigned pick = *rc::gen::arbitrary<unsigned>();
-  int holder = *rc::gen::inRange(0, 3);
+  int holder = virtq_test::uniform(0, 3);
   void run(const model& m, rx_system<L>& s) const override {
     if (!s.live.empty()) {
       auto& p = s.live[pick % s.live.size()];
@@ -257,7 +258,7 @@ struct release : cmd<L> {
 template <class L>
 struct release_bulk : cmd<L> {
   unsigned pick = *rc::gen::arbitrary<unsigned>();
-  unsigned count = *rc::gen::inRange(1U, 9U);
+  unsigned count = virtq_test::uniform(1U, 9U);
   void run(const model& m, rx_system<L>& s) const override {
     if (!s.live.empty()) {
       const std::size_t first = pick % s.live.size();
@@ -275,7 +276,7 @@ struct release_bulk : cmd<L> {
 
 template <class L>
 struct advance : cmd<L> {
-  int ms = *rc::gen::inRange(0, 30);
+  int ms = virtq_test::uniform(0, 30);
   void run(const model& m, rx_system<L>& s) const override {
     s.rig.time.advance(std::chrono::milliseconds(ms));
     (void)s.rig.rxq.check_starvation();

@@ -16,6 +16,7 @@
 #include <span>
 #include <vector>
 
+#include "property.hpp"
 #include "virtq/rx_pool.hpp"
 
 using namespace virtq;
@@ -130,7 +131,7 @@ void run_model(bool repost) {
                                                               {2, op::release_now},
                                                               {1, op::foreign},
                                                               {1, op::empty}})),
-      rc::gen::set(&step::k, rc::gen::inRange<std::size_t>(0, 64))));
+      rc::gen::set(&step::k, virtq_test::uniform_gen<std::size_t>(0, 64))));
   side<Pool> bulk(repost), each(repost);
   std::int64_t t = 0;
   for (const step& s : steps) {
