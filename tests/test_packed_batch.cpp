@@ -23,10 +23,6 @@ using namespace packed_test;
 
 namespace {
 
-constexpr std::uint16_t A = packed::desc_f_avail;  // AVAIL under wrap 1
-constexpr std::uint16_t U = packed::desc_f_used;
-constexpr std::uint16_t WRITE = packed::desc_f_write;
-
 // ---------------------------------------------------------------------------------------------
 // The property: batch calls == single calls
 // ---------------------------------------------------------------------------------------------

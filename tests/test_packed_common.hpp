@@ -22,6 +22,14 @@
 
 namespace packed_test {
 
+/// Descriptor flag bits, as the hand-written rings of the packed tests spell them (A: AVAIL,
+/// which with U clear means "available" under wrap counter 1).
+inline constexpr std::uint16_t A = virtq::packed::desc_f_avail;
+inline constexpr std::uint16_t U = virtq::packed::desc_f_used;
+inline constexpr std::uint16_t NEXT = virtq::packed::desc_f_next;
+inline constexpr std::uint16_t WRITE = virtq::packed::desc_f_write;
+inline constexpr std::uint16_t INDIRECT = virtq::packed::desc_f_indirect;
+
 using virtq::packed_layout;
 using le = virtq::little_endian;
 

@@ -18,11 +18,6 @@ namespace {
 
 constexpr std::uint64_t guest_base = 0x10000;
 constexpr std::uint32_t guest_size = 64 * 1024;
-constexpr std::uint16_t A = packed::desc_f_avail;  // AVAIL under wrap 1
-constexpr std::uint16_t U = packed::desc_f_used;
-constexpr std::uint16_t NEXT = packed::desc_f_next;
-constexpr std::uint16_t WRITE = packed::desc_f_write;
-constexpr std::uint16_t INDIRECT = packed::desc_f_indirect;
 
 /// A device over a ring whose driver is the test itself, with one region of guest memory.
 struct hostile_driver {

@@ -27,10 +27,6 @@ using namespace packed_test;
 
 namespace {
 
-constexpr std::uint16_t A = packed::desc_f_avail;  // AVAIL under wrap 1
-constexpr std::uint16_t U = packed::desc_f_used;
-constexpr std::uint16_t WRITE = packed::desc_f_write;
-
 template <class P = default_policy>
 features in_order_features() {
   return packed_features<P>().with(feature::in_order);
