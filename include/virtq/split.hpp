@@ -1167,7 +1167,7 @@ class alignas(64) split_device : public detail::queue_common<P> {
       for (; n < run_end; ++n, ++entry) {
         popped_buffer b;
         if (!take_entry<true>(get<E>(*entry), table, held, mem, size, b, bad)) break;
-        held[b.id] = (b.writable ? std::uint64_t{b.len} : 0U) + 1U;
+        held[b.id] = held_bound(b);
         if constexpr (InOrder) *ord++ = b.id;
         out[n] = b;
       }
@@ -1406,9 +1406,7 @@ class alignas(64) split_device : public detail::queue_common<P> {
         const std::uint16_t head = b.id;
         // 2.7.8.2: at most the writable bytes; a device-readable buffer bounds it at 0.
         if (wrote > (b.writable ? b.len : 0U)) [[unlikely]] {
-          // held_'s encoding: writable bytes + 1.
-          keep_held(head, (b.writable ? std::uint64_t{b.len} : 0U) + 1U,
-                    detail::u16(last_avail_ + n + i));
+          keep_held(head, held_bound(b), detail::u16(last_avail_ + n + i));
           finish_serve(n + i + 1U, n + i);
           return n + i == 0 ? result<std::size_t>(errc::invalid_argument)
                             : result<std::size_t>(std::size_t{n + i});
@@ -1435,8 +1433,8 @@ class alignas(64) split_device : public detail::queue_common<P> {
     return std::size_t{n};
   }
 
-  // serve_buffers' bookkeeping: `popped` chains left the avail ring, `used` used elements
-  // were staged (the same count: a chain f over-stated is popped but not counted here).
+  // serve_buffers' bookkeeping: `popped` chains left the avail ring and `used` of them were
+  // completed (one fewer when f over-stated the last, which stays held).
   void finish_serve(std::uint32_t popped, std::uint32_t used) noexcept {
     last_avail_ = detail::u16(last_avail_ + popped);
     used_shadow_ = detail::u16(used_shadow_ + used);
@@ -1446,6 +1444,12 @@ class alignas(64) split_device : public detail::queue_common<P> {
     this->stats_.completed += used;
     // 2.7.10: avail_event once per batch, as pop_buffers writes it.
     if (follow_avail_ && popped != 0) store_relaxed<E>(ring_.used.avail_event(), last_avail_);
+  }
+
+  // held_'s record of a popped one-descriptor chain: its writable bytes + 1 (2.7.8.2: a used
+  // len must stay below it; a device-readable buffer bounds it at 0).
+  static std::uint64_t held_bound(const popped_buffer& b) noexcept {
+    return (b.writable ? std::uint64_t{b.len} : 0U) + 1U;
   }
 
   // serve_buffers: f over-stated the chain at avail position `pos`; it stays held, as if
