@@ -1389,9 +1389,6 @@ class packed_device : public detail::queue_common<P> {
     packed::desc* d = view_.ring + next_avail_;
     const M& mem = *mem_;
     const std::uint32_t size = size_;
-    // 2.8.1 (available in lap `wrap`) and "one direct descriptor" in one masked compare.
-    constexpr std::uint16_t mask =
-        detail::packed_wrap_bits | packed::desc_f_next | packed::desc_f_indirect;
     const std::uint16_t expect = detail::packed_avail_bits(avail_wrap_);
     // In place, the used descriptor is in the lap it was available in (2.8.1: AVAIL == USED ==
     // the device's used wrap counter, here equal to the avail one).
@@ -1399,44 +1396,13 @@ class packed_device : public detail::queue_common<P> {
     packed::desc* const first = d;
     // One descriptor; false: stop here.
     const auto one = [&](packed::desc & x, bool keep_flags) __attribute__((always_inline)) {
-      // V1 (2.8.21.1, partner D1): the flags are acquired before the other fields are read.
-      const std::uint16_t fl = load_acquire<E>(x.flags);
-      if ((fl & mask) != expect) return false;
-      B::after_observe();
-      const std::uint64_t addr = get<E>(x.addr);
-      const std::uint32_t len = get<E>(x.len);
-      // 2.8.6: the buffer id sits in the chain's last descriptor, here the only one.
-      const std::uint16_t id = get<E>(x.id);
-      const bool writable = (fl & packed::desc_f_write) != 0;
-      std::byte* data = nullptr;
-      // 2.8.4: ids below the queue size (none is in flight). A zero-length buffer is not
-      // translated (odd_buffer takes it, as pop_buffers does).
-      if ((id >= size) | (len == 0)) [[unlikely]] {
-        // Its own popped_buffer: one whose address escapes would keep `b` below in memory.
-        popped_buffer odd;
-        e = odd_buffer(addr, len, id, odd);
-        if (e != errc::ok) return false;
-        data = odd.data;
-      } else {
-        // 2.8.6 with 2.7.5: the buffer is guest memory.
-        const result<std::byte*> host = mem.translate(addr, len);
-        if (!host) [[unlikely]] {
-          e = host.error();
-          return false;
-        }
-        data = *host;
-      }
-      const popped_buffer b{data, len, id, writable};
       const auto slot = next_avail_ + static_cast<std::uint32_t>(&x - first);
-      // Checked mode: the device never reads a slot it has not given back.
-      if (!packed_shadow_slots(this->shadow_, slot, 1, size, detail::desc_state::free,
-                               detail::desc_state::device)) {
-        e = errc::state_violation;
-        return false;
-      }
+      // Nothing is in flight: no id can be, and the in-flight test is compiled out.
+      popped_buffer b;
+      if (!take_desc<false>(x, expect, slot, held_.data(), mem, size, b, e)) return false;
       const std::uint32_t wrote = f(static_cast<const popped_buffer&>(b));
       // 2.7.8.2: at most the writable bytes; a device-readable buffer bounds it at 0.
-      if (wrote > (writable ? len : 0U)) [[unlikely]] {
+      if (wrote > (b.writable ? b.len : 0U)) [[unlikely]] {
         over = true;
         kept = b;
         return false;
@@ -1444,7 +1410,7 @@ class packed_device : public detail::queue_common<P> {
       // Checked mode: device -> free, as complete() moves it (cannot fail: set just above).
       static_cast<void>(packed_shadow_slots(this->shadow_, slot, 1, size,
                                             detail::desc_state::device, detail::desc_state::free));
-      put_used(x, slot, id, wrote, used_bits, keep_flags);
+      put_used(x, slot, b.id, wrote, used_bits, keep_flags);
       return true;
     };
     packed::desc* const end = d + run;
@@ -1488,6 +1454,54 @@ class packed_device : public detail::queue_common<P> {
     return n;
   }
 
+  /// One descriptor of a batch (pop_buffers, serve_buffers) at ring position `slot`, validated
+  /// as pop() validates: its flags acquired before its other fields (V1, 2.8.21.1, partner D1;
+  /// a later head of the batch may have been released by a later kick); available in this lap
+  /// and one direct descriptor, in one masked compare against `expect` (2.8.1); its id below
+  /// the queue size and, if any chain may be in flight (AnyHeld), not in flight (2.8.4); the
+  /// buffer translated (2.8.6 with 2.7.5; a zero-length buffer is not, as chain::append);
+  /// checked mode's shadow. False: stop here, `e` set if a rule was broken.
+  template <bool AnyHeld, class Held>  // Held: the per-id record, declared below
+  [[gnu::always_inline]] inline bool take_desc(const packed::desc& d, std::uint16_t expect,
+                                               std::uint32_t slot, const Held* rec, const M& mem,
+                                               std::uint32_t size, popped_buffer& b, errc& e) {
+    constexpr std::uint16_t mask =
+        detail::packed_wrap_bits | packed::desc_f_next | packed::desc_f_indirect;
+    const std::uint16_t f = load_acquire<E>(d.flags);
+    if ((f & mask) != expect) return false;
+    B::after_observe();
+    const std::uint64_t addr = get<E>(d.addr);
+    const std::uint32_t len = get<E>(d.len);
+    // 2.8.6: the buffer id sits in the chain's last descriptor, here the only one.
+    const std::uint16_t id = get<E>(d.id);
+    const bool writable = (f & packed::desc_f_write) != 0;
+    bool odd = (id >= size) | (len == 0);
+    result<std::byte*> host = nullptr;
+    if (!odd) [[likely]] {
+      host = mem.translate(addr, len);
+      odd = !host;
+      if constexpr (AnyHeld) odd |= rec[id].in_use();
+    }
+    std::byte* data = nullptr;
+    if (odd) [[unlikely]] {
+      // Its own popped_buffer: one whose address escapes would keep the caller's in memory.
+      popped_buffer o;
+      e = odd_buffer(addr, len, id, o);
+      if (e != errc::ok) return false;
+      data = o.data;
+    } else {
+      data = *host;
+    }
+    // Checked mode: the device never reads a slot it has not given back.
+    if (!packed_shadow_slots(this->shadow_, slot, 1, size, detail::desc_state::free,
+                             detail::desc_state::device)) {
+      e = errc::state_violation;
+      return false;
+    }
+    b = popped_buffer{data, len, id, writable};
+    return true;
+  }
+
   /// take_buffers within one lap: `run` slots from next_avail at most, none past the last.
   template <bool InOrder>
   [[gnu::always_inline]] inline std::uint32_t take_run(popped_buffer* out, std::uint32_t run,
@@ -1496,9 +1510,6 @@ class packed_device : public detail::queue_common<P> {
     held* const rec = held_.data();
     const M& mem = *mem_;
     const std::uint32_t size = size_;
-    // 2.8.1 (available in lap `wrap`) and "one direct descriptor" in one masked compare.
-    constexpr std::uint16_t mask =
-        detail::packed_wrap_bits | packed::desc_f_next | packed::desc_f_indirect;
     const std::uint16_t expect = detail::packed_avail_bits(avail_wrap_);
     const packed::desc* const first = d;
     const packed::desc* const end = d + run;
@@ -1506,41 +1517,13 @@ class packed_device : public detail::queue_common<P> {
     std::uint16_t* at = InOrder ? id_at_.data() + next_avail_ : nullptr;
     popped_buffer* o = out;
     for (; d != end; ++d, ++o) {
-      // V1 (2.8.21.1, partner D1): each descriptor's flags are acquired before its other
-      // fields are read (a later head of the batch may have been released by a later kick).
-      const std::uint16_t f = load_acquire<E>(d->flags);
-      if ((f & mask) != expect) break;
-      B::after_observe();
-      const std::uint64_t addr = get<E>(d->addr);
-      const std::uint32_t len = get<E>(d->len);
-      // 2.8.6: the buffer id sits in the chain's last descriptor, here the only one.
-      const std::uint16_t id = get<E>(d->id);
-      const bool writable = (f & packed::desc_f_write) != 0;
-      // 2.8.4: the driver picks ids below the queue size and never reuses one in flight. A
-      // zero-length buffer is not translated (odd_buffer takes it).
-      bool odd = (id >= size) | (len == 0);
-      result<std::byte*> host = nullptr;
-      if (!odd) [[likely]] {
-        host = mem.translate(addr, len);
-        const bool in_flight = rec[id].in_use();
-        odd = in_flight | !host;
-      }
-      if (odd) [[unlikely]] {
-        e = odd_buffer(addr, len, id, *o);
-        if (e != errc::ok) break;
-        o->writable = writable;
-      } else {
-        *o = popped_buffer{*host, len, id, writable};
-      }
-      // Checked mode: the device never reads a slot it has not given back.
-      if (!packed_shadow_slots(this->shadow_, next_avail_ + static_cast<std::uint32_t>(d - first),
-                               1, size, detail::desc_state::free, detail::desc_state::device)) {
-        e = errc::state_violation;
-        break;
-      }
+      const auto slot = next_avail_ + static_cast<std::uint32_t>(d - first);
+      popped_buffer b;
+      if (!take_desc<true>(*d, expect, slot, rec, mem, size, b, e)) break;
+      *o = b;
       // 2.7.8.2: a device-readable buffer bounds its used len at 0.
-      rec[id] = held{writable ? len : 0U, 1U};
-      if constexpr (InOrder) *at++ = id;
+      rec[b.id] = held{b.writable ? b.len : 0U, 1U};
+      if constexpr (InOrder) *at++ = b.id;
     }
     return static_cast<std::uint32_t>(o - out);
   }
