@@ -50,11 +50,12 @@ template <class F>
 /// The receive path: device serve + rx_queue::poll (lend, census, repost, kick decision) +
 /// release, `batch` packets per cycle.
 template <class Layout, class PoolPolicy, class Clock>
-runner rx_scenario(std::size_t batch, bool copy_reserve, bool bulk_release = true) {
-  return [batch, copy_reserve, bulk_release](std::size_t cycles) {
+runner rx_scenario(std::size_t batch, bool copy_reserve, bool bulk_release = true,
+                   bool bursts = false) {
+  return [batch, copy_reserve, bulk_release, bursts](std::size_t cycles) {
     auto f =
         std::make_unique<virtq_bench::rx_fixture<Layout, virtq_bench::p_event, PoolPolicy, Clock>>(
-            copy_reserve, bulk_release);
+            copy_reserve, bulk_release, bursts);
     if (!f->ok()) return false;
     for (std::size_t i = 0; i < cycles; ++i) {
       if (phase_rx_receive(*f, batch) != batch) return false;
@@ -175,6 +176,19 @@ std::vector<std::pair<std::string, runner>> scenarios() {
   s.emplace_back(
       "rx-packed-nocensus-32",
       rx_scenario<virtq::packed_layout, vb::rx_plain_no_census, vb::frozen_clock>(32, true));
+  // The stack takes each batch as one loan (rx_queue::poll(rx_burst&), rx_burst::release()).
+  s.emplace_back("rx-split-burst-32",
+                 rx_scenario<virtq::split_layout, vb::rx_plain, virtq::steady_clock_source>(
+                     32, true, true, true));
+  s.emplace_back("rx-split-burst-nocensus-32",
+                 rx_scenario<virtq::split_layout, vb::rx_plain_no_census, vb::frozen_clock>(
+                     32, true, true, true));
+  s.emplace_back("rx-split-burst-atomic-32",
+                 rx_scenario<virtq::split_layout, vb::rx_atomic, virtq::steady_clock_source>(
+                     32, true, true, true));
+  s.emplace_back("rx-packed-burst-32",
+                 rx_scenario<virtq::packed_layout, vb::rx_plain, virtq::steady_clock_source>(
+                     32, true, true, true));
   return s;
 }
 

@@ -47,11 +47,14 @@ class rx_fixture {
   using pool_type = virtq::rx_pool<PoolPolicy>;
   using queue_type = virtq::rx_queue<typename pair_type::driver_type, pool_type, Clock>;
   using packet = typename queue_type::packet;
+  using burst = virtq::rx_burst<pool_type>;
 
   /// `bulk_release`: the stack gives each batch back with one rx_queue::release(span) call
-  /// (else packet by packet, handle.release()).
-  explicit rx_fixture(bool copy_reserve, bool bulk_release = true)
+  /// (else packet by packet, handle.release()). `bursts`: poll(rx_burst&) and
+  /// rx_burst::release() instead (batches of at most rx_burst::capacity).
+  explicit rx_fixture(bool copy_reserve, bool bulk_release = true, bool bursts = false)
       : bulk_release_(bulk_release),
+        bursts_(bursts),
         qp_(queue_size, rx_frame_bytes),
         pool_(rx_pool_buffers, buffer_bytes),
         rx_(qp_.driver(), pool_, options(copy_reserve)) {
@@ -66,6 +69,7 @@ class rx_fixture {
   /// One receive batch: the device completes `batch` buffers, poll() delivers them (and reposts
   /// what the previous batch released), the stack releases each packet.
   std::size_t cycle(std::size_t batch) {
+    if (bursts_) return cycle_burst(batch);
     qp_.serve(batch);
     const auto r = rx_.poll(std::span<packet>(packets_.data(), batch));
     if (!r) return 0;
@@ -76,6 +80,17 @@ class rx_fixture {
     } else {
       for (std::size_t k = 0; k < r->received; ++k) packets_[k].buffer.release();
     }
+    return r->received;
+  }
+
+  /// cycle() through bursts: the stack takes the batch as one loan and gives it back as one.
+  /// Out of line, so that the packet cycle is compiled as it was before bursts existed.
+  [[gnu::noinline]] std::size_t cycle_burst(std::size_t batch) {
+    qp_.serve(batch);
+    const auto r = rx_.poll(burst_);
+    if (!r) return 0;
+    kicks_ += r->notify ? 1U : 0U;
+    if (burst_.release() != virtq::errc::ok) return 0;
     return r->received;
   }
 
@@ -111,10 +126,12 @@ class rx_fixture {
   }
 
   bool bulk_release_;
+  bool bursts_;
   pair_type qp_;
   pool_type pool_;
   queue_type rx_;
   std::array<packet, max_batch> packets_{};
+  burst burst_;  // after the queue and the pool: released before they go
   std::vector<packet> held_;
   std::uint64_t kicks_ = 0;
   bool ok_ = false;

@@ -105,4 +105,59 @@ struct rx_rig {
   std::uint64_t next_seq = 0;
 };
 
+/// A driver queue that passes everything through but corrupts the completions it reports, as a
+/// buggy Queue implementation would (the k-th completion's token becomes replace[k], every
+/// length long_len when that is not 0): the rx_queue must count them and never index out of
+/// bounds.
+template <class Q>
+struct corrupting_queue {
+  Q& q;
+  std::vector<virtq::token_t> replace;  // k-th completion's token := replace[k] (if any)
+  std::uint32_t long_len = 0;           // non-zero: every completion reports this length
+  std::size_t seen = 0;
+
+  virtq::errc add(std::span<const virtq::buffer> o, std::span<const virtq::buffer> i,
+                  virtq::token_t t) {
+    return q.add(o, i, t);
+  }
+  virtq::errc add_inbuf(virtq::buffer b, virtq::token_t t) { return q.add_inbuf(b, t); }
+  virtq::result<std::size_t> add_inbufs(std::span<const virtq::buffer> b,
+                                        std::span<const virtq::token_t> t) {
+    return q.add_inbufs(b, t);
+  }
+  virtq::result<std::size_t> add_outbufs(std::span<const virtq::buffer> b,
+                                         std::span<const virtq::token_t> t) {
+    return q.add_outbufs(b, t);
+  }
+  bool kick_prepare() { return q.kick_prepare(); }
+  std::uint32_t notification_data(std::uint16_t vq) const { return q.notification_data(vq); }
+  virtq::result<virtq::used_buffer> get_used() {
+    auto r = q.get_used();
+    if (r) corrupt(*r);
+    return r;
+  }
+  virtq::result<std::size_t> get_used(std::span<virtq::used_buffer> out) {
+    auto r = q.get_used(out);
+    if (r) {
+      for (std::size_t k = 0; k < *r; ++k) corrupt(out[k]);
+    }
+    return r;
+  }
+  void disable_interrupts() { q.disable_interrupts(); }
+  bool enable_interrupts() { return q.enable_interrupts(); }
+  bool enable_interrupts_delayed() { return q.enable_interrupts_delayed(); }
+  void reset(void (*f)(virtq::token_t)) { q.reset(f); }
+  std::uint32_t size() const { return q.size(); }
+  std::uint32_t num_free() const { return q.num_free(); }
+  bool broken() const { return q.broken(); }
+  virtq::errc error() const { return q.error(); }
+  const virtq::queue_stats& stats() const { return q.stats(); }
+
+  void corrupt(virtq::used_buffer& u) {
+    if (seen < replace.size()) u.token = replace[seen];
+    if (long_len != 0) u.len = long_len;
+    ++seen;
+  }
+};
+
 }  // namespace virtq_test

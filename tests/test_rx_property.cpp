@@ -1,9 +1,10 @@
 // Stateful property test of the receive pool + queue: random interleavings of device receives
-// (pops completed in random order), polls, hand-over, pass-on, copies, releases, refills, time,
-// and shutdown (which resets the virtqueue). After every step:
+// (pops completed in random order), polls (into packets and into bursts), hand-over, pass-on,
+// copies, releases (one, a run, a burst), keeping a packet out of a burst, refills, time, and
+// shutdown (which resets the virtqueue). After every step:
 //  * conservation: free + posted + held == total in both pools, states agree with counters;
-//  * every buffer id is accounted for: a buffer is held exactly when a live handle names it, and
-//    the virtqueue holds exactly the posted buffers (one descriptor each);
+//  * every buffer id is accounted for: a buffer is held exactly when a live handle or a live
+//    burst names it, and the virtqueue holds exactly the posted buffers (one descriptor each);
 //  * no frame is delivered twice, none is lost: completed == delivered + dropped (copy
 //    failures) + not yet reaped; no caller misuse was reported (poisoning on).
 #include <rapidcheck.h>
@@ -45,6 +46,7 @@ template <class Config>
 struct rx_system {
   using rig_type = rx_rig<typename Config::layout, typename Config::policy>;
   using packet = typename rig_type::packet;
+  using burst = rx_burst<typename rig_type::pool_type>;
   struct popped {
     std::uint16_t id;
     std::uint32_t len;
@@ -78,6 +80,22 @@ struct rx_system {
     for (const auto& p : live) {
       if (p.buffer) named[p.buffer.pool()].insert(p.buffer.index());
     }
+    // A burst's own packets lie in the pool's buffers; its copies are bounce buffers.
+    std::size_t burst_copies = 0;
+    for (const auto& bu : bursts) {
+      for (std::size_t k = 0; k < bu.size(); ++k) {
+        if (bu.kept(k)) continue;
+        if (bu.resources_low(k)) {
+          ++burst_copies;
+          continue;
+        }
+        const auto at = static_cast<std::size_t>(bu.data(k).data() - rig.pool.host_address(0));
+        RC_ASSERT(at % rig.pool.buffer_size() == 0u);
+        RC_ASSERT(named[&rig.pool]
+                      .insert(static_cast<std::uint32_t>(at / rig.pool.buffer_size()))
+                      .second);  // one burst entry per buffer, and no handle names it too
+      }
+    }
     for (std::uint32_t i = 0; i < rig.pool.size(); ++i) {
       const bool has = named[&rig.pool].count(i) != 0;
       RC_ASSERT(has == (rig.pool.state(i) == rx_state::held));
@@ -86,7 +104,7 @@ struct rx_system {
     for (const auto& [pool, ids] : named) {
       if (pool != &rig.pool) bounce_named += ids.size();
     }
-    RC_ASSERT(bounce_named == b.held);
+    RC_ASSERT(bounce_named + burst_copies == b.held);
     // The ring holds exactly the posted buffers.
     const auto& q = rig.qp.driver;
     if (!stopped) RC_ASSERT(q.size() - q.num_free() == rig.pool.posted_count());
@@ -103,13 +121,24 @@ struct rx_system {
     RC_ASSERT(rig.pool.misuse_total() == 0u);
   }
 
+  /// Some burst still has a packet of its own (kept ones are handles in `live`).
+  bool bursts_hold() const {
+    for (const auto& bu : bursts) {
+      for (std::size_t k = 0; k < bu.size(); ++k) {
+        if (!bu.kept(k)) return true;
+      }
+    }
+    return false;
+  }
+
   std::size_t unreaped() const {
     return completed - delivered.size() - reset_dropped -
            static_cast<std::size_t>(rig.rxq.stats().copy_failures);
   }
 
   rig_type rig;
-  std::vector<packet> live;  // every handle the "stack" still has
+  std::vector<packet> live;   // every handle the "stack" still has
+  std::vector<burst> bursts;  // every burst it still has
   std::vector<popped> in_device;
   std::set<std::uint64_t> completed_seqs;
   std::set<std::uint64_t> delivered;
@@ -212,6 +241,73 @@ struct poll : cmd<L> {
   void show(std::ostream& os) const override { os << "poll " << budget; }
 };
 
+/// rx_queue::poll(rx_burst&): the packets arrive as one loan, kept in s.bursts.
+template <class L>
+struct poll_burst : cmd<L> {
+  void checkPreconditions(const model& m) const override { RC_PRE(!m.stopped); }
+  void run(const model& m, rx_system<L>& s) const override {
+    typename rx_system<L>::burst b;
+    auto r = s.rig.rxq.poll(b);
+    RC_ASSERT(r.has_value());
+    RC_ASSERT(r->received == b.size());
+    for (std::size_t k = 0; k < b.size(); ++k) {
+      RC_ASSERT(b.len(k) == rx_frame_len);
+      RC_ASSERT(b.data(k).size() == rx_frame_len);
+      const std::uint64_t q = frame_seq(b.data(k));
+      RC_ASSERT(s.completed_seqs.count(q) == 1u);  // the device wrote it
+      RC_ASSERT(s.delivered.insert(q).second);     // and it comes once
+    }
+    if (b.size() < b.capacity) s.used_drained = true;
+    if (!b.empty()) s.bursts.push_back(std::move(b));
+    RC_ASSERT(b.empty());  // moved from
+    s.check_invariants(m.stopped);
+  }
+  void show(std::ostream& os) const override { os << "poll_burst"; }
+};
+
+/// One packet leaves a burst as a handle of its own (rx_burst::keep).
+template <class L>
+struct keep_one : cmd<L> {
+  unsigned pick = *rc::gen::arbitrary<unsigned>();
+  unsigned at = *rc::gen::arbitrary<unsigned>();
+  void run(const model& m, rx_system<L>& s) const override {
+    if (!s.bursts.empty()) {
+      auto& b = s.bursts[pick % s.bursts.size()];
+      const std::size_t k = at % b.size();
+      const bool was_kept = b.kept(k);
+      const std::uint32_t len = b.len(k);
+      auto h = b.keep(k);
+      RC_ASSERT(static_cast<bool>(h) == !was_kept);
+      RC_ASSERT(b.kept(k));
+      RC_ASSERT(b.data(k).empty());
+      if (h) s.live.push_back(typename rx_system<L>::packet{std::move(h), len, 0});
+    }
+    s.check_invariants(m.stopped);
+  }
+  void show(std::ostream& os) const override { os << "keep " << pick << " " << at; }
+};
+
+/// A burst handed on, then given back whole (rx_burst::pass_to, rx_burst::release).
+template <class L>
+struct release_burst : cmd<L> {
+  unsigned pick = *rc::gen::arbitrary<unsigned>();
+  int holder = virtq_test::uniform(0, 3);
+  void run(const model& m, rx_system<L>& s) const override {
+    if (!s.bursts.empty()) {
+      const std::size_t i = pick % s.bursts.size();
+      auto& b = s.bursts[i];
+      RC_ASSERT(b.pass_to(s.holders[static_cast<std::size_t>(holder)]) == errc::ok);
+      s.check_invariants(m.stopped);
+      RC_ASSERT(b.release() == errc::ok);
+      RC_ASSERT(b.empty());
+      RC_ASSERT(b.release() == errc::ok);  // nothing left: a second release does nothing
+      s.bursts.erase(s.bursts.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+    s.check_invariants(m.stopped);
+  }
+  void show(std::ostream& os) const override { os << "release_burst " << pick << " " << holder; }
+};
+
 template <class L>
 struct pass_on : cmd<L> {
   unsigned pick = *rc::gen::arbitrary<unsigned>();
@@ -297,7 +393,7 @@ struct shutdown : cmd<L> {
     RC_ASSERT(rep.returned_from_ring == posted);  // exactly once each
     RC_ASSERT(rep.bad_tokens == 0u);
     RC_ASSERT(rep.census.conserved);
-    RC_ASSERT(rep.drained == s.live.empty());
+    RC_ASSERT(rep.drained == (s.live.empty() && !s.bursts_hold()));
     // Completed but unreaped frames went back with their buffers: dropped by the reset, counted.
     s.reset_dropped += s.unreaped();
     s.used_drained = true;
@@ -313,7 +409,8 @@ auto command_gen() {
   return rc::state::gen::execOneOfWithArgs<
       refill<L>, refill<L>, device_pop<L>, device_complete<L>, device_receive<L>, device_receive<L>,
       device_receive<L>, poll<L>, poll<L>, poll<L>, pass_on<L>, copy_handle<L>, release<L>,
-      release<L>, release<L>, release_bulk<L>, advance<L>, Extra...>();
+      release<L>, release<L>, release_bulk<L>, advance<L>, poll_burst<L>, keep_one<L>,
+      release_burst<L>, Extra...>();
 }
 
 /// Runs a generated sequence (scaled up to a few hundred steps so pools run dry and the
@@ -333,6 +430,7 @@ void run_property(std::uint32_t ring, std::uint32_t pool, bool reserve) {
   rc::state::runAll(cmds, model{}, s);
   if (!s.rig.rxq.stopped()) shutdown<L>{}.run(model{}, s);
   s.live.clear();
+  s.bursts.clear();
   RC_ASSERT(s.rig.rxq.census().held == 0u);
   RC_ASSERT(s.rig.rxq.census().free == pool);
   RC_CLASSIFY(s.delivered.size() > 50, "more than 50 frames delivered");

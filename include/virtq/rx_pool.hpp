@@ -259,6 +259,8 @@ struct rx_ref {
 
 template <rx_pool_policy_type Policy>
 class rx_pool;
+template <class Pool>
+class rx_burst;
 
 /// A refcounted handle to one held buffer. Copy: one more reference. Move: none. Destruction or
 /// release(): one less; the last one gives the buffer back to its pool. The pool must outlive its
@@ -486,12 +488,16 @@ class rx_pool {
     void lend(std::uint32_t i, std::uint64_t stamp, handle& out) const noexcept {
       if (out.pool_ != nullptr) [[unlikely]]
         out.reset_outlined();
-      slot& s = slots_[i];
-      if constexpr (Policy::census) stamps_[i].store(stamp);
-      // s.refs is 0 already: the last release of the previous loan left it so.
       out.pool_ = pool_;
       out.index_ = i;
-      out.gen_ = move_state<rx_state::posted, rx_state::held>(s);
+      out.gen_ = lend_in_place(i, stamp);
+    }
+    /// Lends buffer `i`, just checked with is_posted(), with no handle: the loan is the
+    /// caller's to end (an rx_burst, through end_burst()). Returns the loan's tag.
+    std::uint32_t lend_in_place(std::uint32_t i, std::uint64_t stamp) const noexcept {
+      if constexpr (Policy::census) stamps_[i].store(stamp);
+      // s.refs is 0 already: the last release of the previous loan left it so.
+      return move_state<rx_state::posted, rx_state::held>(slots_[i]);
     }
     std::uint32_t buffer_size() const noexcept { return buffer_size_; }
     /// Books `lent` loans made by lend(): posted falls and held rises by that much.
@@ -891,6 +897,98 @@ class rx_pool {
  private:
   template <class>
   friend class rx_buffer;
+  template <class>
+  friend class rx_burst;
+
+  /// Ends the loans of an rx_burst: buffer e[k].token for each k < n whose bit in `skip` is
+  /// clear, each lent by lender::lend_in_place() and referenced by nothing else (the burst is
+  /// their only owner, so no reference count or handle tag is consulted). One lock; with a
+  /// repost list the buffers go onto it, as the bulk release puts them. A buffer that is not
+  /// held (the burst's own record damaged) is counted as double_release and left alone.
+  errc end_burst(const used_buffer* e, std::uint32_t n, std::uint32_t skip) noexcept {
+    errc first = errc::ok;
+    std::lock_guard g(lock_);
+    slot* const slots = slots_.get();
+    const used_buffer* it = e;
+    const used_buffer* const end = e + n;
+    std::uint32_t ended = 0;
+    // The loan of buffer `i` ends in state To (ready or free); false: it is not held.
+    const auto end_loan = [&]<rx_state To>(std::uint32_t i) {
+      const std::uint32_t tag = slots[i].tag.load();
+      if (state_of(tag) != rx_state::held) [[unlikely]]
+        return false;
+      slots[i].tag.store(tag + step<rx_state::held, To>);
+      if constexpr (Policy::poison) poison(i);
+      return true;
+    };
+    // After the receive path's case (nothing skipped, every buffer held), one by one.
+    const auto rest = [&]<rx_state To>(auto put) {
+      for (; it != end; ++it) {
+        if ((skip >> (it - e) & 1U) != 0) continue;
+        const auto i = static_cast<std::uint32_t>(it->token);
+        if (!end_loan.template operator()<To>(i)) {
+          first = note(errc::double_release);
+          continue;
+        }
+        put(i);
+        ++ended;
+      }
+    };
+    bool listed = false;
+    if constexpr (can_repost) {
+      if (repost_list_) {
+        listed = true;
+        buffer* const rb0 = ready_bufs_.get() + ready_n_;
+        buffer* rb = rb0;
+        token_t* rt = ready_tokens_.get() + ready_n_;
+        const std::uint64_t* const addr = guest_addr_.get();
+        if (skip == 0) {
+#pragma GCC unroll 2
+          for (; it != end; ++it) {
+            const auto i = static_cast<std::uint32_t>(it->token);
+            if (!end_loan.template operator()<rx_state::ready>(i)) break;
+            (rb++)->addr = addr[i];  // .len is the buffer size already
+            *rt++ = i;
+          }
+          ended = static_cast<std::uint32_t>(rb - rb0);
+        }
+        rest.template operator()<rx_state::ready>([&](std::uint32_t i) {
+          (rb++)->addr = addr[i];
+          *rt++ = i;
+        });
+        ready_n_ += ended;
+      }
+    }
+    if (!listed) {
+      std::uint32_t* const stack = free_stack_.get();
+      const std::uint32_t top0 = free_top_;
+      std::uint32_t top = top0;
+      if (skip == 0) {
+        for (; it != end; ++it) {
+          const auto i = static_cast<std::uint32_t>(it->token);
+          if (!end_loan.template operator()<rx_state::free>(i)) break;
+          stack[top++] = i;
+        }
+        ended = top - top0;
+      }
+      rest.template operator()<rx_state::free>([&](std::uint32_t i) { stack[top++] = i; });
+      free_top_ = top;
+    }
+    returns_ += ended;
+    note_free_count();
+    return first;
+  }
+
+  /// A handle for buffer `i` of an rx_burst (held, no reference but the burst's, which passes
+  /// to the handle).
+  handle adopt_lent(std::uint32_t i) noexcept {
+    return handle(this, i, slots_[i].tag.load());
+  }
+
+  /// set_holder for buffer `i` of an rx_burst.
+  errc set_holder_lent(std::uint32_t i, holder_id h) noexcept {
+    return set_holder(i, slots_[i].tag.load(), h);
+  }
 
   /// Reference count, atomic or plain by policy, kept as the references beyond the first: a
   /// buffer that is not lent has 0, and so has one lent to a single handle, so neither a loan

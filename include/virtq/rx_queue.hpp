@@ -25,7 +25,9 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <concepts>
 #include <cstddef>
@@ -110,6 +112,121 @@ struct rx_packet {
     auto d = buffer.data();
     return d.first(std::min<std::size_t>(len, d.size()));
   }
+};
+
+/// Up to `capacity` received packets lent as one loan: rx_queue::poll(rx_burst&) fills it, and
+/// release() (or the destructor, or the next poll into it) gives them all back with one pool
+/// lock, as NDIS returns a chain of NET_BUFFER_LISTs and DPDK frees mbufs in bulk. What a
+/// handle costs per packet (its pool pointer and generation, the "slot still holds a
+/// reference" test, the liveness test on release) is paid once per burst instead: each ring
+/// buffer in a burst is held by the burst alone, so the census, the conservation check, the
+/// starvation detector and loan deadlines see it like any other loan (holder "stack" until
+/// pass_to()). A packet that must outlive the burst leaves it with keep(), as a handle.
+/// Packets delivered at the reserve are copies (resources_low), as from poll(span).
+/// Not thread-safe: one thread at a time uses a burst (release may be on another thread when
+/// the pool's policy allows handles to be released there).
+template <class Pool>
+class rx_burst {
+ public:
+  static constexpr std::size_t capacity = 32;
+  using packet = rx_packet<Pool>;
+  using handle = typename Pool::handle;
+
+  rx_burst() = default;
+  rx_burst(const rx_burst&) = delete;
+  rx_burst& operator=(const rx_burst&) = delete;
+  rx_burst(rx_burst&& o) noexcept { take_from(o); }
+  rx_burst& operator=(rx_burst&& o) noexcept {
+    if (this != &o) {
+      (void)release();
+      take_from(o);
+    }
+    return *this;
+  }
+  ~rx_burst() { (void)release(); }
+
+  /// Packets received (kept ones included: their positions stay).
+  std::size_t size() const noexcept { return n_; }
+  bool empty() const noexcept { return n_ == 0; }
+  /// Bytes received in packet k (0 when k >= size()).
+  std::uint32_t len(std::size_t k) const noexcept { return k < n_ ? e_[k].len : 0; }
+  /// Packet k's bytes; empty when k >= size() or it was kept.
+  std::span<std::byte> data(std::size_t k) const noexcept {
+    if (k >= n_) return {};
+    if (special(k)) [[unlikely]]
+      return copies_[k].data();
+    return {pool_->host_address(static_cast<std::uint32_t>(e_[k].token)), e_[k].len};
+  }
+  /// Packet k is a copy in a bounce buffer (the ring was at its reserve): release soon.
+  bool resources_low(std::size_t k) const noexcept {
+    return k < n_ && special(k) && copies_[k].buffer;  // kept: the handle went
+  }
+  /// Packet k left the burst through keep().
+  bool kept(std::size_t k) const noexcept { return k < n_ && special(k) && !copies_[k].buffer; }
+
+  /// Takes packet k out of the burst as a handle of its own (the sole reference: the burst
+  /// gives its loan to it), so that it outlives release(). Empty handle when k >= size() or
+  /// packet k was kept already (counted by neither pool: the caller's index is wrong).
+  handle keep(std::size_t k) noexcept {
+    if (k >= n_ || kept(k)) return {};
+    if (special(k)) return std::move(copies_[k].buffer);
+    special_ |= 1U << k;
+    return pool_->adopt_lent(static_cast<std::uint32_t>(e_[k].token));
+  }
+
+  /// Hands every packet still in the burst on: the census counts them for `h`.
+  /// invalid_argument for an unregistered holder.
+  errc pass_to(holder_id h) noexcept {
+    errc first = errc::ok;
+    for (std::uint32_t k = 0; k < n_; ++k) {
+      errc e = errc::ok;
+      if (!special(k)) {
+        e = pool_->set_holder_lent(static_cast<std::uint32_t>(e_[k].token), h);
+      } else if (copies_[k].buffer) {
+        e = copies_[k].buffer.pass_to(h);
+      }
+      if (e != errc::ok && first == errc::ok) first = e;
+    }
+    return first;
+  }
+
+  /// Gives back every packet still in the burst (kept ones are their handles' now); the
+  /// burst is empty afterwards. ok, or what the pool found wrong first.
+  errc release() noexcept {
+    if (n_ == 0) return errc::ok;
+    const std::uint32_t n = std::exchange(n_, 0U);
+    const std::uint32_t skip = std::exchange(special_, 0U);
+    errc first = pool_->end_burst(e_.data(), n, skip);
+    for (std::uint32_t rest = skip; rest != 0; rest &= rest - 1) {
+      packet& c = copies_[static_cast<std::size_t>(std::countr_zero(rest))];
+      if (!c.buffer) continue;
+      const errc e = c.buffer.release();
+      if (e != errc::ok && first == errc::ok) first = e;
+    }
+    return first;
+  }
+
+ private:
+  template <driver_queue, class, rx_clock>
+  friend class rx_queue;
+
+  bool special(std::size_t k) const noexcept { return (special_ >> k & 1U) != 0; }
+  void take_from(rx_burst& o) noexcept {
+    pool_ = o.pool_;
+    n_ = std::exchange(o.n_, 0U);
+    special_ = std::exchange(o.special_, 0U);
+    e_ = o.e_;
+    for (std::size_t k = 0; k < capacity; ++k) copies_[k] = std::move(o.copies_[k]);
+  }
+
+  Pool* pool_ = nullptr;
+  std::uint32_t n_ = 0;
+  /// Bit k: packet k is not the burst's own loan: a copy in copies_[k], or kept (copies_[k]
+  /// empty).
+  std::uint32_t special_ = 0;
+  std::array<used_buffer, capacity> e_{};  ///< token: the pool's buffer index; len
+  std::array<packet, capacity> copies_{};
+  static_assert(capacity <= 32, "special_ has a bit per packet");
 };
 
 /// In the spirit of page_pool's and netkvm's counters.
@@ -284,48 +401,59 @@ class rx_queue {
   /// handles start with holder "stack"; pass them on with handle.pass_to(holder). Handles left
   /// in the overwritten slots of `out` are released by the assignment.
   result<rx_poll_result> poll(std::span<packet> out) {
-    pending_callbacks cb;
-    rx_poll_result r;
-    errc failure = errc::ok;
-    {
-      std::lock_guard g(lock_);
-      if (stopped_) return errc::broken;
-      const std::int64_t now = clock_.now().count();  // once per batch: ages are coarse
-      ++stats_.polls;
+    return poll_with([&](std::int64_t now, std::uint64_t stamp, batch& b) -> errc {
       std::array<used_buffer, 32> used;
-      const std::uint64_t stamp = loan_stamp::make(holder_stack, now);
-      batch b{lendable(), 0};
-      while (r.received < out.size()) {
-        const std::size_t want = std::min(used.size(), out.size() - r.received);
+      while (b.received < out.size()) {
+        const std::size_t want = std::min(used.size(), out.size() - b.received);
         const result<std::size_t> got = q_.get_used(std::span(used.data(), want));
-        if (!got) {
-          failure = got.error();
-          ++stats_.queue_errors;
-          break;
-        }
+        if (!got) return got.error();
         const std::size_t n = *got;
-        packet* const dst = out.data() + r.received;
+        packet* const dst = out.data() + b.received;
         if (static_cast<std::int64_t>(n) <= b.lendable) [[likely]] {
           // The reserve cannot be reached in this run (every packet lent): the loop without
           // its test, called straight from here (a call level fewer per batch).
           const std::size_t w = lend_all(used.data(), n, dst, pool_, stamp);
           stats_.bad_tokens += n - w;
           b.lendable -= static_cast<std::int64_t>(w);
-          r.received += w;
+          b.received += w;
         } else {
-          r.received += deliver(used.data(), n, dst, r.received, now, stamp, b);
+          packet_sink sink{dst};
+          b.received += deliver(used.data(), n, sink, now, stamp, b);
         }
         if (n < want) break;
       }
-      pool_.lend_batch().finish(static_cast<std::uint32_t>(r.received - b.copied));
-      stats_.packets += r.received;  // packets_lent: packets - packets_copied, made by stats()
-      stats_.packets_copied += b.copied;
-      if (failure == errc::ok) r.notify = post_locked();
-      evaluate_locked(now, cb);
-    }
-    cb.fire(opts_);
-    if (failure != errc::ok) return failure;
-    return r;
+      return errc::ok;
+    });
+  }
+
+  /// Reaps up to rx_burst::capacity completions into `burst`, lent to it as one loan (see
+  /// rx_burst), and reposts/refills as poll(span) does. What `burst` held before is released
+  /// first. The cheapest way to receive: per packet, the pool's work is its buffer's two state
+  /// changes, the census stamp and the repost.
+  result<rx_poll_result> poll(rx_burst<Pool>& burst) {
+    (void)burst.release();
+    burst.pool_ = &pool_;
+    return poll_with([&](std::int64_t now, std::uint64_t stamp, batch& b) -> errc {
+      used_buffer* const e = burst.e_.data();
+      const result<std::size_t> got = q_.get_used(std::span(e, burst.capacity));
+      if (!got) return got.error();
+      const auto n = static_cast<std::uint32_t>(*got);
+      // Lent where get_used wrote them: the burst's entries are the used buffers themselves.
+      std::uint32_t k = 0;
+      if (static_cast<std::int64_t>(n) <= b.lendable) [[likely]] {
+        k = lend_in_place(e, n, pool_, stamp);
+        b.lendable -= k;
+      }
+      b.received = k;
+      if (k != n) [[unlikely]] {
+        // A bad token, or the reserve within reach: from k on, packet by packet (entries are
+        // moved down over the ones that deliver no packet).
+        burst_sink sink{burst, k};
+        b.received += deliver(e + k, n - k, sink, now, stamp, b);
+      }
+      burst.n_ = static_cast<std::uint32_t>(b.received);
+      return errc::ok;
+    });
   }
 
   /// Gives back the buffers of `pkts` (their handles become empty), with one pool lock per
@@ -462,8 +590,38 @@ class rx_queue {
     /// those lent since it was computed. Posted falls by one per loan and free never falls
     /// during a poll (only this thread takes), so it is recomputed only when it reaches 0.
     std::int64_t lendable;
-    std::size_t copied;  // packets delivered as copies so far
+    std::size_t copied = 0;    // packets delivered as copies so far
+    std::size_t received = 0;  // packets delivered so far, both kinds
   };
+
+  /// Both polls: the lock, one clock read, `receive(now, stamp, batch&)` (reaps and delivers,
+  /// returns the virtqueue's error or ok), the counters, the repost and refill with one kick
+  /// decision, the detector; callbacks run after the lock is dropped.
+  template <class Receive>
+  result<rx_poll_result> poll_with(Receive&& receive) {
+    pending_callbacks cb;
+    rx_poll_result r;
+    errc failure = errc::ok;
+    {
+      std::lock_guard g(lock_);
+      if (stopped_) return errc::broken;
+      const std::int64_t now = clock_.now().count();  // once per batch: ages are coarse
+      ++stats_.polls;
+      const std::uint64_t stamp = loan_stamp::make(holder_stack, now);
+      batch b{lendable()};
+      failure = receive(now, stamp, b);
+      if (failure != errc::ok) ++stats_.queue_errors;
+      r.received = b.received;
+      pool_.lend_batch().finish(static_cast<std::uint32_t>(b.received - b.copied));
+      stats_.packets += b.received;  // packets_lent: packets - packets_copied, made by stats()
+      stats_.packets_copied += b.copied;
+      if (failure == errc::ok) r.notify = post_locked();
+      evaluate_locked(now, cb);
+    }
+    cb.fire(opts_);
+    if (failure != errc::ok) return failure;
+    return r;
+  }
 
   /// free + posted - K with the lends not yet booked by lender::finish() (none at the start).
   std::int64_t lendable() const noexcept {
@@ -471,15 +629,45 @@ class rx_queue {
     return std::int64_t{pool_.free_count()} + pool_.posted_count() - reserve_;
   }
 
-  /// Completions used[0..n) into packets out[0..) near the reserve (some may be copies);
-  /// `delivered`: packets this poll wrote before. Returns how many packets were written
-  /// (dropped copies and bad tokens write none). Out of line: the common case is lend_all().
-  [[gnu::noinline]] std::size_t deliver(const used_buffer* used, std::size_t n, packet* out,
-                                        std::size_t delivered, std::int64_t now,
-                                        std::uint64_t stamp, batch& b) noexcept {
+  /// Where deliver() writes poll(span)'s packets: the next one, each a handle.
+  struct packet_sink {
+    packet* next;
+    std::size_t written = 0;
+    void lend(const typename Pool::lender& l, std::uint32_t i, std::uint32_t len,
+              std::uint64_t stamp) noexcept {
+      lend_one(l, i, len, stamp, next[written++]);
+    }
+    packet& copy_slot() noexcept { return next[written]; }
+    void copied() noexcept { ++written; }
+  };
+  /// Where deliver() writes a burst's packets: entry `written` of the burst, which the reads
+  /// of the used buffers (the same array) have passed already.
+  struct burst_sink {
+    rx_burst<Pool>& b;
+    std::size_t start;
+    std::size_t written = 0;
+    void lend(const typename Pool::lender& l, std::uint32_t i, std::uint32_t len,
+              std::uint64_t stamp) noexcept {
+      (void)l.lend_in_place(i, stamp);
+      b.e_[start + written++] = used_buffer{i, len};
+    }
+    packet& copy_slot() noexcept { return b.copies_[start + written]; }
+    void copied() noexcept {
+      const std::size_t k = start + written++;
+      b.e_[k].len = b.copies_[k].len;
+      b.special_ |= 1U << k;
+    }
+  };
+
+  /// Completions used[0..n) into `out` near the reserve (some may be copies) or past a bad
+  /// token. Returns how many packets were written (dropped copies and bad tokens write none).
+  /// Out of line: the common cases are lend_all() and lend_in_place().
+  template <class Sink>
+  [[gnu::noinline]] std::size_t deliver(const used_buffer* used, std::size_t n, Sink& out,
+                                        std::int64_t now, std::uint64_t stamp, batch& b) noexcept {
     const typename Pool::lender l = pool_.lend_batch();
     std::int64_t lendable = b.lendable;
-    packet* pkt = out;
+    std::size_t delivered = 0;
     for (const used_buffer* ub = used; ub != used + n; ++ub) {
       if (!l.is_posted(ub->token)) [[unlikely]] {
         ++stats_.bad_tokens;  // cannot come from a virtqueue that checks its used ids
@@ -489,22 +677,23 @@ class rx_queue {
       const std::uint32_t len = std::min(ub->len, l.buffer_size());
       // free + posted counts the buffer in hand: lending it would leave fewer than K.
       if (lendable <= 0) [[unlikely]] {
-        const std::size_t lent = delivered + static_cast<std::size_t>(pkt - out) - b.copied;
+        const std::size_t lent = b.received + delivered - b.copied;
         lendable = this->lendable() - static_cast<std::int64_t>(lent);
         if (lendable <= 0) {
-          if (deliver_copy(i, len, *pkt, now)) {
+          if (deliver_copy(i, len, out.copy_slot(), now)) {
+            out.copied();
             ++b.copied;
-            ++pkt;
+            ++delivered;
           }
           continue;
         }
       }
-      lend_one(l, i, len, stamp, *pkt);
+      out.lend(l, i, len, stamp);
       --lendable;
-      ++pkt;
+      ++delivered;
     }
     b.lendable = lendable;
-    return static_cast<std::size_t>(pkt - out);
+    return delivered;
   }
 
   /// Completions away from the reserve: every one with a posted token is lent. Returns how
@@ -528,6 +717,25 @@ class rx_queue {
       ++pkt;
     }
     return n - bad;
+  }
+
+  /// A burst's completions away from the reserve, lent where they lie (the entry is the
+  /// packet); stops at the first token that is not a posted buffer and returns its position.
+  /// Out of line, as lend_all.
+  [[gnu::noinline]] static std::uint32_t lend_in_place(used_buffer* e, std::uint32_t n, Pool& pool,
+                                                       std::uint64_t stamp) noexcept {
+    const typename Pool::lender l = pool.lend_batch();
+    const std::uint32_t size = l.buffer_size();
+    used_buffer* p = e;
+    for (used_buffer* const end = e + n; p != end; ++p) {
+      if (!l.is_posted(p->token)) [[unlikely]]
+        break;
+      (void)l.lend_in_place(static_cast<std::uint32_t>(p->token), stamp);
+      // 2.7.8.2: a virtqueue that checks used lengths never reports more than the buffer.
+      if (p->len > size) [[unlikely]]
+        p->len = size;
+    }
+    return static_cast<std::uint32_t>(p - e);
   }
 
   static void lend_one(const typename Pool::lender& l, std::uint32_t i, std::uint32_t len,
