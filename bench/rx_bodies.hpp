@@ -137,13 +137,15 @@ class rx_fixture {
   bool ok_ = false;
 };
 
-/// Arguments: batch, copy_reserve (0/1), reserve engaged (0/1).
+/// Arguments: batch, copy_reserve (0/1), reserve engaged (0/1), bursts (0/1:
+/// rx_queue::poll(rx_burst&) and rx_burst::release() instead of packets and a bulk release).
 template <class Layout, class P, class PoolPolicy, class Clock>
 void BM_rx_receive(benchmark::State& state) {
   const auto batch = static_cast<std::size_t>(state.range(0));
   const bool reserve = state.range(1) != 0;
   const bool engaged = state.range(2) != 0;
-  auto f = std::make_unique<rx_fixture<Layout, P, PoolPolicy, Clock>>(reserve);
+  const bool bursts = state.range(3) != 0;
+  auto f = std::make_unique<rx_fixture<Layout, P, PoolPolicy, Clock>>(reserve, true, bursts);
   if (!f->ok() || (engaged && !f->engage_reserve())) {
     state.SkipWithError("rx set-up failed");
     for (auto _ : state) {

@@ -9,10 +9,11 @@
 // burst and is taken with pop(chain&), so a device stays correct with any driver.
 // (pop_buffers() + complete(span) are the same in two steps, for a device that fills buffers
 // later, out of order.)
-// Driver: rx_queue::poll() reaps a burst into packets lent from the pool (census: holder and
-// time per buffer), the "stack" reads them and gives the whole burst back with one
-// rx_queue::release(span), and the next poll() reposts the buffers with one add_inbufs() and one
-// kick decision.
+// Driver: rx_queue::poll(rx_burst&) reaps a burst of packets lent from the pool as one loan
+// (census: holder and time per buffer), the "stack" reads them and gives the whole burst back
+// with one rx_burst::release(), and the next poll() reposts the buffers with one add_inbufs()
+// and one kick decision. (poll(span<packet>) hands out a refcounted handle per packet instead,
+// for a stack that lets packets go one by one.)
 //
 //   rx_burst [--smoke]
 //
@@ -129,7 +130,8 @@ bool run(const char* name, std::uint64_t frames) {
   // that follows the device's position, so a driver refilling ahead of it stays silent.
   (void)device.enable_notifications();
   if (!rxq.refill()) return false;
-  std::array<typename rxq_t::packet, burst> pkts{};
+  virtq::rx_burst<pool_t> got;  // after the pool: released before it goes
+  static_assert(burst <= decltype(got)::capacity, "one poll takes what one burst brought");
   std::uint64_t sent = 0, delivered = 0, dropped = 0, kicks = 0, bad = 0;
   while (sent < frames) {
     // The wire brings a burst of varying size; the NIC takes what it has buffers for.
@@ -139,14 +141,14 @@ bool run(const char* name, std::uint64_t frames) {
     // Frames the NIC dropped never reach the driver: their sequence numbers are skipped.
     std::uint64_t seq = sent;
     sent += offered;
-    const virtq::result<virtq::rx_poll_result> r = rxq.poll(pkts);
+    const virtq::result<virtq::rx_poll_result> r = rxq.poll(got);
     if (!r) return false;
     kicks += r->notify ? 1U : 0U;
     for (std::size_t k = 0; k < r->received; ++k) {
-      if (!frame_ok(seq + k, pkts[k].data())) ++bad;
+      if (!frame_ok(seq + k, got.data(k))) ++bad;
     }
     delivered += r->received;
-    if (rxq.release(std::span(pkts.data(), r->received)) != virtq::errc::ok) return false;
+    if (got.release() != virtq::errc::ok) return false;
   }
   const virtq::pool_census census = rxq.census();
   std::printf("%-7s %8llu frames delivered, %llu dropped (no buffer posted), %llu corrupt\n", name,

@@ -9,6 +9,7 @@
 //
 // Life of a buffer (its state):
 //   free --take()--> posted (in the ring) --lend()--> held (a handle exists) --last release--> free
+//   (or lent in place to an rx_burst, which owns the loan until its release: end_burst())
 //   posted --unpost()--> free (ring reset);  free --allocate()--> held (bounce buffers)
 //   With a repost list (one thread owns everything; the receive queue turns it on):
 //   held --last release--> ready (laid out for the ring's add) --post_ready()--> posted
