@@ -260,30 +260,16 @@ TEMPLATE_LIST_TEST_CASE(
     "rx_burst: completions a buggy Queue corrupts are counted, never lent, and lengths are "
     "clamped to the buffer",
     "[rx_burst]", all_layouts) {
-  using pair_type = queue_pair<TestType, default_policy>;
-  using pool_type = rx_pool<rx_single_thread_policy>;
-  using queue_type = rx_queue<corrupting_queue<typename pair_type::driver_type>, pool_type>;
   for (const bool reserve : {false, true}) {
     CAPTURE(reserve);
-    pair_type qp(16);
-    corrupting_queue<typename pair_type::driver_type> bad{qp.driver, {}, 0, 0};
-    // With the reserve on, free + posted - K (18 - 14) is below the batch: the packet-by-packet
-    // path (deliver) instead of lending in place.
-    pool_type pool(reserve ? 18 : 64, 128, "rx");
-    rx_queue_options o;
-    o.copy_reserve = reserve;
-    o.reserve = 14;
-    queue_type rxq(bad, pool, o);
-    REQUIRE(rxq.refill().has_value());
-    fake_nic<typename pair_type::device_type> nic{qp.device};
-    for (std::uint64_t k = 0; k < 6; ++k) REQUIRE(nic.send(make_frame(80, k)) == errc::ok);
-    nic.flush();
+    buggy_queue_rig<TestType> rig(reserve);
+    auto& [qp, bad, pool, rxq] = rig;
     // Completion 0 names buffer 0 (posted: lent); 1: buffer 0 again (held by then: the loop
     // that lends in place must refuse it itself); 2: not posted; 3: far out of range. 4 and 5
     // are good and move down over the bad ones.
     bad.replace = {0, 0, 60, token_t{1} << 40};
     bad.long_len = 100'000;
-    rx_burst<pool_type> b;
+    rx_burst<typename buggy_queue_rig<TestType>::pool_type> b;
     auto r = rxq.poll(b);
     REQUIRE(r.has_value());
     CHECK(rxq.stats().bad_tokens == 3);

@@ -160,4 +160,36 @@ struct corrupting_queue {
   }
 };
 
+/// A receive queue over a corrupting_queue, its ring holding six frames (0..5) the device wrote
+/// and completed. With `reserve`, free + posted - K (18 - 14) is below a batch of six: the
+/// packet-by-packet path (the reserve check) instead of the loop that lends everything.
+template <class Layout>
+struct buggy_queue_rig {
+  using pair_type = queue_pair<Layout, virtq::default_policy>;
+  using pool_type = virtq::rx_pool<virtq::rx_single_thread_policy>;
+  using bad_type = corrupting_queue<typename pair_type::driver_type>;
+  using rxq_type = virtq::rx_queue<bad_type, pool_type>;
+
+  static virtq::rx_queue_options options(bool reserve) {
+    virtq::rx_queue_options o;
+    o.copy_reserve = reserve;
+    o.reserve = 14;
+    return o;
+  }
+  explicit buggy_queue_rig(bool reserve)
+      : bad{qp.driver, {}, 0, 0},
+        pool(reserve ? 18 : 64, 128, "rx"),
+        rxq(bad, pool, options(reserve)) {
+    REQUIRE(rxq.refill().has_value());
+    fake_nic<typename pair_type::device_type> nic{qp.device};
+    for (std::uint64_t k = 0; k < 6; ++k) REQUIRE(nic.send(make_frame(80, k)) == virtq::errc::ok);
+    nic.flush();
+  }
+
+  pair_type qp{16};
+  bad_type bad;
+  pool_type pool;
+  rxq_type rxq;
+};
+
 }  // namespace virtq_test

@@ -369,23 +369,10 @@ TEMPLATE_LIST_TEST_CASE(
     "rx_queue: completions a buggy Queue corrupts are counted, never lent, "
     "and lengths are clamped to the buffer",
     "[rx_queue]", all_layouts) {
-  using pair_type = queue_pair<TestType, default_policy>;
-  using pool_type = rx_pool<rx_single_thread_policy>;
   for (const bool reserve : {false, true}) {
     CAPTURE(reserve);
-    pair_type qp(16);
-    corrupting_queue<typename pair_type::driver_type> bad{qp.driver, {}, 0, 0};
-    // With the reserve on, free + posted - K (18 - 14) is below the batch: deliver() takes its
-    // reserve-checking loop instead of the fast one.
-    pool_type pool(reserve ? 18 : 64, 128, "rx");
-    rx_queue_options o;
-    o.copy_reserve = reserve;
-    o.reserve = 14;
-    rx_queue<corrupting_queue<typename pair_type::driver_type>, pool_type> rxq(bad, pool, o);
-    REQUIRE(rxq.refill().has_value());
-    fake_nic<typename pair_type::device_type> nic{qp.device};
-    for (std::uint64_t k = 0; k < 6; ++k) REQUIRE(nic.send(make_frame(80, k)) == errc::ok);
-    nic.flush();
+    buggy_queue_rig<TestType> rig(reserve);
+    auto& [qp, bad, pool, rxq] = rig;
     // Completion 0 names buffer 0 (posted: it is lent); 1: far out of range; 2: buffer 0 again
     // (held by then); 3: an index that is not posted (free, or past the end of the small
     // pool). Every length: longer than the buffer.
