@@ -40,7 +40,11 @@ using rx_atomic = virtq::rx_pool_policy<true, virtq::spin_lock, false, true>;
 inline constexpr std::uint32_t rx_pool_buffers = 512;  // twice the ring: refills never run dry
 inline constexpr std::uint32_t rx_frame_bytes = 64;    // what the device reports per packet
 
-template <class Layout, class P, class PoolPolicy, class Clock>
+/// CopyFrames: the device writes a 12-byte virtio-net header and a 64-byte frame into each
+/// buffer, as a vhost-user device does (count_dpdk_virtio's side-by-side cycle), instead of
+/// leaving it untouched. A template argument: instantiated, that device path changes how GCC
+/// compiles the others in the same program, so only the comparison program has it.
+template <class Layout, class P, class PoolPolicy, class Clock, bool CopyFrames = false>
 class rx_fixture {
  public:
   using pair_type = queue_pair<Layout, P>;
@@ -69,24 +73,21 @@ class rx_fixture {
   /// One receive batch: the device completes `batch` buffers, poll() delivers them (and reposts
   /// what the previous batch released), the stack releases each packet.
   std::size_t cycle(std::size_t batch) {
-    if (bursts_) return cycle_burst(batch);
+    if (bursts_ || CopyFrames) return cycle_other(batch);
     qp_.serve(batch);
-    const auto r = rx_.poll(std::span<packet>(packets_.data(), batch));
-    if (!r) return 0;
-    kicks_ += r->notify ? 1U : 0U;
-    if (bulk_release_) {
-      // The stack returns the batch at once (NDIS returns NET_BUFFER_LIST chains).
-      if (rx_.release(std::span<packet>(packets_.data(), r->received)) != virtq::errc::ok) return 0;
-    } else {
-      for (std::size_t k = 0; k < r->received; ++k) packets_[k].buffer.release();
-    }
-    return r->received;
+    return receive_packets(batch);
   }
 
-  /// cycle() through bursts: the stack takes the batch as one loan and gives it back as one.
-  /// Out of line, so that the packet cycle is compiled as it was before bursts existed.
-  [[gnu::noinline]] std::size_t cycle_burst(std::size_t batch) {
-    qp_.serve(batch);
+  /// cycle() through bursts (the stack takes the batch as one loan and gives it back as one)
+  /// or with the device copying frames in. Out of line, and the packet path in it only where
+  /// frames are copied, so that the packet cycle is compiled as it was before these existed.
+  [[gnu::noinline]] std::size_t cycle_other(std::size_t batch) {
+    if constexpr (CopyFrames) {
+      qp_.serve_frames(batch, frame_);
+      if (!bursts_) return receive_packets(batch);
+    } else {
+      qp_.serve(batch);
+    }
     const auto r = rx_.poll(burst_);
     if (!r) return 0;
     kicks_ += r->notify ? 1U : 0U;
@@ -118,6 +119,20 @@ class rx_fixture {
   std::uint64_t copies() const { return rx_.stats().packets_copied; }
 
  private:
+  /// poll() into packets and the stack's release of them.
+  [[gnu::always_inline]] inline std::size_t receive_packets(std::size_t batch) {
+    const auto r = rx_.poll(std::span<packet>(packets_.data(), batch));
+    if (!r) return 0;
+    kicks_ += r->notify ? 1U : 0U;
+    if (bulk_release_) {
+      // The stack returns the batch at once (NDIS returns NET_BUFFER_LIST chains).
+      if (rx_.release(std::span<packet>(packets_.data(), r->received)) != virtq::errc::ok) return 0;
+    } else {
+      for (std::size_t k = 0; k < r->received; ++k) packets_[k].buffer.release();
+    }
+    return r->received;
+  }
+
   static virtq::rx_queue_options options(bool copy_reserve) {
     virtq::rx_queue_options o;
     o.name = "bench";
@@ -135,6 +150,7 @@ class rx_fixture {
   std::vector<packet> held_;
   std::uint64_t kicks_ = 0;
   bool ok_ = false;
+  std::array<std::byte, 12 + 64> frame_{};  // what CopyFrames writes: header and frame
 };
 
 /// Arguments: batch, copy_reserve (0/1), reserve engaged (0/1), bursts (0/1:

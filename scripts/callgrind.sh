@@ -8,6 +8,9 @@
 # Builds bench/count_cycle (Release + -g) in build-callgrind/, runs each scenario for N and 2N
 # cycles and reports (Ir(2N) - Ir(N)) / (N * batch): set-up, teardown and valgrind's own start-up
 # cancel out. Results: bench/results/callgrind.json and a table on stdout.
+# Scenarios named dpdk-* are the peer, DPDK's virtio-user driver and vhost-user device, and
+# virtq-* our receive path through the same cycle in the same program (bench/count_dpdk_virtio,
+# built when DPDK is installed).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${VIRTQ_CALLGRIND_BUILD:-$root/build-callgrind}"
@@ -19,15 +22,19 @@ cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS="-g" \
   -DVIRTQ_BUILD_TESTS=OFF -DVIRTQ_BUILD_EXAMPLES=OFF >/dev/null
 cmake --build "$build" --target count_cycle -j"${VIRTQ_JOBS:-2}" >/dev/null
 prog="$build/bench/count_cycle"
+dpdk_prog="$build/bench/count_dpdk_virtio"
+cmake --build "$build" --target count_dpdk_virtio -j"${VIRTQ_JOBS:-2}" >/dev/null 2>&1 || true
 
 if [ "$#" -eq 0 ]; then
   set -- $("$prog" --list | grep -E -- '-(event|none|flags|single|popcomplete)-(1|32)$|^rx-|^floor-' || true)
+  if [ -x "$dpdk_prog" ]; then set -- "$@" $("$dpdk_prog" --list); fi
 fi
 
 # Total Ir of one run (callgrind's "totals:" line).
 instructions() {
-  local out="$build/cg.$1.$2.out"
-  valgrind --tool=callgrind --callgrind-out-file="$out" "$prog" "$1" "$2" >/dev/null 2>&1
+  local out="$build/cg.$1.$2.out" p="$prog"
+  [[ "$1" == dpdk-* || "$1" == virtq-* ]] && p="$dpdk_prog"
+  valgrind --tool=callgrind --callgrind-out-file="$out" "$p" "$1" "$2" >/dev/null 2>&1
   awk '/^totals:/ {print $2}' "$out"
 }
 
