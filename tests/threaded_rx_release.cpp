@@ -64,51 +64,127 @@ using cases = std::tuple<case_t<split_layout, rx_pool_policy<true, spin_lock>>,
                          case_t<split_layout, rx_pool_policy<false, spin_lock>>,
                          case_t<packed_layout, rx_pool_policy<true, spin_lock>>>;
 
+/// What both cases share: a ring of 64, a pool of 96 with 16 bounce buffers, a receive queue with
+/// `consumers` named holders, a device thread sending `frames` frames (to port 1000 + seq %
+/// consumers), and a watchdog running the detector and the census until the end.
+template <class Case>
+struct threaded_rig {
+  static constexpr std::uint64_t frames = 20000;
+  static constexpr std::size_t consumers = 3;
+  using pool_t = rx_pool<typename Case::pool_policy>;
+  using pair_t = queue_pair<typename Case::layout>;
+  using rxq_t = rx_queue<typename pair_t::driver_type, pool_t>;
+
+  static rx_queue_options options() {
+    rx_queue_options o;
+    o.reserve = 8;
+    o.bounce_buffers = 16;
+    o.repost_batch = 8;
+    return o;
+  }
+
+  threaded_rig() : qp(64), pool(96, 256, "rx"), rxq(qp.driver, pool, options()) {
+    for (std::size_t c = 0; c < consumers; ++c) {
+      ids[c] = rxq.register_holder("consumer-" + std::to_string(c));
+    }
+    REQUIRE(rxq.refill().has_value());
+    device = std::thread([this] {
+      fake_nic<typename pair_t::device_type> nic{qp.device};
+      std::uint64_t seq = 0;
+      while (seq < frames && !done.load()) {
+        const auto f = make_frame(static_cast<std::uint16_t>(1000 + seq % consumers), seq);
+        if (nic.send(f) == errc::ok) {
+          ++seq;
+          if (seq % 8 == 0) nic.flush();
+        } else {
+          nic.flush();
+          std::this_thread::yield();
+        }
+      }
+      nic.flush();
+    });
+    watchdog = std::thread([this] {
+      while (!done.load()) {
+        (void)rxq.check_starvation();
+        if (!rxq.census().conserved) ++thread_failures;
+        std::this_thread::yield();
+      }
+    });
+  }
+  threaded_rig(const threaded_rig&) = delete;
+  threaded_rig& operator=(const threaded_rig&) = delete;
+  // A failed REQUIRE leaves through here: the device stops sending rather than wait for buffers
+  // nobody will post.
+  ~threaded_rig() {
+    done.store(true);
+    stop();
+  }
+
+  /// Polls `receive()` (packets delivered by the call, 0 when none) until every frame was
+  /// delivered or counted as a copy failure; returns how many were delivered.
+  template <class Receive>
+  std::uint64_t receive_all(Receive&& receive) {
+    std::uint64_t delivered = 0;
+    for (;;) {
+      const std::size_t n = receive();
+      delivered += n;
+      if (n == 0) {
+        REQUIRE(rxq.refill().has_value());  // buffers may have come back since the last poll
+        if (delivered + rxq.stats().copy_failures == frames) return delivered;
+        std::this_thread::yield();
+      }
+    }
+  }
+
+  /// Joins the device and the watchdog (the consumers must be done).
+  void stop() {
+    if (device.joinable()) device.join();
+    done.store(true);
+    if (watchdog.joinable()) watchdog.join();
+  }
+
+  /// After stop(): every frame once across the consumers, everything delivered or counted, no
+  /// misuse, and every buffer back after the queue's shutdown.
+  void check_end(const std::array<std::vector<std::uint64_t>, consumers>& seen,
+                 std::uint64_t delivered) {
+    CHECK(thread_failures.load() == 0);
+    std::set<std::uint64_t> all;
+    for (auto& v : seen) {
+      for (auto q : v) REQUIRE(all.insert(q).second);
+    }
+    const auto st = rxq.stats();
+    CHECK(all.size() == delivered);
+    CHECK(delivered + st.copy_failures == frames);
+    CHECK(st.packets == delivered);
+    CHECK(pool.misuse_total() == 0);
+    qp.device.reset();
+    const auto rep = rxq.shutdown(std::chrono::seconds(10));
+    CHECK(rep.drained);
+    CHECK(rep.census.conserved);
+    CHECK(rep.census.free == 96);
+    CHECK(rep.bounce.free == 16);
+  }
+
+  pair_t qp;
+  pool_t pool;
+  rxq_t rxq;
+  std::array<holder_id, consumers> ids{};
+  std::atomic<bool> done{false};
+  // Catch2's assertions are not thread-safe: other threads count failures, the main thread checks.
+  std::atomic<int> thread_failures{0};
+  std::thread device;
+  std::thread watchdog;
+};
+
 }  // namespace
 
 TEMPLATE_LIST_TEST_CASE("rx threaded: consumers release on their threads while the queue polls",
                         "[rx_threaded]", cases) {
-  using layout = typename TestType::layout;
+  using rig_t = threaded_rig<TestType>;
+  using packet = typename rig_t::rxq_t::packet;
   constexpr bool shared_copies = TestType::pool_policy::atomic_refs;
-  constexpr std::uint64_t frames = 20000;
-  constexpr std::size_t consumers = 3;
-
-  using pool_t = rx_pool<typename TestType::pool_policy>;
-  using pair_t = queue_pair<layout>;
-  using rxq_t = rx_queue<typename pair_t::driver_type, pool_t>;
-  using packet = typename rxq_t::packet;
-
-  pair_t qp(64);
-  pool_t pool(96, 256, "rx");
-  rx_queue_options o;
-  o.reserve = 8;
-  o.bounce_buffers = 16;
-  o.repost_batch = 8;
-  rxq_t rxq(qp.driver, pool, o);
-  std::array<holder_id, consumers> ids{};
-  for (std::size_t c = 0; c < consumers; ++c) {
-    ids[c] = rxq.register_holder("consumer-" + std::to_string(c));
-  }
-  REQUIRE(rxq.refill().has_value());
-
-  std::atomic<bool> done{false};
-  // Catch2's assertions are not thread-safe: other threads count failures, the main thread checks.
-  std::atomic<int> thread_failures{0};
-  std::thread device([&] {
-    fake_nic<typename pair_t::device_type> nic{qp.device};
-    std::uint64_t seq = 0;
-    while (seq < frames) {
-      const auto f = make_frame(static_cast<std::uint16_t>(1000 + seq % consumers), seq);
-      if (nic.send(f) == errc::ok) {
-        ++seq;
-        if (seq % 8 == 0) nic.flush();
-      } else {
-        nic.flush();
-        std::this_thread::yield();
-      }
-    }
-    nic.flush();
-  });
+  constexpr std::size_t consumers = rig_t::consumers;
+  rig_t rig;
 
   std::array<mailbox<packet>, consumers> boxes;
   std::array<std::vector<std::uint64_t>, consumers> seen;
@@ -118,11 +194,11 @@ TEMPLATE_LIST_TEST_CASE("rx threaded: consumers release on their threads while t
       packet p;
       std::vector<packet> keep;  // hold a few for a while, then release them together
       while (boxes[c].take(p)) {
-        if (p.buffer.pass_to(ids[c]) != errc::ok) ++thread_failures;
+        if (p.buffer.pass_to(rig.ids[c]) != errc::ok) ++rig.thread_failures;
         seen[c].push_back(frame_seq(p.data()));
         if (shared_copies && seen[c].size() % 5 == 0) {
           auto copy = p;  // a second reference, released on this thread first
-          if (copy.buffer.release() != errc::ok) ++thread_failures;
+          if (copy.buffer.release() != errc::ok) ++rig.thread_failures;
         }
         keep.push_back(std::move(p));
         if (keep.size() >= 4) keep.clear();
@@ -130,98 +206,30 @@ TEMPLATE_LIST_TEST_CASE("rx threaded: consumers release on their threads while t
     });
   }
 
-  std::thread watchdog([&] {
-    while (!done.load()) {
-      (void)rxq.check_starvation();
-      if (!rxq.census().conserved) ++thread_failures;
-      std::this_thread::yield();
-    }
-  });
-
-  std::uint64_t delivered = 0;
   std::array<packet, 32> batch;
-  for (;;) {
-    auto r = rxq.poll(batch);
+  const std::uint64_t delivered = rig.receive_all([&]() -> std::size_t {
+    auto r = rig.rxq.poll(batch);
     REQUIRE(r.has_value());
     for (std::size_t k = 0; k < r->received; ++k) {
       const std::size_t c = frame_port(batch[k].data()) % 1000 % consumers;
       boxes[c].put(std::move(batch[k]));
-      ++delivered;
     }
-    if (r->received == 0) {
-      REQUIRE(rxq.refill().has_value());  // buffers may have come back since the last poll
-      if (delivered + rxq.stats().copy_failures == frames) break;
-      std::this_thread::yield();
-    }
-  }
-  device.join();
+    return r->received;
+  });
   for (auto& b : boxes) b.close();
   for (auto& w : workers) w.join();
-  done.store(true);
-  watchdog.join();
-
-  CHECK(thread_failures.load() == 0);
-  // Every frame once.
-  std::set<std::uint64_t> all;
-  for (auto& v : seen) {
-    for (auto s : v) REQUIRE(all.insert(s).second);
-  }
-  const auto s = rxq.stats();
-  CHECK(all.size() == delivered);
-  CHECK(delivered + s.copy_failures == frames);
-  CHECK(s.packets == delivered);
-  CHECK(pool.misuse_total() == 0);
-  qp.device.reset();
-  const auto rep = rxq.shutdown(std::chrono::seconds(10));
-  CHECK(rep.drained);
-  CHECK(rep.census.conserved);
-  CHECK(rep.census.free == 96);
-  CHECK(rep.bounce.free == 16);
+  rig.stop();
+  rig.check_end(seen, delivered);
 }
 
 TEMPLATE_LIST_TEST_CASE(
     "rx threaded: bursts are handed to consumers whole and released on their threads",
     "[rx_threaded]", cases) {
-  using layout = typename TestType::layout;
-  constexpr std::uint64_t frames = 20000;
-  constexpr std::size_t consumers = 3;
-
-  using pool_t = rx_pool<typename TestType::pool_policy>;
-  using pair_t = queue_pair<layout>;
-  using rxq_t = rx_queue<typename pair_t::driver_type, pool_t>;
-  using burst = rx_burst<pool_t>;
-  using packet = typename rxq_t::packet;
-
-  pair_t qp(64);
-  pool_t pool(96, 256, "rx");
-  rx_queue_options o;
-  o.reserve = 8;
-  o.bounce_buffers = 16;
-  o.repost_batch = 8;
-  rxq_t rxq(qp.driver, pool, o);
-  std::array<holder_id, consumers> ids{};
-  for (std::size_t c = 0; c < consumers; ++c) {
-    ids[c] = rxq.register_holder("consumer-" + std::to_string(c));
-  }
-  REQUIRE(rxq.refill().has_value());
-
-  std::atomic<bool> done{false};
-  std::atomic<int> thread_failures{0};
-  std::thread device([&] {
-    fake_nic<typename pair_t::device_type> nic{qp.device};
-    std::uint64_t seq = 0;
-    while (seq < frames) {
-      const auto f = make_frame(80, seq);
-      if (nic.send(f) == errc::ok) {
-        ++seq;
-        if (seq % 8 == 0) nic.flush();
-      } else {
-        nic.flush();
-        std::this_thread::yield();
-      }
-    }
-    nic.flush();
-  });
+  using rig_t = threaded_rig<TestType>;
+  using packet = typename rig_t::rxq_t::packet;
+  using burst = rx_burst<typename rig_t::pool_t>;
+  constexpr std::size_t consumers = rig_t::consumers;
+  rig_t rig;
 
   // Each consumer reads its bursts, names itself in the census, keeps every seventh packet as a
   // handle for a while, and gives the rest back whole on its own thread.
@@ -233,67 +241,36 @@ TEMPLATE_LIST_TEST_CASE(
       burst b;
       std::vector<packet> kept;
       while (boxes[c].take(b)) {
-        if (b.pass_to(ids[c]) != errc::ok) ++thread_failures;
+        if (b.pass_to(rig.ids[c]) != errc::ok) ++rig.thread_failures;
         for (std::size_t k = 0; k < b.size(); ++k) {
-          if (b.len(k) != rx_frame_len) ++thread_failures;
+          if (b.len(k) != rx_frame_len) ++rig.thread_failures;
           seen[c].push_back(frame_seq(b.data(k)));
           if (seen[c].size() % 7 == 0) {
             const std::uint32_t len = b.len(k);
             kept.push_back(packet{b.keep(k), len, 0});
-            if (!kept.back().buffer) ++thread_failures;
+            if (!kept.back().buffer) ++rig.thread_failures;
           }
         }
-        if (b.release() != errc::ok) ++thread_failures;
+        if (b.release() != errc::ok) ++rig.thread_failures;
         if (kept.size() >= 4) kept.clear();
       }
     });
   }
 
-  std::thread watchdog([&] {
-    while (!done.load()) {
-      (void)rxq.check_starvation();
-      if (!rxq.census().conserved) ++thread_failures;
-      std::this_thread::yield();
-    }
-  });
-
-  std::uint64_t delivered = 0;
   std::size_t next = 0;
-  for (;;) {
+  const std::uint64_t delivered = rig.receive_all([&]() -> std::size_t {
     burst b;
-    auto r = rxq.poll(b);
+    auto r = rig.rxq.poll(b);
     REQUIRE(r.has_value());
     REQUIRE(r->received == b.size());
-    delivered += r->received;
     if (!b.empty()) {
       boxes[next].put(std::move(b));
       next = (next + 1) % consumers;
     }
-    if (r->received == 0) {
-      REQUIRE(rxq.refill().has_value());  // buffers may have come back since the last poll
-      if (delivered + rxq.stats().copy_failures == frames) break;
-      std::this_thread::yield();
-    }
-  }
-  device.join();
+    return r->received;
+  });
   for (auto& bx : boxes) bx.close();
   for (auto& w : workers) w.join();
-  done.store(true);
-  watchdog.join();
-
-  CHECK(thread_failures.load() == 0);
-  std::set<std::uint64_t> all;
-  for (auto& v : seen) {
-    for (auto s : v) REQUIRE(all.insert(s).second);
-  }
-  const auto s = rxq.stats();
-  CHECK(all.size() == delivered);
-  CHECK(delivered + s.copy_failures == frames);
-  CHECK(pool.misuse_total() == 0);
-  qp.device.reset();
-  const auto rep = rxq.shutdown(std::chrono::seconds(10));
-  CHECK(rep.drained);
-  CHECK(rep.census.conserved);
-  CHECK(rep.census.free == 96);
-  CHECK(rep.bounce.free == 16);
+  rig.stop();
+  rig.check_end(seen, delivered);
 }
