@@ -441,7 +441,7 @@ class rx_queue {
       // Lent where get_used wrote them: the burst's entries are the used buffers themselves.
       std::uint32_t k = 0;
       if (static_cast<std::int64_t>(n) <= b.lendable) [[likely]] {
-        k = lend_in_place(e, n, pool_, stamp);
+        k = lend_all_in_place(e, n, pool_, stamp);
         b.lendable -= k;
       }
       b.received = k;
@@ -661,7 +661,7 @@ class rx_queue {
 
   /// Completions used[0..n) into `out` near the reserve (some may be copies) or past a bad
   /// token. Returns how many packets were written (dropped copies and bad tokens write none).
-  /// Out of line: the common cases are lend_all() and lend_in_place().
+  /// Out of line: the common cases are lend_all() and lend_all_in_place().
   template <class Sink>
   [[gnu::noinline]] std::size_t deliver(const used_buffer* used, std::size_t n, Sink& out,
                                         std::int64_t now, std::uint64_t stamp, batch& b) noexcept {
@@ -722,8 +722,9 @@ class rx_queue {
   /// A burst's completions away from the reserve, lent where they lie (the entry is the
   /// packet); stops at the first token that is not a posted buffer and returns its position.
   /// Out of line, as lend_all.
-  [[gnu::noinline]] static std::uint32_t lend_in_place(used_buffer* e, std::uint32_t n, Pool& pool,
-                                                       std::uint64_t stamp) noexcept {
+  [[gnu::noinline]] static std::uint32_t lend_all_in_place(used_buffer* e, std::uint32_t n,
+                                                           Pool& pool,
+                                                           std::uint64_t stamp) noexcept {
     const typename Pool::lender l = pool.lend_batch();
     const std::uint32_t size = l.buffer_size();
     used_buffer* p = e;
