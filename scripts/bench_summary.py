@@ -196,8 +196,40 @@ def plot_instructions(results):
         if scenario in counts:
             print(f'"{label}" {counts[scenario]:.1f} {target(counts):.1f}')
 
+# Our receive cycle next to DPDK's virtio-user driver + vhost-user device (count_dpdk_virtio).
+PEER_ROWS = [
+    ("split", "dpdk-split-rx-32", "virtq-split-rx-32", "virtq-split-burst-rx-32"),
+    ("packed", "dpdk-packed-rx-32", "virtq-packed-rx-32", "virtq-packed-burst-rx-32"),
+]
+
+def plot_peer(results):
+    """Data for docs/img/virtio-peer.png: instructions per packet (every callgrind*.json) and ns
+    per packet (peer-virtio-times.txt: lines "<scenario> <ns> ns/packet ...", the median of
+    the rounds) of DPDK's pair and ours, one row per layout."""
+    counts = {}
+    for path in sorted(results.glob("callgrind*.json")):
+        for r in json.loads(path.read_text()):
+            counts[r["scenario"]] = r["instructions_per_packet"]
+    times = {}
+    path = results / "peer-virtio-times.txt"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[2] == "ns/packet":
+                times.setdefault(parts[0], []).append(float(parts[1]))
+    def median(v):
+        v = sorted(v)
+        return v[len(v) // 2] if v else float("nan")
+    print("# layout dpdk_instr virtq_instr virtq_burst_instr dpdk_ns virtq_ns virtq_burst_ns")
+    for label, *names in PEER_ROWS:
+        if not all(n in counts for n in names):
+            continue
+        cells = [f"{counts[n]:.1f}" for n in names] + [f"{median(times.get(n, [])):.2f}" for n in names]
+        print(f'"{label}" ' + " ".join(cells))
+
 if __name__ == "__main__":
-    modes = {"table": table, "plot": plot, "plot-instructions": plot_instructions}
+    modes = {"table": table, "plot": plot, "plot-instructions": plot_instructions,
+             "plot-peer": plot_peer}
     if len(sys.argv) != 3 or sys.argv[1] not in modes:
-        sys.exit("usage: bench_summary.py table|plot|plot-instructions <results dir>")
+        sys.exit("usage: bench_summary.py table|plot|plot-instructions|plot-peer <results dir>")
     modes[sys.argv[1]](pathlib.Path(sys.argv[2]))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Draws docs/img/performance.png from the JSON of scripts/bench.sh (bench_dpdk_compare.json)
-# and, when present, the instruction counts of scripts/callgrind.sh (callgrind.json).
+# and, when present, the instruction counts of scripts/callgrind.sh (callgrind.json); and
+# docs/img/virtio-peer.png from count_dpdk_virtio's figures (callgrind*.json, peer-virtio-times.txt).
 #   scripts/plot.sh [results dir]      default: bench/results
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,3 +23,12 @@ subtitle="$(sed -n 's/^date: //p' "$results/machine.txt" 2>/dev/null || true), $
 gnuplot -e "datafile='$data'; insnfile='$insn_arg'; outfile='$out'; subtitle='$subtitle'" \
   "$root/scripts/plot.gp"
 echo "plot: $out"
+# Our receive cycle next to DPDK's virtio pair, when count_dpdk_virtio's figures are there.
+peer="$(mktemp)"
+trap 'rm -f "$data" "$insn" "$peer"' EXIT
+python3 "$root/scripts/bench_summary.py" plot-peer "$results" >"$peer"
+if [ "$(grep -vc '^#' "$peer")" -gt 0 ]; then
+  peer_out="$(dirname "$out")/virtio-peer.png"
+  gnuplot -e "datafile='$peer'; outfile='$peer_out'" "$root/scripts/plot_peer.gp"
+  echo "plot: $peer_out"
+fi
