@@ -36,8 +36,9 @@ using burst_of = rx_burst<typename Rig::pool_type>;
 /// The index of the pool buffer packet k of `b` lies in.
 template <class Rig>
 std::uint32_t buffer_of(const Rig& rig, const burst_of<Rig>& b, std::size_t k) {
-  const auto at = static_cast<std::size_t>(b.data(k).data() - rig.pool.host_address(0));
-  return static_cast<std::uint32_t>(at / rig.pool.buffer_size());
+  const std::optional<std::uint32_t> i = buffer_index(rig.pool, b.data(k));
+  REQUIRE(i.has_value());
+  return *i;
 }
 }  // namespace
 

@@ -105,6 +105,17 @@ struct rx_rig {
   std::uint64_t next_seq = 0;
 };
 
+/// The index of the pool buffer that `d` starts, or nothing when `d` does not start one of
+/// `pool`'s buffers (a burst's packet, found by its bytes).
+template <class Pool>
+std::optional<std::uint32_t> buffer_index(const Pool& pool, std::span<const std::byte> d) {
+  const std::byte* const base = pool.host_address(0);
+  if (d.data() < base) return std::nullopt;
+  const auto at = static_cast<std::size_t>(d.data() - base);
+  if (at % pool.buffer_size() != 0 || at / pool.buffer_size() >= pool.size()) return std::nullopt;
+  return static_cast<std::uint32_t>(at / pool.buffer_size());
+}
+
 /// A driver queue that passes everything through but corrupts the completions it reports, as a
 /// buggy Queue implementation would (the k-th completion's token becomes replace[k], every
 /// length long_len when that is not 0): the rx_queue must count them and never index out of

@@ -89,11 +89,10 @@ struct rx_system {
           ++burst_copies;
           continue;
         }
-        const auto at = static_cast<std::size_t>(bu.data(k).data() - rig.pool.host_address(0));
-        RC_ASSERT(at % rig.pool.buffer_size() == 0u);
-        RC_ASSERT(named[&rig.pool]
-                      .insert(static_cast<std::uint32_t>(at / rig.pool.buffer_size()))
-                      .second);  // one burst entry per buffer, and no handle names it too
+        const std::optional<std::uint32_t> i = buffer_index(rig.pool, bu.data(k));
+        RC_ASSERT(i.has_value());
+        // One burst entry per buffer, and no handle names it too.
+        RC_ASSERT(named[&rig.pool].insert(*i).second);
       }
     }
     for (std::uint32_t i = 0; i < rig.pool.size(); ++i) {
