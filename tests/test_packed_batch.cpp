@@ -656,3 +656,58 @@ TEST_CASE("hostile device after add_inbufs: each bad used descriptor breaks the 
   REQUIRE(back.count(2) == 1);
   REQUIRE(back.count(3) == 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Driver: the batch reap's step over chains of several slots
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("2.8.6 get_used(span): steps over chains of several slots, one slot once they are gone") {
+  // While every chain in use takes one slot the batch reap steps one slot per used descriptor
+  // without reading the chain's record; a chain of several descriptors switches it back to the
+  // record's count. Rounds alternate the two over many laps of a ring of 8, the device
+  // completing out of order (2.8.9), and the driver must name every token, length and slot.
+  pair<> q(8);
+  virtq_test::buffer_arena arena(1024);
+  used_buffer u[8];
+  token_t next_token = 1;
+  for (int round = 0; round < 24; ++round) {
+    const bool mixed = round % 3 != 2;
+    // Chains of 1, 3, 1, 2 slots (7 of 8), or five single buffers.
+    const std::vector<std::uint32_t> shape =
+        mixed ? std::vector<std::uint32_t>{1, 3, 1, 2} : std::vector<std::uint32_t>{1, 1, 1, 1, 1};
+    std::vector<token_t> added;
+    for (const std::uint32_t n : shape) {
+      std::vector<buffer> in;
+      for (std::uint32_t k = 0; k < n; ++k) in.push_back(arena.at(64 * in.size(), 32));
+      const token_t t = next_token++;
+      if (n == 1 && round % 2 == 0) {
+        REQUIRE(*q.driver.add_inbufs(std::span<const buffer>(in), std::span<const token_t>(&t, 1)) ==
+                1);
+      } else {
+        REQUIRE(q.driver.add({}, in, t) == errc::ok);
+      }
+      added.push_back(t);
+    }
+    q.driver.kick_prepare();
+    std::vector<std::pair<std::uint16_t, std::uint32_t>> popped;  // id, writable bytes
+    chain c;
+    while (q.device.pop(c) == errc::ok) popped.emplace_back(c.id(), c.writable_bytes());
+    REQUIRE(popped.size() == shape.size());
+    // Completion order: the last popped first, then the rest in pop order.
+    std::rotate(popped.begin(), popped.end() - 1, popped.end());
+    std::vector<token_t> expect_tokens(added);
+    std::rotate(expect_tokens.begin(), expect_tokens.end() - 1, expect_tokens.end());
+    for (std::size_t k = 0; k < popped.size(); ++k) {
+      REQUIRE(q.device.complete(popped[k].first, static_cast<std::uint32_t>(k + 1)) == errc::ok);
+    }
+    q.device.interrupt_prepare();
+    REQUIRE(*q.driver.get_used(std::span<used_buffer>(u)) == shape.size());
+    for (std::size_t k = 0; k < shape.size(); ++k) {
+      REQUIRE(u[k].token == expect_tokens[k]);
+      REQUIRE(u[k].len == k + 1);
+    }
+    REQUIRE(*q.driver.get_used(std::span<used_buffer>(u)) == 0);
+    REQUIRE_FALSE(q.driver.broken());
+    REQUIRE(q.driver.num_free() == 8);
+  }
+}

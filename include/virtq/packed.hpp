@@ -370,7 +370,12 @@ class packed_driver : public detail::queue_common<P> {
       return std::size_t{1};
     }
     if constexpr (!P::checked) {
-      if (in_order_left_ == 0) return in_order_ ? reap_batch<true>(out) : reap_batch<false>(out);
+      if (in_order_left_ == 0) {
+        if (multi_slot_chains_ == 0) {
+          return in_order_ ? reap_batch<true, true>(out) : reap_batch<false, true>(out);
+        }
+        return in_order_ ? reap_batch<true, false>(out) : reap_batch<false, false>(out);
+      }
     }
     return reap_each(out, 0);
   }
@@ -467,6 +472,7 @@ class packed_driver : public detail::queue_common<P> {
     head_pending_ = false;
     staged_chains_ = staged_slots_ = 0;
     outstanding_ = 0;
+    multi_slot_chains_ = 0;
     batch_ = 1;
     driver_flags_ = packed::event_flags_enable;
     delayed_ = false;
@@ -535,6 +541,7 @@ class packed_driver : public detail::queue_common<P> {
     s.batch = batch_;  // never read with IN_ORDER (in_order_outstanding): no test here
     s.writable = static_cast<std::uint32_t>(std::min<std::uint64_t>(writable, 0xFFFFFFFFU));
     s.slots = slots;
+    if (slots != 1) ++multi_slot_chains_;
     ++staged_chains_;
     num_free_ -= slots;
     this->note_free(num_free_);
@@ -676,7 +683,7 @@ class packed_driver : public detail::queue_common<P> {
     if (id >= size_) return fail(errc::used_id_out_of_range);
     const id_info& s = ids_[id];
     // A used id must name a chain the device was given: in use and already published. IN_ORDER
-    // keeps no kick generation per chain (reap_batch<true> leaves it): there the chains in use
+    // keeps no kick generation per chain (reap_batch<true, ...> leaves it): there the chains in use
     // are known by position.
     if (InOrder ? !in_order_outstanding(id) : s.batch >= batch_) {
       return fail(errc::used_id_not_outstanding);
@@ -691,7 +698,7 @@ class packed_driver : public detail::queue_common<P> {
   }
 
   /// get_used(span) one reap_one at a time from out[n] on (checked mode, an IN_ORDER batch
-  /// being handed out, or what reap_batch<true> leaves).
+  /// being handed out, or what reap_batch<true, ...> leaves).
   [[gnu::noinline]] result<std::size_t> reap_each(std::span<used_buffer> out, std::size_t n) {
     for (; n < out.size(); ++n) {
       // Written in place: a used_buffer returned through result<> and copied costs a
@@ -711,7 +718,10 @@ class packed_driver : public detail::queue_common<P> {
   /// used descriptor names one chain, the oldest; at the first that does not (the last of a
   /// batch the device used at once, 2.8.20, or a rule broken) reap_each takes over. Out of
   /// line: inlined into get_used, GCC kept fewer of the loop's values in registers.
-  template <bool InOrder>
+  /// OneSlot: every chain in use takes one ring slot (multi_slot_chains_ == 0), so a used id
+  /// that passes the checks names a one-slot chain and the next used descriptor is at pos + 1
+  /// without reading the chain's record (see detail::step_by_chain for why that matters).
+  template <bool InOrder, bool OneSlot>
   [[gnu::noinline]] result<std::size_t> reap_batch(std::span<used_buffer> out) {
     const std::uint32_t start = last_used_;
     std::uint32_t pos = start;
@@ -727,6 +737,7 @@ class packed_driver : public detail::queue_common<P> {
     std::uint16_t* free_top = free_ids_.data() + free_top_;
     errc e = errc::ok;
     bool other = false;  // InOrder: a used descriptor for reap_one
+    std::uint32_t multi_reaped = 0;  // !OneSlot: chains of more than one slot reaped
     // 2.8.1: the device writes used descriptors only over chains it was given, so there are at
     // most `outstanding_` of them; a used descriptor beyond that is checked after the loop.
     const std::size_t bound = std::min<std::size_t>(out.size(), outstanding_);
@@ -770,7 +781,12 @@ class packed_driver : public detail::queue_common<P> {
       o->token = s.token;
       o->len = len;
       // The next s.slots slots from pos come back, whichever chain took them.
-      pos += s.slots;
+      if constexpr (OneSlot) {
+        ++pos;
+      } else {
+        multi_reaped += s.slots != 1;
+        pos = detail::step_by_chain(pos, s.slots);
+      }
       if (pos >= size) {
         pos -= size;
         want ^= detail::packed_wrap_bits;
@@ -793,6 +809,7 @@ class packed_driver : public detail::queue_common<P> {
     last_used_ = static_cast<std::uint16_t>(pos);
     used_wrap_ = used_wrap_ != flipped;
     outstanding_ -= static_cast<std::uint32_t>(n);
+    multi_slot_chains_ -= multi_reaped;
     free_top_ = static_cast<std::uint32_t>(free_top - free_ids_.data());
     num_free_ += freed;
     this->stats_.reaped += n;
@@ -850,6 +867,7 @@ class packed_driver : public detail::queue_common<P> {
     out.token = s.token;
     out.len = len;
     num_free_ += s.slots;
+    if (s.slots != 1) --multi_slot_chains_;
     detail::packed_advance(last_used_, used_wrap_, s.slots, size_);
     s.batch = free_batch;
     if (!in_order_) free_ids_[free_top_++] = id;  // IN_ORDER ids are slots (take_id)
@@ -922,6 +940,9 @@ class packed_driver : public detail::queue_common<P> {
   std::uint16_t last_used_ = 0;
   bool used_wrap_ = true;
   std::uint32_t outstanding_ = 0;  ///< chains published and not reaped
+  /// Chains in use (staged or outstanding) taking more than one ring slot: while there are
+  /// none, the batch reap steps one slot per used descriptor (reap_batch<..., true>).
+  std::uint32_t multi_slot_chains_ = 0;
   std::uint32_t in_order_left_ = 0;
   std::uint32_t in_order_last_len_ = 0;
 };

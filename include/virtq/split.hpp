@@ -860,7 +860,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
             break;
           }
           out[n] = used_buffer{s.token, len};
-          oldest = (oldest + s.ndesc) & mask;
+          oldest = detail::step_by_chain(oldest, s.ndesc) & mask;
           s.limit = 0;
         }
         last = detail::u16(last + static_cast<std::uint32_t>(n - start));

@@ -125,6 +125,24 @@ struct driver_options {
 
 namespace detail {
 
+/// `pos + n` for a walk over the chains in use, where the next chain's position comes from the
+/// current chain's record (its ring slots or descriptors). A plain `pos += n` makes every
+/// step wait for the record's load, and that load waits for the previous step: two loads of
+/// latency per chain bound the reap loop, whatever its work. Most chains have one descriptor;
+/// advancing by one and correcting in a branch lets the processor run ahead on the prediction
+/// (a packed receive cycle, batch 32: 258 -> 169 ns per batch). The empty asm keeps the
+/// compiler from folding the branch back into the addition.
+[[gnu::always_inline]] inline std::uint32_t step_by_chain(std::uint32_t pos,
+                                                         std::uint32_t n) noexcept {
+  if (n != 1) [[unlikely]] {
+#if defined(__GNUC__) || defined(__clang__)
+    asm("" : "+r"(pos));
+#endif
+    pos += n - 1;
+  }
+  return pos + 1;
+}
+
 /// A driver's indirect tables (2.7.5.3, 2.8.7): one table of `per_table` 16-byte descriptors
 /// per ring slot, so that a chain's table lives exactly as long as its head; in the caller's
 /// driver_options::indirect_memory or in memory of their own, with the guest address of the
