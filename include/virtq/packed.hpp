@@ -450,9 +450,9 @@ class packed_driver : public detail::queue_common<P> {
     /// chains in use are known by position (in_order_outstanding): one store less per chain.
     std::uint64_t batch = free_batch;
     std::uint32_t writable = 0;  ///< device-writable bytes, saturated at 2^32-1
-    /// Ring slots taken (meaningful while in use). 32 bits in what would be padding: storing
-    /// 1 is then an immediate store (GCC builds a 16-bit 1 in a register first).
-    std::uint32_t slots = 0;
+    /// Ring slots taken. 1 whenever no chain of several slots holds the id: such a chain sets
+    /// it (commit) and its reap puts the 1 back, so one-slot adds store nothing.
+    std::uint32_t slots = 1;
   };
 
   void init_state() {
@@ -623,8 +623,7 @@ class packed_driver : public detail::queue_common<P> {
       id_info& s = ids[id];
       s.token = token;
       if constexpr (!InOrder) s.batch = batch;  // IN_ORDER: in use by position
-      s.writable = Writable ? len : 0U;
-      s.slots = 1;
+      s.writable = Writable ? len : 0U;  // s.slots is 1 already (id_info::slots)
     };
     std::uint32_t i = 0;
     while (i < n) {
@@ -786,6 +785,7 @@ class packed_driver : public detail::queue_common<P> {
       } else {
         multi_reaped += s.slots != 1;
         pos = detail::step_by_chain(pos, s.slots);
+        s.slots = 1;
       }
       if (pos >= size) {
         pos -= size;
@@ -867,8 +867,11 @@ class packed_driver : public detail::queue_common<P> {
     out.token = s.token;
     out.len = len;
     num_free_ += s.slots;
-    if (s.slots != 1) --multi_slot_chains_;
     detail::packed_advance(last_used_, used_wrap_, s.slots, size_);
+    if (s.slots != 1) {
+      --multi_slot_chains_;
+      s.slots = 1;
+    }
     s.batch = free_batch;
     if (!in_order_) free_ids_[free_top_++] = id;  // IN_ORDER ids are slots (take_id)
     --outstanding_;

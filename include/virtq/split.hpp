@@ -328,8 +328,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
         slot& s = slots[head];
         s.token = tokens[i];
         s.limit = (Writable ? std::uint64_t{b.len} : 0U) + 1U;
-        s.seq = seq;
-        s.ndesc = 1;
+        s.seq = seq;  // s.ndesc is 1 already (slot::ndesc)
         put<E>(*entry, head);
         ++seq;
       }
@@ -358,8 +357,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
         put<E>(d[j].len, b.len);
         put<E>(d[j].flags, Writable ? split::desc_f_write : std::uint16_t{0});
         s[j].token = tokens[i + j];
-        s[j].limit = (Writable ? std::uint64_t{b.len} : 0U) + 1U;
-        s[j].ndesc = 1;
+        s[j].limit = (Writable ? std::uint64_t{b.len} : 0U) + 1U;  // s[j].ndesc is 1 already
         put<E>(entry[j], detail::u16(head + j));
       }
       i += run;
@@ -404,8 +402,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     slot& s = slots_[head];
     s.token = token;
     s.limit = std::uint64_t{b.len} + 1U;
-    s.ndesc = 1;
-    s.seq = avail_shadow_;
+    s.seq = avail_shadow_;  // s.ndesc is 1 already (slot::ndesc)
     if (!shadow_walk(head, detail::desc_state::free, detail::desc_state::avail)) {
       return fail(errc::state_violation);
     }
@@ -566,7 +563,9 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     std::uint64_t limit = 0;
     token_t token = 0;
     std::uint16_t seq = 0;    ///< avail idx it was staged at: staged vs. published (not IN_ORDER)
-    std::uint32_t ndesc = 0;  ///< ring descriptors of the chain (32 bits: a plain store of 1)
+    /// Ring descriptors of the chain. 1 whenever no chain of several holds the head: a chain
+    /// of several sets it and its reap puts the 1 back, so one-descriptor adds store nothing.
+    std::uint32_t ndesc = 1;
   };
 
   // The free descriptors. IN_ORDER (2.7.9): one run of ring order from free_head_. Otherwise a
@@ -775,6 +774,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
             if (s.ndesc != 1) [[unlikely]] {
               top = push_chain_rest(top, detail::u16(id), s.ndesc);
               ++multi_reaped;
+              s.ndesc = 1;
             }
           }
           s.limit = 0;
@@ -891,6 +891,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
           } else {
             multi_reaped += s.ndesc != 1;
             oldest = detail::step_by_chain(oldest, s.ndesc) & mask;
+            s.ndesc = 1;
           }
           s.limit = 0;
         }
@@ -939,7 +940,6 @@ class alignas(64) split_driver : public detail::queue_common<P> {
       return fail(errc::state_violation);
     }
     out = used_buffer{s.token, len};
-    if (s.ndesc != 1) --multi_desc_chains_;
     if (in_order_) {
       num_free_ += s.ndesc;
     } else {
@@ -947,6 +947,10 @@ class alignas(64) split_driver : public detail::queue_common<P> {
       *top = head;
       num_free_ = static_cast<std::uint32_t>(push_chain_rest(top + 1, head, s.ndesc) -
                                              free_stack_.data());
+    }
+    if (s.ndesc != 1) {
+      --multi_desc_chains_;
+      s.ndesc = 1;
     }
     s.limit = 0;
     --device_chains_;
