@@ -742,13 +742,19 @@ class packed_driver : public detail::queue_common<P> {
     const std::size_t bound = std::min<std::size_t>(out.size(), outstanding_);
     used_buffer* o = out.data();
     used_buffer* const end = o + bound;
+    // The descriptor at pos through a pointer (one increment per step, not an index scaled
+    // each time); pos itself is kept in step only where it is compared (IN_ORDER) or stepped
+    // by a count (chains of several slots).
+    constexpr bool by_pointer = OneSlot && !InOrder;
+    const packed::desc* dp = ring + pos;
+    const packed::desc* const ring_end = ring + size;
     for (; o != end; ++o) {
-      const packed::desc& d = ring[pos];
+      const packed::desc& d = by_pointer ? *dp : ring[pos];
       // D3 (2.8.21.2, partner V2): the device wrote id and len before it released these flags.
       const std::uint16_t flags = load_acquire<E>(d.flags);
       if ((flags & detail::packed_wrap_bits) != want) break;
       B::after_observe();
-      const std::uint16_t id = get<E>(d.id);
+      const std::uint32_t id = get<E>(d.id);
       const std::uint32_t len = detail::packed_used_len(flags, get<E>(d.len));
       if constexpr (InOrder) {
         // The oldest chain in use, whose id is its head slot (take_id), is in range and, with
@@ -780,20 +786,29 @@ class packed_driver : public detail::queue_common<P> {
       o->token = s.token;
       o->len = len;
       // The next s.slots slots from pos come back, whichever chain took them.
-      if constexpr (OneSlot) {
-        ++pos;
+      if constexpr (by_pointer) {
+        if (++dp == ring_end) {
+          dp = ring;
+          want ^= detail::packed_wrap_bits;
+        }
       } else {
-        multi_reaped += s.slots != 1;
-        pos = detail::step_by_chain(pos, s.slots);
-        s.slots = 1;
-      }
-      if (pos >= size) {
-        pos -= size;
-        want ^= detail::packed_wrap_bits;
+        if constexpr (OneSlot) {
+          ++pos;
+        } else {
+          multi_reaped += s.slots != 1;
+          pos = detail::step_by_chain(pos, s.slots);
+          s.slots = 1;
+        }
+        if (pos >= size) {
+          pos -= size;
+          want ^= detail::packed_wrap_bits;
+        }
       }
       if constexpr (!InOrder) s.batch = free_batch;
-      if constexpr (!InOrder) *free_top++ = id;  // IN_ORDER ids are slots, not a free list
+      // IN_ORDER ids are slots, not a free list.
+      if constexpr (!InOrder) *free_top++ = static_cast<std::uint16_t>(id);
     }
+    if constexpr (by_pointer) pos = static_cast<std::uint32_t>(dp - ring);
     const auto n = static_cast<std::size_t>(o - out.data());
     if (n == outstanding_ && n < out.size() && e == errc::ok) [[unlikely]] {
       // 2.8.1: with no chain outstanding the next slot cannot hold a used descriptor. D3
