@@ -581,6 +581,18 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     if (in_order_) free_head_ = detail::u16((free_head_ + n) & mask_);
     num_free_ -= n;
   }
+  /// reap_one: frees the descriptors of the chain at `head` (of s.ndesc > 1) after its first,
+  /// and puts the record back to one descriptor. Out of line, to keep reap_one inlinable.
+  [[gnu::noinline]] void free_chain_rest(std::uint16_t head, slot& s) noexcept {
+    if (in_order_) {
+      num_free_ += s.ndesc - 1U;
+    } else {
+      num_free_ = static_cast<std::uint32_t>(
+          push_chain_rest(free_stack_.data() + num_free_, head, s.ndesc) - free_stack_.data());
+    }
+    --multi_desc_chains_;
+    s.ndesc = 1;
+  }
   /// Gives back the descriptors of a chain of `ndesc` (> 1) from `head`, following the private
   /// links, to the stack whose top is `top` (not IN_ORDER); returns the new top.
   [[gnu::noinline]] std::uint16_t* push_chain_rest(std::uint16_t* top, std::uint16_t head,
@@ -944,17 +956,12 @@ class alignas(64) split_driver : public detail::queue_common<P> {
       return fail(errc::state_violation);
     }
     out = used_buffer{s.token, len};
+    if (s.ndesc != 1) [[unlikely]]
+      free_chain_rest(head, s);
     if (in_order_) {
-      num_free_ += s.ndesc;
+      ++num_free_;
     } else {
-      std::uint16_t* const top = free_stack_.data() + num_free_;
-      *top = head;
-      num_free_ = static_cast<std::uint32_t>(push_chain_rest(top + 1, head, s.ndesc) -
-                                             free_stack_.data());
-    }
-    if (s.ndesc != 1) {
-      --multi_desc_chains_;
-      s.ndesc = 1;
+      free_stack_[num_free_++] = head;
     }
     s.limit = 0;
     --device_chains_;
