@@ -956,13 +956,15 @@ class alignas(64) split_driver : public detail::queue_common<P> {
       return fail(errc::state_violation);
     }
     out = used_buffer{s.token, len};
-    if (s.ndesc != 1) [[unlikely]]
-      free_chain_rest(head, s);
+    // The head first, then the rest: the order of reap_batch_as, so that both reaps leave the
+    // same free stack.
     if (in_order_) {
       ++num_free_;
     } else {
       free_stack_[num_free_++] = head;
     }
+    if (s.ndesc != 1) [[unlikely]]
+      free_chain_rest(head, s);
     s.limit = 0;
     --device_chains_;
     ++this->stats_.reaped;
