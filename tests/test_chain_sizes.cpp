@@ -40,8 +40,8 @@ TEMPLATE_LIST_TEST_CASE("get_used(span): chains of several descriptors and of on
       for (std::uint32_t k = 0; k < n; ++k) in.push_back(arena.at(64 * in.size(), 32));
       const token_t t = next_token++;
       if (n == 1 && round % 2 == 0) {
-        REQUIRE(*q.driver.add_inbufs(std::span<const buffer>(in), std::span<const token_t>(&t, 1)) ==
-                1);
+        REQUIRE(*q.driver.add_inbufs(std::span<const buffer>(in),
+                                     std::span<const token_t>(&t, 1)) == 1);
       } else {
         REQUIRE(q.driver.add({}, in, t) == errc::ok);
       }

@@ -623,7 +623,7 @@ class packed_driver : public detail::queue_common<P> {
       id_info& s = ids[id];
       s.token = token;
       if constexpr (!InOrder) s.batch = batch;  // IN_ORDER: in use by position
-      s.writable = Writable ? len : 0U;  // s.slots is 1 already (id_info::slots)
+      s.writable = Writable ? len : 0U;         // s.slots is 1 already (id_info::slots)
     };
     std::uint32_t i = 0;
     while (i < n) {
@@ -735,7 +735,7 @@ class packed_driver : public detail::queue_common<P> {
     // The id stack through a pointer: one store and one increment per id.
     std::uint16_t* free_top = free_ids_.data() + free_top_;
     errc e = errc::ok;
-    bool other = false;  // InOrder: a used descriptor for reap_one
+    bool other = false;              // InOrder: a used descriptor for reap_one
     std::uint32_t multi_reaped = 0;  // !OneSlot: chains of more than one slot reaped
     // 2.8.1: the device writes used descriptors only over chains it was given, so there are at
     // most `outstanding_` of them; a used descriptor beyond that is checked after the loop.

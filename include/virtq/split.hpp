@@ -562,7 +562,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     /// (used len < limit) checks both "outstanding" and 2.7.8.2.
     std::uint64_t limit = 0;
     token_t token = 0;
-    std::uint16_t seq = 0;    ///< avail idx it was staged at: staged vs. published (not IN_ORDER)
+    std::uint16_t seq = 0;  ///< avail idx it was staged at: staged vs. published (not IN_ORDER)
     /// Ring descriptors of the chain. 1 whenever no chain of several holds the head: a chain
     /// of several sets it and its reap puts the 1 back, so one-descriptor adds store nothing.
     std::uint32_t ndesc = 1;
@@ -1019,12 +1019,12 @@ class alignas(64) split_driver : public detail::queue_common<P> {
   /// Chains in use (staged or outstanding) of more than one ring descriptor: while there are
   /// none, the batch reaps read no descriptor count (reap_batch_as / reap_in_order_run OneDesc).
   std::uint32_t multi_desc_chains_ = 0;
-  std::uint16_t batch_id_ = 0;             ///< IN_ORDER: head named by the current used element
+  std::uint16_t batch_id_ = 0;  ///< IN_ORDER: head named by the current used element
   std::uint32_t batch_len_ = 0;
-  std::vector<std::uint16_t> next_;   ///< private links of chains of several descriptors
+  std::vector<std::uint16_t> next_;        ///< private links of chains of several descriptors
   std::vector<std::uint16_t> free_stack_;  ///< free descriptors, not IN_ORDER (free_desc)
-  std::vector<slot> slots_;           ///< per head
-  detail::indirect_tables indirect_;  ///< one table per head (opts_.indirect_max entries)
+  std::vector<slot> slots_;                ///< per head
+  detail::indirect_tables indirect_;       ///< one table per head (opts_.indirect_max entries)
 };
 
 // =============================================================================================

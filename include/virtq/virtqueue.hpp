@@ -133,7 +133,7 @@ namespace detail {
 /// (a packed receive cycle, batch 32: 258 -> 169 ns per batch). The empty asm keeps the
 /// compiler from folding the branch back into the addition.
 [[gnu::always_inline]] inline std::uint32_t step_by_chain(std::uint32_t pos,
-                                                         std::uint32_t n) noexcept {
+                                                          std::uint32_t n) noexcept {
   if (n != 1) [[unlikely]] {
 #if defined(__GNUC__) || defined(__clang__)
     asm("" : "+r"(pos));
