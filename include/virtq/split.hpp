@@ -335,9 +335,9 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     }
   }
   // IN_ORDER (2.7.9): the free descriptors are one run from free_head_, so each head is the
-  // previous one + 1 (no free-list load), reaping in order never splices the free list (no
-  // slot::last) and is_staged knows staged chains by their descriptors (no slot::seq). Heads
-  // and ring entries advance together: runs end where either wraps.
+  // previous one + 1 (no stack load), reaping in order gives descriptors back by advancing the
+  // run (no stack push) and is_staged knows staged chains by their descriptors (no slot::seq).
+  // Heads and ring entries advance together: runs end where either wraps.
   template <bool Writable>
   void add_ones_in_order(const buffer* bufs, const token_t* tokens, std::uint32_t k) noexcept {
     const std::uint32_t size = size_;
