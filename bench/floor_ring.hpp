@@ -7,13 +7,13 @@
 // may jump anywhere), it has no notification suppression, no statistics, no error state, no
 // lock, and it cannot be reset. What it keeps is exactly what the ring format and the harness
 // require: the driver writes a descriptor and an avail entry per buffer and keeps a stack of free
-// heads and a token per head; the device reads the avail entry and the descriptor, translates nothing
-// (identity memory, like our benchmarks), hands out the same popped_buffer our pop_buffers does,
-// and writes a used element per buffer; the driver reads it back, returns the token and frees the
-// head; one acquire / release pair per index per batch (2.7.13, 2.7.14).
+// heads and a token per head; the device reads the avail entry and the descriptor, translates
+// nothing (identity memory, like our benchmarks), hands out the same popped_buffer our pop_buffers
+// does, and writes a used element per buffer; the driver reads it back, returns the token and frees
+// the head; one acquire / release pair per index per batch (2.7.13, 2.7.14).
 //
 // floor_packed_pair is the same for the packed format (2.8): descriptors written in place, the
-// AVAIL/USED bits against a wrap counter, buffer ids from a free list, in-place used descriptors.
+// AVAIL/USED bits against a wrap counter, buffer ids from a stack of free ids, in-place used descriptors.
 //
 // count_cycle runs them through the same harness code as our queues (floor-split-32,
 // floor-packed-32), so the difference to split-none-32 / packed-none-32 is what our validation,
@@ -313,8 +313,7 @@ class floor_packed_pair : public floor_harness<floor_packed_pair> {
     std::uint32_t pos = avail_pos_;
     bool wrap = avail_wrap_;
     const auto flags_of = [](bool w) {
-      return static_cast<std::uint16_t>(virtq::packed::avail_bits(w) |
-                                        virtq::packed::desc_f_write);
+      return static_cast<std::uint16_t>(virtq::packed::avail_bits(w) | virtq::packed::desc_f_write);
     };
     // The batch's first descriptor: everything but its flags, which go last (below).
     virtq::packed::desc* const first = &ring[pos];
@@ -367,8 +366,8 @@ class floor_packed_pair : public floor_harness<floor_packed_pair> {
     virtq::popped_buffer* o = out.data();
     virtq::popped_buffer* const o_end = o + out.size();
     while (o != o_end) {
-      const std::uint32_t run = std::min<std::uint32_t>(static_cast<std::uint32_t>(o_end - o),
-                                                        ring_size_ - pos);
+      const std::uint32_t run =
+          std::min<std::uint32_t>(static_cast<std::uint32_t>(o_end - o), ring_size_ - pos);
       const std::uint16_t expect = virtq::packed::avail_bits(wrap);
       const virtq::packed::desc* d = ring + pos;
       const virtq::packed::desc* const end = d + run;
@@ -462,8 +461,8 @@ class floor_packed_pair : public floor_harness<floor_packed_pair> {
     virtq::used_buffer* o = out.data();
     virtq::used_buffer* const o_end = o + out.size();
     while (o != o_end) {
-      const std::uint32_t run = std::min<std::uint32_t>(static_cast<std::uint32_t>(o_end - o),
-                                                        ring_size_ - pos);
+      const std::uint32_t run =
+          std::min<std::uint32_t>(static_cast<std::uint32_t>(o_end - o), ring_size_ - pos);
       const std::uint16_t expect = virtq::packed::used_bits(wrap);
       const virtq::packed::desc* d = ring + pos;
       const virtq::packed::desc* const end = d + run;
