@@ -13,7 +13,8 @@
 // the head; one acquire / release pair per index per batch (2.7.13, 2.7.14).
 //
 // floor_packed_pair is the same for the packed format (2.8): descriptors written in place, the
-// AVAIL/USED bits against a wrap counter, buffer ids from a stack of free ids, in-place used descriptors.
+// AVAIL/USED bits against a wrap counter, buffer ids from a stack of free ids, in-place used
+// descriptors.
 //
 // count_cycle runs them through the same harness code as our queues (floor-split-32,
 // floor-packed-32), so the difference to split-none-32 / packed-none-32 is what our validation,
