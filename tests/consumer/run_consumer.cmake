@@ -1,6 +1,7 @@
 # Driven by ctest (see tests/CMakeLists.txt):
 #   cmake -DMODE=package|subdirectory -DVIRTQ_SOURCE_DIR=... -DVIRTQ_BINARY_DIR=...
 #         -DCONSUMER_SOURCE_DIR=... -DWORK_DIR=... [-DCXX_COMPILER=...] [-DGENERATOR=...]
+#         [-DTOOLCHAIN_FILE=...]
 #         -P run_consumer.cmake
 #
 # package:      cmake --install <virtq build> --prefix <WORK_DIR>/prefix, then configure the
@@ -32,6 +33,11 @@ set(configure_args -S "${CONSUMER_SOURCE_DIR}" -B "${WORK_DIR}/build"
 if(DEFINED CXX_COMPILER AND NOT CXX_COMPILER STREQUAL "")
   list(APPEND configure_args "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}")
 endif()
+# A cross build (e.g. cmake/toolchain-s390x.cmake) hands its toolchain file on: the consumer
+# is then built for the same target, and run through its CMAKE_CROSSCOMPILING_EMULATOR.
+if(DEFINED TOOLCHAIN_FILE AND NOT TOOLCHAIN_FILE STREQUAL "")
+  list(APPEND configure_args "-DCMAKE_TOOLCHAIN_FILE=${TOOLCHAIN_FILE}")
+endif()
 if(DEFINED GENERATOR AND NOT GENERATOR STREQUAL "")
   list(APPEND configure_args -G "${GENERATOR}")
 endif()
@@ -55,5 +61,7 @@ else()
 endif()
 
 run("${CMAKE_COMMAND}" --build "${WORK_DIR}/build")
-run("${WORK_DIR}/build/consumer")
+# Through ctest, so that a cross build runs it under the toolchain's emulator.
+run("${CMAKE_CTEST_COMMAND}" --test-dir "${WORK_DIR}/build" --output-on-failure
+    --no-tests=error)
 message(STATUS "consumer (${MODE}) OK")
