@@ -68,7 +68,8 @@ TEST_CASE("a region may end exactly at 2^64", "[memory]") {
   CHECK(m.translate(u64max, 2).error() == errc::address_overflow);
 }
 
-TEST_CASE("add_region rejects empty, null, wrapping and overlapping regions", "[memory]") {
+TEST_CASE("add_region rejects empty, null, wrapping, unaddressable and overlapping regions",
+          "[memory]") {
   guest_memory m = two_regions();
   const auto rejects = [&](std::uint64_t gpa, std::uint64_t size, void* host) {
     try {
@@ -84,9 +85,19 @@ TEST_CASE("add_region rejects empty, null, wrapping and overlapping regions", "[
   CHECK(rejects(0x1FFF, 16, backing[2]));     // overlaps the first region's last byte
   CHECK(rejects(0x0F00, 0x200, backing[2]));  // overlaps the first region's start
   CHECK(rejects(0x0, 0x20000, backing[2]));   // covers both
-  CHECK(m.regions().size() == 2);             // nothing was added by the failures
-  m.add_region(0x2000, 16, backing[2]);       // adjacent is fine
+  // Host bytes past the end of the host's address space (translate would wrap the pointer):
+  // a region ending one byte too far up, and, on a host with 32-bit pointers, any region over
+  // 4 GiB.
+  const std::uintptr_t top = std::numeric_limits<std::uintptr_t>::max();
+  CHECK(rejects(0x5000, 4097, reinterpret_cast<void*>(top - 4095)));
+  if constexpr (sizeof(std::uintptr_t) < sizeof(std::uint64_t)) {
+    CHECK(rejects(0x100000000ULL, std::uint64_t{1} << 33, backing[2]));
+  }
+  CHECK(m.regions().size() == 2);        // nothing was added by the failures
+  m.add_region(0x2000, 16, backing[2]);  // adjacent is fine
   CHECK(m.regions().size() == 3);
+  m.add_region(0x5000, 4096, reinterpret_cast<void*>(top - 4095));  // up to the last byte
+  CHECK(m.regions().size() == 4);
   CHECK(*m.translate(0x2000, 16) == backing[2]);
 }
 
@@ -103,6 +114,15 @@ TEST_CASE("identity memory checks overflow and the null page", "[memory]") {
   CHECK(*id.translate(a, 16) == b);
   CHECK(id.translate(0, 8).error() == errc::address_out_of_range);
   CHECK(id.translate(u64max, 2).error() == errc::address_overflow);
+  // A host with 32-bit pointers has nothing past 2^32: such a range is out of range, not the
+  // host byte its low 32 bits name.
+  if constexpr (sizeof(std::uintptr_t) < sizeof(std::uint64_t)) {
+    constexpr std::uint64_t host_end =
+        std::uint64_t{std::numeric_limits<std::uintptr_t>::max()} + 1;
+    CHECK(id.translate(host_end + a, 16).error() == errc::address_out_of_range);
+    CHECK(id.translate(host_end - 8, 16).error() == errc::address_out_of_range);
+    CHECK(id.translate(host_end - 8, 8));
+  }
 }
 
 // The property: for random region tables and random (addr, len), translate agrees with a

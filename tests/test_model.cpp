@@ -768,7 +768,7 @@ struct op : rc::state::Command<model, sut<Layout, Policy>> {
             const mchain& want = m.published.front();
             RC_ASSERT(c.readable_bytes() == want.rbytes);
             RC_ASSERT(c.writable_bytes() == want.wbytes);
-            std::vector<std::byte> data(want.rbytes);
+            std::vector<std::byte> data(static_cast<std::size_t>(want.rbytes));
             RC_ASSERT(c.read(data) == want.rbytes);
             for (std::size_t i = 0; i < data.size(); ++i) {
               RC_ASSERT(data[i] == virtq_test::pattern(want.token ^ read_salt, i));

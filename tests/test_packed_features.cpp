@@ -40,8 +40,9 @@ TEST_CASE("indirect: a chain at or over the threshold takes one ring slot, data 
   for (int round = 0; round < 5; ++round) {
     for (token_t t = 0; t < 4; ++t) {
       std::memset(a.data() + 1024 * t, static_cast<int>(t + 1), 16);
-      const buffer out[] = {a.at(1024 * t, 16)};
-      const buffer in[] = {a.at(1024 * t + 256, 8), a.at(1024 * t + 512, 8)};
+      const buffer out[] = {a.at(1024 * static_cast<std::size_t>(t), 16)};
+      const buffer in[] = {a.at(1024 * static_cast<std::size_t>(t) + 256, 8),
+                           a.at(1024 * static_cast<std::size_t>(t) + 512, 8)};
       const std::uint32_t slot = static_cast<std::uint32_t>(t);
       REQUIRE(q.driver.add(out, in, t) == errc::ok);
       REQUIRE(q.driver.num_free() == 3 - t);  // one slot per chain
@@ -112,7 +113,7 @@ TEST_CASE("IN_ORDER: one used descriptor stands for a batch and skips all its sl
   for (int lap = 0; lap < 6; ++lap) {
     CAPTURE(lap);
     for (token_t t = 0; t < 5; ++t) {
-      std::vector<buffer> in(lens[t], a.at(64 * t, 16));
+      std::vector<buffer> in(lens[t], a.at(64 * static_cast<std::size_t>(t), 16));
       REQUIRE(q.driver.add({}, in, t) == errc::ok);
     }
     (void)q.driver.kick_prepare();

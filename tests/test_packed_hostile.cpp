@@ -286,10 +286,15 @@ TEST_CASE("device: a buffer running past the end of its region is crosses_region
 
 TEST_CASE("device: a chain over 2^32 bytes in total is chain_too_large") {
   hostile_driver h(8);
-  // A large guest region that is only translated, never touched.
-  h.mem.add_region(std::uint64_t{1} << 40, std::uint64_t{1} << 33, h.data.data());
-  put_desc(h.v(), 1, (std::uint64_t{1} << 40) + 0x1000, 2, 0, A | WRITE);
-  put_desc(h.v(), 0, std::uint64_t{1} << 40, 0xFFFFFFFFU, 0, A | NEXT);
+  // A 1 GiB guest region that is only translated, never touched (a host with 32-bit pointers
+  // has room for it too). 2.8.4 / 2.7.5.2: at most 2^32 bytes in total; four descriptors of
+  // 1 GiB make exactly that, a fifth byte is one too many.
+  constexpr std::uint64_t base = std::uint64_t{1} << 40;
+  constexpr std::uint32_t gib = 1U << 30;
+  h.mem.add_region(base, gib, h.data.data());
+  put_desc(h.v(), 4, base, 1, 0, A | WRITE);
+  for (std::uint16_t i = 4; i-- > 1;) put_desc(h.v(), i, base, gib, 0, A | NEXT | WRITE);
+  put_desc(h.v(), 0, base, gib, 0, A | NEXT | WRITE);
   h.expect_pop(errc::chain_too_large);
 }
 

@@ -29,7 +29,7 @@ template <class Dev>
 std::uint16_t serve_one(Dev& dev, std::uint64_t token_of_chain) {
   chain c;
   REQUIRE(dev.pop(c) == errc::ok);
-  std::vector<std::byte> data(c.writable_bytes());
+  std::vector<std::byte> data(static_cast<std::size_t>(c.writable_bytes()));
   for (std::size_t i = 0; i < data.size(); ++i) data[i] = virtq_test::pattern(token_of_chain, i);
   const std::size_t n = c.write(data);
   REQUIRE(dev.complete(c, static_cast<std::uint32_t>(n)) == errc::ok);
@@ -81,7 +81,7 @@ TEST_CASE("split: a batch is published by one kick_prepare", "[split][batch]") {
   split_pair q(16);
   buffer_arena arena(16 * 64);
   for (std::uint64_t t = 0; t < 10; ++t) {
-    REQUIRE(q.driver.add_inbuf(arena.at(t * 64, 64), t) == errc::ok);
+    REQUIRE(q.driver.add_inbuf(arena.at(static_cast<std::size_t>(t) * 64, 64), t) == errc::ok);
   }
   chain c;
   CHECK(q.device.pop(c) == errc::empty);
@@ -94,7 +94,7 @@ TEST_CASE("split: a batch is published by one kick_prepare", "[split][batch]") {
   const auto n = q.driver.get_used(out);
   REQUIRE(n);
   REQUIRE(*n == 10);
-  for (std::uint64_t t = 0; t < 10; ++t) {
+  for (std::size_t t = 0; t < 10; ++t) {
     CHECK(out[t].token == t);
     CHECK(out[t].len == 64);
     for (std::size_t i = 0; i < 64; ++i) {
@@ -204,7 +204,8 @@ TEST_CASE("split: EVENT_IDX kick decisions across the 16-bit wrap", "[split][eve
   CHECK(q.device.enable_notifications());  // avail_event = 65535; one is pending
   REQUIRE(q.device.pop(c) == errc::ok);    // avail_event = 0
   // A batch of three 0 -> 3 passes 0.
-  for (token_t t = 3; t < 6; ++t) REQUIRE(q.driver.add_inbuf(arena.at(t * 8, 8), t) == errc::ok);
+  for (token_t t = 3; t < 6; ++t)
+    REQUIRE(q.driver.add_inbuf(arena.at(static_cast<std::size_t>(t) * 8, 8), t) == errc::ok);
   CHECK(q.driver.kick_prepare());
   for (int k = 0; k < 3; ++k) REQUIRE(q.device.pop(c) == errc::ok);
   CHECK(get<little_endian>(q.ring.view().used.avail_event()) == 3);
@@ -286,7 +287,8 @@ TEST_CASE("split: enable_interrupts_delayed waits for 3/4 of the outstanding cha
           "[split][event_idx]") {
   split_pair q(8);
   buffer_arena arena(4096);
-  for (token_t t = 0; t < 8; ++t) REQUIRE(q.driver.add_inbuf(arena.at(t * 8, 8), t) == errc::ok);
+  for (token_t t = 0; t < 8; ++t)
+    REQUIRE(q.driver.add_inbuf(arena.at(static_cast<std::size_t>(t) * 8, 8), t) == errc::ok);
   q.driver.kick_prepare();
   CHECK_FALSE(q.driver.enable_interrupts_delayed());  // used_event = last_used + 6
   std::vector<bool> irq;
@@ -303,7 +305,7 @@ TEST_CASE("split: reset hands back every outstanding token exactly once", "[spli
   split_pair q(8);
   buffer_arena arena(4096);
   for (token_t t = 0; t < 7; ++t)
-    REQUIRE(q.driver.add_inbuf(arena.at(t * 8, 8), 100 + t) == errc::ok);
+    REQUIRE(q.driver.add_inbuf(arena.at(static_cast<std::size_t>(t) * 8, 8), 100 + t) == errc::ok);
   q.driver.kick_prepare();  // 100..106 published
   chain c;
   REQUIRE(q.device.pop(c) == errc::ok);        // 100 held by the device
@@ -337,7 +339,8 @@ TEST_CASE("split: IN_ORDER batches several chains into one used element", "[spli
   buffer_arena arena(4096);
   for (token_t round = 0; round < 3; ++round) {
     for (token_t t = 0; t < 4; ++t) {
-      REQUIRE(q.driver.add_inbuf(arena.at(t * 16, 16), 10 * round + t) == errc::ok);
+      REQUIRE(q.driver.add_inbuf(arena.at(static_cast<std::size_t>(t) * 16, 16), 10 * round + t) ==
+              errc::ok);
     }
     q.driver.kick_prepare();
     chain c[4];

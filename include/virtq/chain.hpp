@@ -171,8 +171,10 @@ class chain {
         offset -= s.size();
         continue;
       }
-      const std::size_t n = std::min<std::size_t>(s.size() - offset, want - done);
-      f(s.data() + offset, n, done);
+      // offset < s.size() here, so it fits in size_t (32 bits on a 32-bit host).
+      const auto at = static_cast<std::size_t>(offset);
+      const std::size_t n = std::min<std::size_t>(s.size() - at, want - done);
+      f(s.data() + at, n, done);
       done += n;
       offset = 0;
     }

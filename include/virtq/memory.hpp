@@ -49,10 +49,21 @@ class guest_memory {
   guest_memory() = default;
 
   /// Adds a region. Throws virtq::error(invalid_argument) for an empty region, a null host
-  /// pointer, a region that wraps 2^64, or one that overlaps an existing region.
+  /// pointer, a region that wraps 2^64, one whose host bytes would run past the end of the
+  /// host's address space (a region over 4 GiB, or too near the top, on a 32-bit host), or
+  /// one that overlaps an existing region.
   void add_region(std::uint64_t guest_addr, std::uint64_t size, void* host) {
     if (size == 0 || host == nullptr || range_wraps(guest_addr, size)) {
       detail::throw_error(errc::invalid_argument, "guest_memory::add_region: bad region");
+    }
+    // translate() returns host + offset for every offset below size: each must be a host
+    // address, or the pointer would wrap (on a 32-bit host, a guest region's high bytes would
+    // land on unrelated host memory).
+    constexpr std::uint64_t host_max = std::numeric_limits<std::uintptr_t>::max();
+    const std::uint64_t host_at = reinterpret_cast<std::uintptr_t>(host);
+    if (size - 1 > host_max - host_at) {
+      detail::throw_error(errc::invalid_argument,
+                          "guest_memory::add_region: host range past the address space");
     }
     const auto pos =
         std::lower_bound(regions_.begin(), regions_.end(), guest_addr,
@@ -115,6 +126,14 @@ struct identity_memory {
   result<std::byte*> translate(std::uint64_t addr, std::uint64_t len) const noexcept {
     if (range_wraps(addr, len)) return errc::address_overflow;
     if (addr == 0) return errc::address_out_of_range;
+    // A 32-bit host has no address past 2^32: the range must lie in the host's address space,
+    // or the cast below would drop the high bits and name some other host byte.
+    if constexpr (sizeof(std::uintptr_t) < sizeof(std::uint64_t)) {
+      constexpr std::uint64_t host_max = std::numeric_limits<std::uintptr_t>::max();
+      if (addr > host_max || (len != 0 && len - 1 > host_max - addr)) {
+        return errc::address_out_of_range;
+      }
+    }
     return reinterpret_cast<std::byte*>(static_cast<std::uintptr_t>(addr));
   }
   result<std::uint64_t> guest_address(const void* host) const noexcept {
