@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs (Debian/Ubuntu, apt-get) whatever of virtq's build/test dependencies is missing.
+# Installs (Debian/Ubuntu, apt-get) whatever of virtq's build/test dependencies is missing,
+# or, given package names (scripts/test-cross.sh passes its cross compilers), those instead.
 # Idempotent: packages already installed (dpkg -s) are skipped; apt-get update runs at most
 # once, and only when something has to be installed. Uses sudo only when not root.
 set -euo pipefail
@@ -10,6 +11,7 @@ packages=(
   valgrind gnuplot-nox
   dpdk dpdk-dev libdpdk-dev
 )
+if [ "$#" -gt 0 ]; then packages=("$@"); fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -40,43 +40,27 @@ build="$root/build-$target"
 jobs="${VIRTQ_JOBS:-$(nproc)}"
 
 # --- packages ------------------------------------------------------------------------------
-if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
-apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600)
-
 packages=(cmake make catch2 "gcc-$triple" "g++-$triple" "librapidcheck-dev:$target")
 if ! command -v "$qemu" >/dev/null 2>&1 && ! command -v "$qemu-static" >/dev/null 2>&1; then
   packages+=(qemu-user)
 fi
-
-need_update=0
-if ! dpkg --print-foreign-architectures | grep -qx "$target"; then
-  echo "$me: dpkg --add-architecture $target"
-  "${sudo[@]}" dpkg --add-architecture "$target"
-  need_update=1
-fi
-missing=()
-for p in "${packages[@]}"; do
-  if ! dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed'; then
-    missing+=("$p")
-  fi
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "$me: installing ${missing[*]}"
-  need_update=1
-fi
 install_ok=1
-if [ "$need_update" -eq 1 ]; then
-  "${apt[@]}" update || install_ok=0
+if ! dpkg --print-foreign-architectures | grep -qx "$target"; then
+  # The target's libraries (librapidcheck-dev:<target>) come from its dpkg architecture;
+  # install-deps.sh runs apt-get update since they are missing.
+  echo "$me: dpkg --add-architecture $target"
+  if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
+  "${sudo[@]}" dpkg --add-architecture "$target" || install_ok=0
 fi
-if [ "$install_ok" -eq 1 ] && [ "${#missing[@]}" -gt 0 ]; then
-  "${apt[@]}" install -y --no-install-recommends "${missing[@]}" || install_ok=0
+if [ "$install_ok" -eq 1 ]; then
+  "$root/scripts/install-deps.sh" "${packages[@]}" || install_ok=0
 fi
 if [ "$install_ok" -eq 0 ]; then
   if [ "${VIRTQ_CROSS_OPTIONAL:-0}" = 1 ]; then
-    echo "$me: SKIPPED: could not install ${missing[*]}"
+    echo "$me: SKIPPED: could not install ${packages[*]}"
     exit 0
   fi
-  echo "$me: could not install ${missing[*]}" >&2
+  echo "$me: could not install ${packages[*]}" >&2
   exit 1
 fi
 
