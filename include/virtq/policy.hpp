@@ -146,8 +146,17 @@ struct platform_barriers {
   }
 };
 
+/// What a barrier policy provides. smp_barriers and platform_barriers are the two the spec
+/// asks for; a user may bring another (an architecture's own I/O fences, or instrumented ones:
+/// tests/test_barrier_order.cpp checks with such a policy where each barrier sits). is_platform
+/// says whether it is fit for VIRTIO_F_ORDER_PLATFORM (check_features refuses it otherwise).
 template <class B>
-concept barrier_policy = std::same_as<B, smp_barriers> || std::same_as<B, platform_barriers>;
+concept barrier_policy = requires {
+  { B::is_platform } -> std::convertible_to<bool>;
+  B::full();
+  B::before_publish();
+  B::after_observe();
+};
 
 // ---------------------------------------------------------------------------------------------
 // The bundle
