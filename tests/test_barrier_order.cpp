@@ -5,9 +5,11 @@
 // it wrote before the fence must already be in memory. Named by the barrier pairs of
 // virtqueue.hpp (D1..D4 driver, V1..V4 device) and the spec rule each one serves. A hook runs
 // inside a noexcept fence, so it CHECKs (a failed REQUIRE there would terminate).
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -94,8 +96,8 @@ void post(Q& q, const buffer_arena& a, std::uint32_t n) {
 // =============================================================================================
 
 TEST_CASE(
-    "D1 2.7.13.3, split: descriptors and avail entries are written before the publishing "
-    "barrier, avail idx after it",
+    "D1 2.7.13.3 split: descriptors and avail entries are written before the publishing "
+    "barrier and avail idx after it",
     "[barrier][split]") {
   split_q<probe_event> q(8);
   buffer_arena a(256);
@@ -131,7 +133,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "D2 2.7.13.4, split: the driver reads the device's suppression only after its full "
+    "D2 2.7.13.4 split: the driver reads the device's suppression only after its full "
     "barrier",
     "[barrier][split]") {
   buffer_arena a(256);
@@ -165,7 +167,7 @@ TEST_CASE(
   }
 }
 
-TEST_CASE("V1 2.7.13, split: the device reads descriptors only after it observed avail idx",
+TEST_CASE("V1 2.7.13 split: the device reads descriptors only after it observed avail idx",
           "[barrier][split]") {
   split_q<probe_event> q(8);
   buffer_arena a(256);
@@ -198,8 +200,8 @@ TEST_CASE("V1 2.7.13, split: the device reads descriptors only after it observed
 }
 
 TEST_CASE(
-    "V2 2.7.14 and V3 2.7.7.2, split: used elements are written before the publishing "
-    "barrier, used_event is read after the full barrier",
+    "V2 2.7.14 and V3 2.7.7.2 split: used elements are written before the publishing "
+    "barrier and used_event is read after the full barrier",
     "[barrier][split]") {
   split_q<probe_event> q(8);
   buffer_arena a(256);
@@ -231,7 +233,7 @@ TEST_CASE(
   CHECK(idx_at_full == 2);
 }
 
-TEST_CASE("V3 2.7.7.2, split flags: NO_INTERRUPT is read after the full barrier",
+TEST_CASE("V3 2.7.7.2 split flags: NO_INTERRUPT is read after the full barrier",
           "[barrier][split]") {
   split_q<probe_flags> q(8);
   buffer_arena a(256);
@@ -246,7 +248,7 @@ TEST_CASE("V3 2.7.7.2, split flags: NO_INTERRUPT is read after the full barrier"
   CHECK_FALSE(q.device.interrupt_prepare());
 }
 
-TEST_CASE("D3 2.7.14, split: the driver reads used elements only after it observed used idx",
+TEST_CASE("D3 2.7.14 split: the driver reads used elements only after it observed used idx",
           "[barrier][split]") {
   split_q<probe_event> q(8);
   buffer_arena a(256);
@@ -272,7 +274,7 @@ TEST_CASE("D3 2.7.14, split: the driver reads used elements only after it observ
 }
 
 TEST_CASE(
-    "D4 2.7.7.2, split: enable_interrupts writes its request before the full barrier and "
+    "D4 2.7.7.2 split: enable_interrupts writes its request before the full barrier and "
     "looks at used idx after it",
     "[barrier][split]") {
   buffer_arena a(256);
@@ -322,7 +324,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "V4 2.7.10, split: enable_notifications writes its request before the full barrier "
+    "V4 2.7.10 split: enable_notifications writes its request before the full barrier "
     "and looks at avail idx after it",
     "[barrier][split]") {
   buffer_arena a(256);
@@ -374,8 +376,8 @@ TEST_CASE(
 // =============================================================================================
 
 TEST_CASE(
-    "D1 2.8.21.1, packed: a batch's descriptors are written before the publishing "
-    "barrier, the first head's flags after it",
+    "D1 2.8.21.1 packed: a batch's descriptors are written before the publishing "
+    "barrier and the first head's flags after it",
     "[barrier][packed]") {
   packed_q<probe_event> q(8);
   buffer_arena a(256);
@@ -410,7 +412,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "D2 2.8.21.3, packed: the driver reads the device's event area only after its full "
+    "D2 2.8.21.3 packed: the driver reads the device's event area only after its full "
     "barrier",
     "[barrier][packed]") {
   buffer_arena a(256);
@@ -438,7 +440,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "V1 2.8.21.1, packed: the device reads a descriptor's fields only after it observed "
+    "V1 2.8.21.1 packed: the device reads a descriptor's fields only after it observed "
     "its flags",
     "[barrier][packed]") {
   packed_q<probe_event> q(8);
@@ -469,8 +471,8 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "V2 2.8.21.2 and V3 2.8.21.3, packed: used ids and lengths are written before the "
-    "publishing barrier, the driver's event area is read after the full barrier",
+    "V2 2.8.21.2 and V3 2.8.21.3 packed: used ids and lengths are written before the "
+    "publishing barrier and the driver's event area is read after the full barrier",
     "[barrier][packed]") {
   packed_q<probe_event> q(8);
   buffer_arena a(256);
@@ -505,7 +507,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "D3 2.8.21.2, packed: the driver reads a used descriptor's id and length only after "
+    "D3 2.8.21.2 packed: the driver reads a used descriptor's id and length only after "
     "it observed its flags",
     "[barrier][packed]") {
   packed_q<probe_event> q(8);
@@ -532,7 +534,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "D4 2.8.21.3, packed: enable_interrupts writes its request before the full barrier "
+    "D4 2.8.21.3 packed: enable_interrupts writes its request before the full barrier "
     "and looks at the ring after it",
     "[barrier][packed]") {
   buffer_arena a(256);
@@ -562,7 +564,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "V4 2.8.21.3, packed: enable_notifications writes its request before the full "
+    "V4 2.8.21.3 packed: enable_notifications writes its request before the full "
     "barrier and looks at the ring after it",
     "[barrier][packed]") {
   buffer_arena a(256);
@@ -589,4 +591,71 @@ TEST_CASE(
   CHECK(q.device.enable_notifications() == adds);
   CHECK(flags_at_full == packed::event_flags_desc);
   CHECK(off_wrap_at_full == packed::make_off_wrap(0, true));
+}
+
+// =============================================================================================
+// VIRTIO_F_ORDER_PLATFORM
+// =============================================================================================
+
+namespace {
+
+/// probe_barriers fit for ORDER_PLATFORM, counting each kind of fence.
+struct counting_platform_barriers {
+  static constexpr bool is_platform = true;
+  static inline std::uint64_t counts[3] = {};
+  static void full() noexcept {
+    ++counts[0];
+    platform_barriers::full();
+  }
+  static void before_publish() noexcept {
+    ++counts[1];
+    platform_barriers::before_publish();
+  }
+  static void after_observe() noexcept {
+    ++counts[2];
+    platform_barriers::after_observe();
+  }
+};
+
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE(
+    "ORDER_PLATFORM: a queue with platform barriers carries traffic and "
+    "fences every publish and every observe",
+    "[barrier][platform]", virtq_test::all_layouts) {
+  using Layout = TestType;
+  const features f = virtq_test::base_features<Layout>().with(feature::order_platform);
+  buffer_arena a(4096);
+  SECTION("platform_barriers, several laps") {
+    queue_pair<Layout, queue_policy<no_lock, suppress_event_idx, platform_barriers>> q(4, f);
+    for (token_t t = 0; t < 20; ++t) {
+      REQUIRE(q.driver.add_inbuf(a.at(t * 8U, 8), t) == errc::ok);
+      q.driver.kick_prepare();
+      chain c;
+      REQUIRE(q.device.pop(c) == errc::ok);
+      REQUIRE(q.device.complete(c, 8) == errc::ok);
+      q.device.interrupt_prepare();
+      const auto u = q.driver.get_used();
+      REQUIRE(u);
+      CHECK(u->token == t);
+    }
+  }
+  SECTION("each publish and each observe goes through the policy") {
+    using counted = counting_platform_barriers;
+    queue_pair<Layout, queue_policy<no_lock, suppress_event_idx, counted>> q(4, f);
+    std::fill(std::begin(counted::counts), std::end(counted::counts), 0U);
+    constexpr std::uint64_t rounds = 10;
+    for (token_t t = 0; t < rounds; ++t) {
+      REQUIRE(q.driver.add_inbuf(a.at(t * 8U, 8), t) == errc::ok);
+      q.driver.kick_prepare();  // publish: before_publish, then full before the event read
+      chain c;
+      REQUIRE(q.device.pop(c) == errc::ok);  // observe
+      REQUIRE(q.device.complete(c, 8) == errc::ok);
+      q.device.interrupt_prepare();  // publish, full
+      REQUIRE(q.driver.get_used());  // observe
+    }
+    CHECK(counted::counts[0] == 2 * rounds);  // full: one per kick and one per interrupt decision
+    CHECK(counted::counts[1] == 2 * rounds);  // before_publish: the two publishes of a round
+    CHECK(counted::counts[2] >= 2 * rounds);  // after_observe: at least the pop and the reap
+  }
 }

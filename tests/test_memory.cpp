@@ -204,6 +204,13 @@ TEST_CASE("ring views reject bad sizes and misaligned areas", "[memory][spec]") 
   CHECK(pv::make(area[0], area[1], area[2], 0).error() == errc::bad_queue_size);
   CHECK(pv::make(area[0], area[1], area[2], 32769).error() == errc::bad_queue_size);
   CHECK(pv::make(area[0], area[1] + 2, area[2], 8).error() == errc::bad_alignment);
+  // 2.8.10.1: descriptor ring 16-byte aligned, each event area 4-byte aligned.
+  CHECK(pv::make(area[0] + 8, area[1], area[2], 8).error() == errc::bad_alignment);
+  CHECK(pv::make(area[0], area[1], area[2] + 2, 8).error() == errc::bad_alignment);
+  CHECK(pv::make(nullptr, area[1], area[2], 8).error() == errc::bad_alignment);
+  CHECK(pv::make(area[0], nullptr, area[2], 8).error() == errc::bad_alignment);
+  CHECK(pv::make(area[0], area[1], nullptr, 8).error() == errc::bad_alignment);
+  CHECK(pv::make(area[0] + 16, area[1] + 4, area[2] + 4, 8).has_value());  // exactly aligned
 }
 
 TEST_CASE("geometry rejects every invalid queue size", "[spec][geometry]") {

@@ -183,3 +183,57 @@ TEST_CASE("an interrupt_prepare or kick_prepare with nothing new says no and cou
   REQUIRE(q.driver.stats().kicks_suppressed == 0);
   REQUIRE(q.device.stats().interrupts_suppressed == 0);
 }
+
+TEST_CASE("2.8.10 DESC without EVENT_IDX means nothing: the peer is still told") {
+  // RING_EVENT_FLAGS_DESC is only defined with VIRTIO_F_EVENT_IDX. A side that did not
+  // negotiate it cannot read an offset into the area, and must not go silent because of it.
+  pair<flags_policy> q(5);  // EVENT_IDX not negotiated
+  virtq_test::buffer_arena a(4096);
+  const auto& v = q.ring.view();
+  for (const std::uint16_t slot : {std::uint16_t{4}, std::uint16_t{0}}) {
+    store_relaxed<le>(v.device_event->off_wrap, packed::make_off_wrap(slot, false));
+    store_relaxed<le>(v.device_event->flags, packed::event_flags_desc);
+    store_relaxed<le>(v.driver_event->off_wrap, packed::make_off_wrap(slot, false));
+    store_relaxed<le>(v.driver_event->flags, packed::event_flags_desc);
+    round_trip(q, a, true, true);
+    round_trip(q, a, true, true);
+  }
+  // And our own sides, without EVENT_IDX, write only enable and disable.
+  q.driver.disable_interrupts();
+  q.device.disable_notifications();
+  CHECK(load_relaxed<le>(v.driver_event->flags) == packed::event_flags_disable);
+  CHECK(load_relaxed<le>(v.device_event->flags) == packed::event_flags_disable);
+  CHECK_FALSE(q.driver.enable_interrupts());
+  CHECK_FALSE(q.device.enable_notifications());
+  CHECK(load_relaxed<le>(v.driver_event->flags) == packed::event_flags_enable);
+  CHECK(load_relaxed<le>(v.device_event->flags) == packed::event_flags_enable);
+}
+
+TEST_CASE("2.8.10 the reserved flags value 3 suppresses nothing, and is never written") {
+  virtq_test::buffer_arena a(4096);
+  const auto reserved_means_tell = [&](auto& q) {
+    const auto& v = q.ring.view();
+    store_relaxed<le>(v.device_event->flags, std::uint16_t{3});
+    store_relaxed<le>(v.driver_event->flags, std::uint16_t{3});
+    round_trip(q, a, true, true);
+    round_trip(q, a, true, true);
+    // Whatever each side writes into its own area afterwards is one of 0, 1, 2.
+    q.driver.disable_interrupts();
+    q.device.disable_notifications();
+    CHECK(load_relaxed<le>(v.driver_event->flags) <= packed::event_flags_desc);
+    CHECK(load_relaxed<le>(v.device_event->flags) <= packed::event_flags_desc);
+    (void)q.driver.enable_interrupts();
+    (void)q.device.enable_notifications();
+    (void)q.driver.enable_interrupts_delayed();
+    CHECK(load_relaxed<le>(v.driver_event->flags) <= packed::event_flags_desc);
+    CHECK(load_relaxed<le>(v.device_event->flags) <= packed::event_flags_desc);
+  };
+  SECTION("event policy") {
+    pair<> q(5);
+    reserved_means_tell(q);
+  }
+  SECTION("flags policy") {
+    pair<flags_policy> q(5);
+    reserved_means_tell(q);
+  }
+}

@@ -242,6 +242,42 @@ TEST_CASE("reset returns every outstanding token exactly once: staged, published
   }
 }
 
+TEST_CASE("after a reset the device neither uses buffers nor notifies") {
+  // 2.6.1 (queue reset): the device forgets the chains it held and the used descriptors it
+  // wrote but did not publish; none of them reaches the driver afterwards.
+  for (const bool in_order : {false, true}) {
+    CAPTURE(in_order);
+    features f = packed_features<>();
+    if (in_order) f = f.with(feature::in_order);
+    pair<> q(8, f);
+    virtq_test::buffer_arena a(4096);
+    const auto& v = q.ring.view();
+    for (token_t t = 0; t < 3; ++t) REQUIRE(q.driver.add_inbuf(a.at(0, 8), 100 + t) == errc::ok);
+    (void)q.driver.kick_prepare();
+    std::vector<chain> cs(3);
+    for (auto& c : cs) REQUIRE(q.device.pop(c) == errc::ok);
+    if (in_order) {
+      REQUIRE(q.device.complete_in_order(2, 8) == errc::ok);
+    } else {
+      REQUIRE(q.device.complete(cs[1], 8) == errc::ok);  // written, not published
+      REQUIRE(q.device.complete(cs[0], 8) == errc::ok);
+    }
+    const std::vector<std::byte> before(q.ring.bytes().begin(), q.ring.bytes().end());
+    q.device.reset();
+    CHECK(q.device.complete(cs[2], 8) == errc::invalid_argument);
+    if (in_order) CHECK(q.device.complete_in_order(1, 8) == errc::invalid_argument);
+    CHECK_FALSE(q.device.interrupt_prepare());
+    CHECK_FALSE(q.device.broken());
+    // The ring is as the reset found it: the first used descriptor's flags never published.
+    CHECK(std::vector<std::byte>(q.ring.bytes().begin(), q.ring.bytes().end()) == before);
+    CHECK_FALSE(packed::is_used(flags_at(v, 0), true));
+    CHECK(q.driver.get_used().error() == errc::empty);
+    std::map<token_t, int> back;
+    q.driver.reset([&](token_t t) { ++back[t]; });
+    CHECK(back == std::map<token_t, int>{{100, 1}, {101, 1}, {102, 1}});
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Construction
 // ---------------------------------------------------------------------------------------------

@@ -128,6 +128,18 @@ TEST_CASE("hostile driver: next out of range", "[hostile]") {
   h.expect_failure(pop(h), errc::next_out_of_range);
 }
 
+TEST_CASE("hostile driver: next out of range inside an indirect table", "[hostile]") {
+  // 2.7.5.3.1: inside a table `next` indexes the table. 5 would be a good ring index (< 8),
+  // but this table has 2 entries.
+  hostile_ring h;
+  split::desc* t = h.table_at(0x1000);
+  h.set(t[0], guest_base, 16, split::desc_f_next, 5);
+  h.set(t[1], guest_base + 16, 16, 0);
+  h.set(0, guest_base + 0x1000, 2 * 16, split::desc_f_indirect);
+  h.publish(0);
+  h.expect_failure(pop(h), errc::next_out_of_range);
+}
+
 TEST_CASE("hostile driver: a loop in the descriptor table", "[hostile]") {
   hostile_ring h;
   h.set(0, guest_base, 16, split::desc_f_next, 1);

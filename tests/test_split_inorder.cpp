@@ -322,3 +322,63 @@ TEST_CASE("IN_ORDER reap with chains staged behind the published ones (2.7.8, 2.
     CHECK(d.q.driver.broken());
   }
 }
+
+TEST_CASE("IN_ORDER add: a chain's descriptors are consecutive and next is i + 1 (2.7.9)",
+          "[split][in_order]") {
+  // 2.7.9: with IN_ORDER the driver uses descriptors in ring order, so a device may take a
+  // chain's descriptors without following links. Chains of several descriptors, one of them
+  // across the end of the table; and an indirect table, whose entries link 0 -> 1 -> 2.
+  virtq_test::queue_pair<split_layout> q(8, f_in_order());
+  buffer_arena arena(4096);
+  const auto& v = q.ring.view();
+  const auto check_chain = [&](std::uint16_t head, std::uint32_t n) {
+    std::uint32_t d = head;
+    for (std::uint32_t k = 0; k + 1 < n; ++k) {
+      const split::desc& x = v.table[d];
+      CHECK((get<LE>(x.flags) & split::desc_f_next) != 0);
+      CHECK(get<LE>(x.next) == ((d + 1U) & 7U));
+      d = (d + 1U) & 7U;
+    }
+    CHECK((get<LE>(v.table[d].flags) & split::desc_f_next) == 0);
+  };
+  const buffer out[] = {arena.at(0, 8)};
+  const buffer in[] = {arena.at(64, 8), arena.at(72, 8), arena.at(80, 8)};
+  REQUIRE(q.driver.add(out, std::span(in, 2), 1) == errc::ok);  // descriptors 0..2
+  REQUIRE(q.driver.add({}, std::span(in, 3), 2) == errc::ok);   // 3..5
+  q.driver.kick_prepare();
+  CHECK(get<LE>(v.avail.ring(0)) == 0);
+  CHECK(get<LE>(v.avail.ring(1)) == 3);
+  check_chain(0, 3);
+  check_chain(3, 3);
+  for (int i = 0; i < 2; ++i) {
+    chain c;
+    REQUIRE(q.device.pop(c) == errc::ok);
+    REQUIRE(q.device.complete(c, 0) == errc::ok);
+  }
+  q.device.interrupt_prepare();
+  used_buffer u[2];
+  REQUIRE(*q.driver.get_used(std::span<used_buffer>(u)) == 2);
+  REQUIRE(q.driver.add(out, std::span(in, 3), 3) == errc::ok);  // 6, 7, 0, 1: across the end
+  q.driver.kick_prepare();
+  CHECK(get<LE>(v.avail.ring(2)) == 6);
+  check_chain(6, 4);
+
+  SECTION("an indirect table links its entries 0 -> 1 -> 2") {
+    driver_options o;
+    o.indirect_max = 4;
+    o.indirect_threshold = 2;
+    virtq_test::queue_pair<split_layout> r(8, f_in_order(), o);
+    REQUIRE(r.driver.add(out, std::span(in, 2), 9) == errc::ok);
+    r.driver.kick_prepare();
+    const split::desc& head = r.ring.view().table[0];
+    REQUIRE(get<LE>(head.flags) == split::desc_f_indirect);
+    REQUIRE(get<LE>(head.len) == 3 * 16);
+    const auto* t =
+        reinterpret_cast<const split::desc*>(static_cast<std::uintptr_t>(get<LE>(head.addr)));
+    for (std::uint16_t k = 0; k < 2; ++k) {
+      CHECK((get<LE>(t[k].flags) & split::desc_f_next) != 0);
+      CHECK(get<LE>(t[k].next) == k + 1U);
+    }
+    CHECK((get<LE>(t[2].flags) & split::desc_f_next) == 0);
+  }
+}

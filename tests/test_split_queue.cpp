@@ -494,6 +494,15 @@ TEST_CASE("split: construction rejects configurations that cannot work", "[split
         }) == errc::ok);
   CHECK(code([&] { split_driver<default_policy>(ring.view(), f.with(feature::ring_packed)); }) ==
         errc::feature_conflict);
+  // 1.4: a VERSION_1 ring is little-endian; a big-endian policy is for legacy rings only.
+  using be_policy = queue_policy<no_lock, suppress_flags, smp_barriers, big_endian>;
+  const features legacy = features{}.with(feature::indirect_desc);
+  CHECK(code([&] { split_driver<be_policy>(ring.view(), legacy.with(feature::version_1)); }) ==
+        errc::feature_conflict);
+  CHECK(code([&] { split_device<be_policy>(ring.view(), legacy.with(feature::version_1), mem); }) ==
+        errc::feature_conflict);
+  CHECK(code([&] { split_driver<be_policy>(ring.view(), legacy); }) == errc::ok);
+  CHECK(code([&] { split_device<be_policy>(ring.view(), legacy, mem); }) == errc::ok);
   CHECK(code([&] {
           driver_options o;
           o.indirect_max = 4;
@@ -529,6 +538,72 @@ TEST_CASE("split: a legacy big-endian ring works end to end", "[split][endian]")
   CHECK(u->token == 42);
   CHECK(u->len == 16);
   CHECK(arena.data()[15] == virtq_test::pattern(42, 15));
+}
+
+TEST_CASE(
+    "split: a legacy big-endian ring with EVENT_IDX and indirect tables through the batch calls",
+    "[split][endian]") {
+  // 1.4 / 2.7.3: every field of a legacy ring is in the guest's order, the event indices and
+  // indirect tables included. On this (little-endian) host a big-endian policy makes every
+  // missed conversion visible; tests/cross runs the whole suite on a big-endian host too.
+  using BE = big_endian;
+  using be_policy = queue_policy<no_lock, suppress_event_idx, smp_barriers, BE>;
+  const features f = features{}.with(feature::event_idx).with(feature::indirect_desc);
+  driver_options o;
+  o.indirect_max = 4;
+  o.indirect_threshold = 2;
+  o.initial_index = 65534;  // the 16-bit wrap within the test
+  queue_pair<split_layout, be_policy> q(8, f, o);
+  buffer_arena arena(1024);
+  const auto& v = q.ring.view();
+  std::memset(arena.data(), 0x33, 64);
+  // An indirect chain: 2 readable + 1 writable buffer in one ring descriptor.
+  const buffer out[] = {arena.at(0, 32), arena.at(32, 32)};
+  const buffer in[] = {arena.at(128, 24)};
+  REQUIRE(q.driver.add(out, in, 7) == errc::ok);
+  const buffer bufs[] = {arena.at(256, 16), arena.at(272, 16), arena.at(288, 16)};
+  const token_t toks[] = {10, 11, 12};
+  REQUIRE(*q.driver.add_inbufs(bufs, toks) == 3);
+  store_relaxed<BE>(v.used.avail_event(), 65534);  // the device wants to hear of the first
+  CHECK(q.driver.kick_prepare());
+  CHECK(get<BE>(v.avail.idx()) == 2);  // 65534 + 4
+  const std::uint16_t head = get<BE>(v.avail.ring(65534 & 7));
+  CHECK(get<BE>(v.table[head].flags) == split::desc_f_indirect);
+  CHECK(get<BE>(v.table[head].len) == 3 * 16);
+  chain c;
+  REQUIRE(q.device.pop(c) == errc::ok);
+  CHECK(c.readable_bytes() == 64);
+  CHECK(c.writable_bytes() == 24);
+  std::byte tail[64];
+  CHECK(c.read(tail) == 64);
+  CHECK(tail[63] == std::byte{0x33});
+  // The device follows avail idx with avail_event, in the ring's order.
+  CHECK(get<BE>(v.used.avail_event()) == 65535);
+  popped_buffer pb[2];
+  REQUIRE(*q.device.pop_buffers(pb) == 2);
+  CHECK(pb[0].len == 16);
+  CHECK(pb[1].writable);
+  const used_entry done[] = {{c.id(), 20}, {pb[0].id, 16}, {pb[1].id, 5}};
+  REQUIRE(*q.device.complete(done) == 3);
+  REQUIRE(*q.device.serve_buffers(4, [](const popped_buffer& b) noexcept { return b.len; }) == 1);
+  store_relaxed<BE>(v.avail.used_event(), 65535);  // passed by 65534 -> 2
+  CHECK(q.device.interrupt_prepare());
+  CHECK(get<BE>(v.used.idx()) == 2);
+  CHECK(get<BE>(v.used.ring(65534 & 7).len) == 20);
+  used_buffer u[8];
+  REQUIRE(*q.driver.get_used(std::span<used_buffer>(u)) == 4);
+  CHECK(u[0].token == 7);
+  CHECK(u[0].len == 20);
+  CHECK(u[1].token == 10);
+  CHECK(u[2].token == 11);
+  CHECK(u[2].len == 5);
+  CHECK(u[3].token == 12);
+  CHECK(u[3].len == 16);
+  CHECK(q.driver.num_free() == 8);
+  // The driver's event index, in the ring's order too: enable asks for the next used element.
+  q.driver.disable_interrupts();
+  CHECK_FALSE(q.driver.enable_interrupts());
+  CHECK(get<BE>(v.avail.used_event()) == 2);
 }
 
 TEST_CASE("split: a locked queue works the same", "[split][lock]") {
@@ -613,4 +688,149 @@ TEST_CASE("split: with EVENT_IDX negotiated the flags stay 0 and event indices d
   CHECK(q.driver.enable_interrupts());
   CHECK(load_relaxed<little_endian>(v.avail.used_event()) == 0);
   CHECK(load_relaxed<little_endian>(v.avail.flags()) == 0);
+}
+
+TEST_CASE("split: with EVENT_IDX negotiated the device ignores NO_INTERRUPT (2.7.7)",
+          "[split][event_idx]") {
+  // 2.7.7.2: with VIRTIO_F_EVENT_IDX the device ignores the avail ring's flags and goes by
+  // used_event alone, whichever suppression policy it was built with.
+  buffer_arena arena(256);
+  const auto served_irq = [&](auto& q) {
+    const auto& v = q.ring.view();
+    store_relaxed<little_endian>(v.avail.flags(), split::avail_f_no_interrupt);
+    REQUIRE(q.driver.add_inbuf(arena.at(0, 8), 1) == errc::ok);
+    q.driver.kick_prepare();
+    serve_one(q.device, 1);
+    return q.device.interrupt_prepare();
+  };
+  SECTION("event policy") {
+    split_pair q(8);
+    CHECK(served_irq(q));  // used_event 0 is passed by 0 -> 1
+  }
+  SECTION("flags policy, EVENT_IDX negotiated") {
+    queue_pair<split_layout, flags_policy> q(8, f_base());
+    CHECK(served_irq(q));
+  }
+  SECTION("control: without EVENT_IDX the flag is obeyed") {
+    queue_pair<split_layout, flags_policy> q(8);
+    CHECK_FALSE(served_irq(q));
+  }
+}
+
+TEST_CASE("split: with EVENT_IDX negotiated the driver ignores NO_NOTIFY (2.7.10)",
+          "[split][event_idx]") {
+  // 2.7.10: with VIRTIO_F_EVENT_IDX the driver ignores the used ring's flags and goes by
+  // avail_event alone.
+  buffer_arena arena(256);
+  const auto kicked = [&](auto& q) {
+    store_relaxed<little_endian>(q.ring.view().used.flags(), split::used_f_no_notify);
+    REQUIRE(q.driver.add_inbuf(arena.at(0, 8), 1) == errc::ok);
+    return q.driver.kick_prepare();
+  };
+  SECTION("event policy") {
+    split_pair q(8);
+    CHECK(kicked(q));  // avail_event 0 is passed by 0 -> 1
+  }
+  SECTION("flags policy, EVENT_IDX negotiated") {
+    queue_pair<split_layout, flags_policy> q(8, f_base());
+    CHECK(kicked(q));
+  }
+  SECTION("control: without EVENT_IDX the flag is obeyed") {
+    queue_pair<split_layout, flags_policy> q(8);
+    CHECK_FALSE(kicked(q));
+  }
+}
+
+TEST_CASE("split: the driver refuses a chain of more than 2^32 bytes (2.7.5.2)", "[split]") {
+  // The driver never touches the buffers, so their addresses need no memory behind them.
+  split_pair q(8);
+  const buffer over[] = {{0x100000, 0xFFFFFFFFU}, {0x200000, 2}};
+  CHECK(q.driver.add({}, over, 1) == errc::invalid_argument);
+  CHECK(q.driver.add(over, {}, 1) == errc::invalid_argument);
+  CHECK(q.driver.num_free() == 8);
+  CHECK_FALSE(q.driver.broken());
+  const buffer exact[] = {{0x100000, 0xFFFFFFFFU}, {0x200000, 1}};  // 2^32: allowed
+  CHECK(q.driver.add({}, exact, 2) == errc::ok);
+  CHECK(q.driver.num_free() == 6);
+}
+
+TEST_CASE("split: the device never writes the descriptor table or the available ring (2.7)",
+          "[split]") {
+  // Each part of a split ring has one writer (2.7.5, 2.7.6, 2.7.8): the device reads the
+  // table and the avail ring and writes only the used ring. Every device call is made with the
+  // driver's parts snapshotted before and compared after.
+  driver_options o;
+  o.indirect_max = 4;
+  o.indirect_threshold = 3;
+  split_pair q(8, f_base(), o);
+  buffer_arena arena(4096);
+  const auto& g = q.ring.geometry();
+  const std::span<const std::byte> bytes = q.ring.bytes();
+  const auto driver_parts = [&] {
+    std::vector<std::byte> s(bytes.begin() + static_cast<std::ptrdiff_t>(g.desc_offset),
+                             bytes.begin() + static_cast<std::ptrdiff_t>(g.used_offset));
+    return s;
+  };
+  const buffer out[] = {arena.at(0, 16)};
+  const buffer in3[] = {arena.at(64, 16), arena.at(80, 16), arena.at(96, 16)};
+  REQUIRE(q.driver.add(out, in3, 1) == errc::ok);  // indirect
+  REQUIRE(q.driver.add(out, std::span(in3, 1), 2) == errc::ok);
+  const buffer bufs[] = {arena.at(200, 8), arena.at(208, 8), arena.at(216, 8), arena.at(224, 8)};
+  const token_t toks[] = {3, 4, 5, 6};
+  REQUIRE(*q.driver.add_inbufs(bufs, toks) == 4);
+  q.driver.kick_prepare();
+  const std::vector<std::byte> before = driver_parts();
+  chain c1;
+  chain c2;
+  REQUIRE(q.device.pop(c1) == errc::ok);
+  REQUIRE(q.device.pop(c2) == errc::ok);
+  std::vector<std::byte> fill(64, std::byte{0x77});
+  c1.write(fill);
+  popped_buffer pb[2];
+  REQUIRE(*q.device.pop_buffers(pb) == 2);
+  REQUIRE(*q.device.serve_buffers(8, [](const popped_buffer& b) noexcept { return b.len; }) == 2);
+  REQUIRE(q.device.complete(c1, 48) == errc::ok);
+  const used_entry done[] = {{pb[1].id, 8}, {pb[0].id, 0}};
+  REQUIRE(*q.device.complete(done) == 2);
+  q.device.disable_notifications();
+  q.device.enable_notifications();
+  q.device.interrupt_prepare();
+  CHECK(driver_parts() == before);
+  q.device.reset();  // with c2 still held
+  CHECK(driver_parts() == before);
+}
+
+TEST_CASE("split: after a reset the device neither uses buffers nor notifies (2.7)",
+          "[split][reset]") {
+  split_pair q(8);
+  buffer_arena arena(256);
+  const auto& v = q.ring.view();
+  for (token_t t = 0; t < 3; ++t) {
+    REQUIRE(q.driver.add_inbuf(arena.at(static_cast<std::size_t>(t) * 8, 8), 100 + t) == errc::ok);
+  }
+  q.driver.kick_prepare();
+  chain held;
+  REQUIRE(q.device.pop(held) == errc::ok);
+  chain done;
+  REQUIRE(q.device.pop(done) == errc::ok);
+  REQUIRE(q.device.complete(done, 8) == errc::ok);  // written, not published
+  const std::vector<std::byte> used_before(
+      q.ring.bytes().begin() + static_cast<std::ptrdiff_t>(q.ring.geometry().used_offset),
+      q.ring.bytes().end());
+  q.device.reset();
+  // The chain held before the reset cannot be completed, the staged element is not published
+  // and nothing is signalled.
+  CHECK(q.device.complete(held, 8) == errc::invalid_argument);
+  CHECK_FALSE(q.device.interrupt_prepare());
+  CHECK(load_relaxed<little_endian>(v.used.idx()) == 0);
+  const std::vector<std::byte> used_after(
+      q.ring.bytes().begin() + static_cast<std::ptrdiff_t>(q.ring.geometry().used_offset),
+      q.ring.bytes().end());
+  CHECK(used_after == used_before);
+  CHECK(q.device.stats().completed == 1);
+  CHECK_FALSE(q.device.broken());
+  // The driver gets every token back once.
+  std::map<token_t, int> seen;
+  q.driver.reset([&](token_t t) { ++seen[t]; });
+  CHECK(seen == std::map<token_t, int>{{100, 1}, {101, 1}, {102, 1}});
 }
