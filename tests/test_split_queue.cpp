@@ -834,3 +834,31 @@ TEST_CASE("split: after a reset the device neither uses buffers nor notifies (2.
   q.driver.reset([&](token_t t) { ++seen[t]; });
   CHECK(seen == std::map<token_t, int>{{100, 1}, {101, 1}, {102, 1}});
 }
+
+TEST_CASE(
+    "split: the most a driver can publish at once is 32768, so the 2^16 rule of 2.7.10 "
+    "cannot arise",
+    "[split][event_idx]") {
+  // 2.7.10 asks for a notification regardless of avail_event when 2^16 or more entries were
+  // added since the last one. A split ring holds at most 32768 chains, and the driver publishes
+  // only what it staged, so (new - old) stays below 2^16 and need_event decides exactly: the
+  // largest batch against avail_event just behind it and at its last entry.
+  constexpr std::uint32_t n = 32768;
+  buffer_arena arena(64);
+  for (const bool last_entry : {false, true}) {
+    CAPTURE(last_entry);
+    driver_options o;
+    o.initial_index = 40000;
+    split_pair q(n, f_base(), o);
+    for (std::uint32_t i = 0; i < n; ++i) {
+      REQUIRE(q.driver.add_inbuf(arena.at(0, 8), i) == errc::ok);
+    }
+    CHECK(q.driver.add_inbuf(arena.at(0, 8), n) == errc::no_space);
+    const std::uint16_t old_idx = 40000;
+    const auto event = static_cast<std::uint16_t>(last_entry ? old_idx + n - 1U : old_idx - 1U);
+    store_relaxed<little_endian>(q.ring.view().used.avail_event(), event);
+    CHECK(q.driver.kick_prepare() == last_entry);
+    CHECK(load_relaxed<little_endian>(q.ring.view().avail.idx()) ==
+          static_cast<std::uint16_t>(old_idx + n));
+  }
+}
