@@ -155,8 +155,6 @@ inline void check_packed_view(const packed::ring_view& v) {
 
 }  // namespace detail
 
-/// The policies a packed ring accepts. 2.8: packed rings exist only with VIRTIO_F_VERSION_1,
-/// whose wire is little-endian (1.4), so a big-endian policy is rejected at compile time.
 /// Checked mode: moves the `n` ring slots from `off` on (wrapping) from one state to another.
 /// Slots change hands by position in a packed ring, whichever chain the used descriptor names.
 template <class Shadow>
@@ -172,6 +170,8 @@ bool packed_shadow_slots(Shadow& sh, std::uint32_t off, std::uint32_t n, std::ui
   return true;
 }
 
+/// The policies a packed ring accepts. 2.8: packed rings exist only with VIRTIO_F_VERSION_1,
+/// whose wire is little-endian (1.4), so a big-endian policy is rejected at compile time.
 template <class P>
 concept packed_queue_policy = queue_policy_type<P> && P::endian::order == std::endian::little;
 
