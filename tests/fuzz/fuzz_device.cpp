@@ -2,6 +2,7 @@
 // answer with errc values and a broken queue, never a crash, a hang or an access outside the
 // guest memory (docs/fuzzing.md). Input layout: config bytes (fuzz_common.hpp), one byte of
 // operation-stream length, the operations, the ring bytes, then the guest memory bytes.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -159,6 +160,20 @@ void run(const virtq_fuzz::config& cfg, reader& ops, reader& rest) {
     return dev.broken() ? dev.error() : errc::ok;
   };
 
+  // The parts of the ring only the driver writes (split: the descriptor table and the avail
+  // ring, 2.7; packed: the driver event area, 2.8.10): no device call may change them. Taken
+  // again after each of the driver's rewrites.
+  const auto driver_part = [&ring]() -> std::span<const std::byte> {
+    const auto& geo = ring.geometry();
+    if constexpr (Layout::is_packed) {
+      return ring.bytes().subspan(geo.driver_event_offset, sizeof(packed::event_suppress));
+    } else {
+      return ring.bytes().subspan(geo.desc_offset,
+                                  geo.avail_offset + geo.avail_bytes - geo.desc_offset);
+    }
+  };
+  std::vector<std::byte> driver_bytes(driver_part().begin(), driver_part().end());
+
   const std::uint32_t rounds = 4 * cfg.size + 8;
   for (std::uint32_t i = 0; i < rounds; ++i) {
     const std::uint8_t op = ops.u8();
@@ -284,9 +299,11 @@ void run(const virtq_fuzz::config& cfg, reader& ops, reader& rest) {
         const std::size_t n = op & 7U;
         auto bytes = ring.bytes();
         for (std::size_t k = 0; k < n; ++k) bytes[(at + k) % bytes.size()] = std::byte{ops.u8()};
+        driver_bytes.assign(driver_part().begin(), driver_part().end());
         break;
       }
     }
+    FUZZ_CHECK(std::equal(driver_bytes.begin(), driver_bytes.end(), driver_part().begin()));
     if (e == errc::empty) break;
     if (e != errc::ok) {
       check_fatal(dev, e);
