@@ -399,14 +399,22 @@ class rx_queue {
 
   /// Reaps up to out.size() completions into out[0..received) and reposts/refills. The packets'
   /// handles start with holder "stack"; pass them on with handle.pass_to(holder). Handles left
-  /// in the overwritten slots of `out` are released by the assignment.
+  /// in the overwritten slots of `out` are released by the assignment. A virtqueue error (a
+  /// hostile device: the queue is broken) is returned; if it struck after packets were
+  /// delivered into `out`, this poll returns them and the next poll the error.
   result<rx_poll_result> poll(std::span<packet> out) {
     return poll_with([&](std::int64_t now, std::uint64_t stamp, batch& b) -> errc {
       std::array<used_buffer, 32> used;
       while (b.received < out.size()) {
         const std::size_t want = std::min(used.size(), out.size() - b.received);
         const result<std::size_t> got = q_.get_used(std::span(used.data(), want));
-        if (!got) return got.error();
+        if (!got) {
+          // The virtqueue failed after this poll had delivered packets into `out`: they are
+          // the caller's, so this poll reports them and the next one the error.
+          if (b.received == 0) return got.error();
+          deferred_error_ = got.error();
+          break;
+        }
         const std::size_t n = *got;
         packet* const dst = out.data() + b.received;
         if (static_cast<std::int64_t>(n) <= b.lendable) [[likely]] {
@@ -609,7 +617,8 @@ class rx_queue {
       ++stats_.polls;
       const std::uint64_t stamp = loan_stamp::make(holder_stack, now);
       batch b{lendable()};
-      failure = receive(now, stamp, b);
+      failure = deferred_error_ == errc::ok ? receive(now, stamp, b)
+                                            : std::exchange(deferred_error_, errc::ok);
       if (failure != errc::ok) ++stats_.queue_errors;
       r.received = b.received;
       pool_.lend_batch().finish(static_cast<std::uint32_t>(b.received - b.copied));
@@ -919,6 +928,7 @@ class rx_queue {
   std::uint32_t reserve_ = 0;
   std::uint32_t post_when_under_ = 0;  // "the ring is low": max(repost_batch, low_watermark + 1)
   rx_stats stats_;
+  errc deferred_error_ = errc::ok;  // the virtqueue's error, for the poll after the one it hit
   bool stopped_ = false;
   bool starving_ = false;
   bool reported_ = false;
