@@ -534,3 +534,28 @@ TEMPLATE_LIST_TEST_CASE(
   CHECK(rep.census.conserved);
   CHECK(rep.census.free == 128);
 }
+
+TEMPLATE_LIST_TEST_CASE(
+    "rx_queue: a device that breaks the ring behind a burst: the burst keeps the good frames",
+    "[rx_queue][rx_burst]", all_layouts) {
+  using rig_type = rx_rig<TestType, rx_pool_policy<false, no_lock, false>>;  // repost list on
+  rig_type rig(16, 32, no_reserve());
+  REQUIRE(rig.rxq.refill().has_value());
+  REQUIRE(rig.send(5, 80) == 5);
+  complete_bogus_id<TestType>(rig, 5);
+  rx_burst<typename rig_type::pool_type> b;
+  const auto r = rig.rxq.poll(b);
+  REQUIRE(r.has_value());
+  REQUIRE(b.size() == 5);
+  for (std::size_t k = 0; k < 5; ++k) CHECK(frame_seq(b.data(k)) == k);
+  const auto again = rig.rxq.poll(b);  // releases the burst first, then meets the broken ring
+  REQUIRE_FALSE(again.has_value());
+  CHECK((again.error() == errc::used_id_out_of_range || again.error() == errc::broken));
+  CHECK(b.empty());
+  rig.qp.device.reset();
+  const auto rep = rig.rxq.shutdown(0ms);
+  CHECK(rep.returned_from_ring == 11);
+  CHECK(rep.drained);
+  CHECK(rep.census.conserved);
+  CHECK(rep.census.free == 32);
+}
