@@ -629,7 +629,7 @@ TEMPLATE_LIST_TEST_CASE(
   SECTION("platform_barriers, several laps") {
     queue_pair<Layout, queue_policy<no_lock, suppress_event_idx, platform_barriers>> q(4, f);
     for (token_t t = 0; t < 20; ++t) {
-      REQUIRE(q.driver.add_inbuf(a.at(t * 8U, 8), t) == errc::ok);
+      REQUIRE(q.driver.add_inbuf(a.at(static_cast<std::size_t>(t) * 8U, 8), t) == errc::ok);
       q.driver.kick_prepare();
       chain c;
       REQUIRE(q.device.pop(c) == errc::ok);
@@ -646,7 +646,7 @@ TEMPLATE_LIST_TEST_CASE(
     std::fill(std::begin(counted::counts), std::end(counted::counts), 0U);
     constexpr std::uint64_t rounds = 10;
     for (token_t t = 0; t < rounds; ++t) {
-      REQUIRE(q.driver.add_inbuf(a.at(t * 8U, 8), t) == errc::ok);
+      REQUIRE(q.driver.add_inbuf(a.at(static_cast<std::size_t>(t) * 8U, 8), t) == errc::ok);
       q.driver.kick_prepare();  // publish: before_publish, then full before the event read
       chain c;
       REQUIRE(q.device.pop(c) == errc::ok);  // observe
