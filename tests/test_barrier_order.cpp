@@ -167,38 +167,6 @@ TEST_CASE(
   }
 }
 
-TEST_CASE("V1 2.7.13 split: the device reads descriptors only after it observed avail idx",
-          "[barrier][split]") {
-  split_q<probe_event> q(8);
-  buffer_arena a(256);
-  const auto& v = q.ring.view();
-  post(q, a, 1);
-  const std::uint16_t head = get<LE>(v.avail.ring(0));
-  // Inside the barrier the driver (here: the test) shortens the buffer: a device that read the
-  // descriptor before it would report the old length.
-  on_fence h([&](fence f) {
-    if (f == fence::after_observe) put<LE>(v.table[head].len, 5U);
-  });
-  SECTION("pop") {
-    chain c;
-    REQUIRE(q.device.pop(c) == errc::ok);
-    CHECK(c.writable_bytes() == 5);
-  }
-  SECTION("pop_buffers") {
-    popped_buffer b[2];
-    REQUIRE(*q.device.pop_buffers(b) == 1);
-    CHECK(b[0].len == 5);
-  }
-  SECTION("serve_buffers") {
-    std::uint32_t len = 0;
-    REQUIRE(*q.device.serve_buffers(4, [&](const popped_buffer& b) noexcept {
-      len = b.len;
-      return 0U;
-    }) == 1);
-    CHECK(len == 5);
-  }
-}
-
 TEST_CASE(
     "V2 2.7.14 and V3 2.7.7.2 split: used elements are written before the publishing "
     "barrier and used_event is read after the full barrier",
@@ -246,31 +214,6 @@ TEST_CASE("V3 2.7.7.2 split flags: NO_INTERRUPT is read after the full barrier",
     if (f == fence::full) store_relaxed<LE>(v.avail.flags(), split::avail_f_no_interrupt);
   });
   CHECK_FALSE(q.device.interrupt_prepare());
-}
-
-TEST_CASE("D3 2.7.14 split: the driver reads used elements only after it observed used idx",
-          "[barrier][split]") {
-  split_q<probe_event> q(8);
-  buffer_arena a(256);
-  const auto& v = q.ring.view();
-  post(q, a, 1);
-  chain c;
-  REQUIRE(q.device.pop(c) == errc::ok);
-  REQUIRE(q.device.complete(c, 8) == errc::ok);
-  q.device.interrupt_prepare();
-  on_fence h([&](fence f) {
-    if (f == fence::after_observe) put<LE>(v.used.ring(0).len, 3U);
-  });
-  SECTION("get_used()") {
-    const result<used_buffer> u = q.driver.get_used();
-    REQUIRE(u);
-    CHECK(u->len == 3);
-  }
-  SECTION("get_used(span)") {
-    used_buffer u[4];
-    REQUIRE(*q.driver.get_used(std::span<used_buffer>(u)) == 1);
-    CHECK(u[0].len == 3);
-  }
 }
 
 TEST_CASE(
@@ -440,37 +383,6 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "V1 2.8.21.1 packed: the device reads a descriptor's fields only after it observed "
-    "its flags",
-    "[barrier][packed]") {
-  packed_q<probe_event> q(8);
-  buffer_arena a(256);
-  const auto& v = q.ring.view();
-  post(q, a, 1);
-  on_fence h([&](fence f) {
-    if (f == fence::after_observe) put<LE>(v.ring[0].len, 5U);
-  });
-  SECTION("pop") {
-    chain c;
-    REQUIRE(q.device.pop(c) == errc::ok);
-    CHECK(c.writable_bytes() == 5);
-  }
-  SECTION("pop_buffers") {
-    popped_buffer b[2];
-    REQUIRE(*q.device.pop_buffers(b) == 1);
-    CHECK(b[0].len == 5);
-  }
-  SECTION("serve_buffers") {
-    std::uint32_t len = 0;
-    REQUIRE(*q.device.serve_buffers(4, [&](const popped_buffer& b) noexcept {
-      len = b.len;
-      return 0U;
-    }) == 1);
-    CHECK(len == 5);
-  }
-}
-
-TEST_CASE(
     "V2 2.8.21.2 and V3 2.8.21.3 packed: used ids and lengths are written before the "
     "publishing barrier and the driver's event area is read after the full barrier",
     "[barrier][packed]") {
@@ -504,33 +416,6 @@ TEST_CASE(
   CHECK(written);
   CHECK((first_before & packed::desc_f_used) == 0);
   CHECK(first_at_full == (used | pWRITE));
-}
-
-TEST_CASE(
-    "D3 2.8.21.2 packed: the driver reads a used descriptor's id and length only after "
-    "it observed its flags",
-    "[barrier][packed]") {
-  packed_q<probe_event> q(8);
-  buffer_arena a(256);
-  const auto& v = q.ring.view();
-  post(q, a, 1);
-  chain c;
-  REQUIRE(q.device.pop(c) == errc::ok);
-  REQUIRE(q.device.complete(c, 8) == errc::ok);
-  q.device.interrupt_prepare();
-  on_fence h([&](fence f) {
-    if (f == fence::after_observe) put<LE>(v.ring[0].len, 3U);
-  });
-  SECTION("get_used()") {
-    const result<used_buffer> u = q.driver.get_used();
-    REQUIRE(u);
-    CHECK(u->len == 3);
-  }
-  SECTION("get_used(span)") {
-    used_buffer u[4];
-    REQUIRE(*q.driver.get_used(std::span<used_buffer>(u)) == 1);
-    CHECK(u[0].len == 3);
-  }
 }
 
 TEST_CASE(
@@ -591,6 +476,96 @@ TEST_CASE(
   CHECK(q.device.enable_notifications() == adds);
   CHECK(flags_at_full == packed::event_flags_desc);
   CHECK(off_wrap_at_full == packed::make_off_wrap(0, true));
+}
+
+// =============================================================================================
+// Both layouts: what is read after observing the other side's index or flags
+// =============================================================================================
+
+namespace {
+
+/// The length field of the descriptor of the first chain the driver made available.
+template <class Layout>
+wire<std::uint32_t>& first_desc_len(const typename Layout::view& v) {
+  if constexpr (Layout::is_packed) {
+    return v.ring[0].len;
+  } else {
+    return v.table[get<LE>(v.avail.ring(0))].len;
+  }
+}
+
+/// The length field of the first used element (split) or used descriptor (packed).
+template <class Layout>
+wire<std::uint32_t>& first_used_len(const typename Layout::view& v) {
+  if constexpr (Layout::is_packed) {
+    return v.ring[0].len;
+  } else {
+    return v.used.ring(0).len;
+  }
+}
+
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE(
+    "V1 2.7.13 / 2.8.21.1: the device reads a descriptor only after it "
+    "observed avail idx or the head's flags",
+    "[barrier]", virtq_test::all_layouts) {
+  using Layout = TestType;
+  queue_pair<Layout, probe_event> q(8);
+  buffer_arena a(256);
+  post(q, a, 1);
+  // Inside the barrier the driver (here: the test) shortens the buffer: a device that read the
+  // descriptor before it would report the old length.
+  wire<std::uint32_t>& len_field = first_desc_len<Layout>(q.ring.view());
+  on_fence h([&](fence f) {
+    if (f == fence::after_observe) put<LE>(len_field, 5U);
+  });
+  SECTION("pop") {
+    chain c;
+    REQUIRE(q.device.pop(c) == errc::ok);
+    CHECK(c.writable_bytes() == 5);
+  }
+  SECTION("pop_buffers") {
+    popped_buffer b[2];
+    REQUIRE(*q.device.pop_buffers(b) == 1);
+    CHECK(b[0].len == 5);
+  }
+  SECTION("serve_buffers") {
+    std::uint32_t len = 0;
+    REQUIRE(*q.device.serve_buffers(4, [&](const popped_buffer& b) noexcept {
+      len = b.len;
+      return 0U;
+    }) == 1);
+    CHECK(len == 5);
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE(
+    "D3 2.7.14 / 2.8.21.2: the driver reads a used entry's length only after "
+    "it observed used idx or the used flags",
+    "[barrier]", virtq_test::all_layouts) {
+  using Layout = TestType;
+  queue_pair<Layout, probe_event> q(8);
+  buffer_arena a(256);
+  post(q, a, 1);
+  chain c;
+  REQUIRE(q.device.pop(c) == errc::ok);
+  REQUIRE(q.device.complete(c, 8) == errc::ok);
+  q.device.interrupt_prepare();
+  wire<std::uint32_t>& len_field = first_used_len<Layout>(q.ring.view());
+  on_fence h([&](fence f) {
+    if (f == fence::after_observe) put<LE>(len_field, 3U);
+  });
+  SECTION("get_used()") {
+    const result<used_buffer> u = q.driver.get_used();
+    REQUIRE(u);
+    CHECK(u->len == 3);
+  }
+  SECTION("get_used(span)") {
+    used_buffer u[4];
+    REQUIRE(*q.driver.get_used(std::span<used_buffer>(u)) == 1);
+    CHECK(u[0].len == 3);
+  }
 }
 
 // =============================================================================================
