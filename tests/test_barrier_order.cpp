@@ -89,6 +89,16 @@ void post(Q& q, const buffer_arena& a, std::uint32_t n) {
   q.driver.kick_prepare();
 }
 
+/// The device pops two chains and completes them newest first, with 6 and 4 bytes, without
+/// publishing: what V2 must find written before its barrier.
+template <class Q>
+void complete_reversed(Q& q, chain& c0, chain& c1) {
+  REQUIRE(q.device.pop(c0) == errc::ok);
+  REQUIRE(q.device.pop(c1) == errc::ok);
+  REQUIRE(q.device.complete(c1, 6) == errc::ok);
+  REQUIRE(q.device.complete(c0, 4) == errc::ok);
+}
+
 }  // namespace
 
 // =============================================================================================
@@ -177,10 +187,7 @@ TEST_CASE(
   post(q, a, 2);
   chain c0;
   chain c1;
-  REQUIRE(q.device.pop(c0) == errc::ok);
-  REQUIRE(q.device.pop(c1) == errc::ok);
-  REQUIRE(q.device.complete(c1, 6) == errc::ok);
-  REQUIRE(q.device.complete(c0, 4) == errc::ok);
+  complete_reversed(q, c0, c1);  // used entry 0 names c1 (6 bytes), entry 1 names c0 (4 bytes)
   store_relaxed<LE>(v.avail.used_event(), 5);  // not passed by 0 -> 2
   bool written = false;
   std::uint16_t idx_before = 0xFFFF;
@@ -392,10 +399,7 @@ TEST_CASE(
   post(q, a, 2);
   chain c0;
   chain c1;
-  REQUIRE(q.device.pop(c0) == errc::ok);
-  REQUIRE(q.device.pop(c1) == errc::ok);
-  REQUIRE(q.device.complete(c1, 6) == errc::ok);  // used slot 0
-  REQUIRE(q.device.complete(c0, 4) == errc::ok);  // used slot 1
+  complete_reversed(q, c0, c1);  // used entry 0 names c1 (6 bytes), entry 1 names c0 (4 bytes)
   store_relaxed<LE>(v.driver_event->flags, packed::event_flags_disable);
   bool written = false;
   std::uint16_t first_before = 0;
