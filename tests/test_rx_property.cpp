@@ -7,6 +7,10 @@
 //    burst names it, and the virtqueue holds exactly the posted buffers (one descriptor each);
 //  * no frame is delivered twice, none is lost: completed == delivered + dropped (copy
 //    failures) + not yet reaped; no caller misuse was reported (poisoning on).
+// A hostile device may rewrite one completed, not yet reaped entry of the used ring (an id out
+// of range, a length over the buffer): every frame before it is still delivered, that one and
+// none after it, the poll that meets it reports the rule it broke (2.7.8 / 2.8.4), every later
+// call the broken queue, and shutdown still gives every buffer back exactly once.
 #include <rapidcheck.h>
 #include <rapidcheck/catch.h>
 #include <rapidcheck/state.h>
@@ -113,11 +117,52 @@ struct rx_system {
     // the used ring; after a poll that found no more, nothing is in the used ring.
     const auto s = rig.rxq.stats();
     RC_ASSERT(completed_seqs.size() == completed);
+    RC_ASSERT(used_order.size() == completed);
     RC_ASSERT(completed >= delivered.size() + s.copy_failures + reset_dropped);
     if (used_drained) {
       RC_ASSERT(completed == delivered.size() + s.copy_failures + reset_dropped);
     }
+    // The corrupted entry is never consumed: the driver stops in front of it.
+    if (corrupt_at && !stopped) RC_ASSERT(reaped() <= *corrupt_at);
+    // Only a hostile device breaks the queue, and then with the rule it broke.
+    const errc e = rig.qp.driver.error();
+    RC_ASSERT((e == errc::ok || (corrupt_at && e == corrupt_error)));
+    RC_ASSERT(s.bad_tokens == 0u);
     RC_ASSERT(rig.pool.misuse_total() == 0u);
+  }
+
+  /// A frame the driver hands over: written by the device, delivered once, and (with a hostile
+  /// device) completed before the corrupted entry.
+  void check_delivered(std::uint64_t q) {
+    RC_ASSERT(completed_seqs.count(q) == 1u);  // the device wrote it
+    RC_ASSERT(delivered.insert(q).second);     // and it comes once
+    if (corrupt_at) RC_ASSERT(used_pos.at(q) < *corrupt_at);
+  }
+
+  /// After a poll that stopped short of its room: it reached the end of the used ring or, with
+  /// a hostile device, the corrupted entry, and then the driver is broken.
+  void poll_stopped_short() {
+    if (!corrupt_at) {
+      used_drained = true;
+      return;
+    }
+    RC_ASSERT(reaped() == *corrupt_at);
+    RC_ASSERT(rig.qp.driver.broken());
+    saw_break = true;
+  }
+
+  /// A poll (or, `refill`, a refill) that failed: only after the ring was corrupted. The first
+  /// poll to fail names the rule, later polls and every refill say broken.
+  void failed(errc e, bool refill = false) {
+    RC_ASSERT(corrupt_at.has_value());
+    RC_ASSERT(rig.qp.driver.broken());
+    if (!refill && poll_failures == 0) {
+      RC_ASSERT(e == corrupt_error);
+    } else {
+      RC_ASSERT(e == errc::broken);
+    }
+    poll_failures += refill ? 0 : 1;
+    saw_break = true;
   }
 
   /// Some burst still has a packet of its own (kept ones are handles in `live`).
@@ -130,16 +175,23 @@ struct rx_system {
     return false;
   }
 
-  std::size_t unreaped() const {
-    return completed - delivered.size() - reset_dropped -
-           static_cast<std::size_t>(rig.rxq.stats().copy_failures);
+  /// Used entries the driver consumed (delivered or dropped for want of a bounce buffer).
+  std::size_t reaped() const {
+    return delivered.size() + static_cast<std::size_t>(rig.rxq.stats().copy_failures);
   }
+  std::size_t unreaped() const { return completed - reaped() - reset_dropped; }
 
   rig_type rig;
   std::vector<packet> live;   // every handle the "stack" still has
   std::vector<burst> bursts;  // every burst it still has
   std::vector<popped> in_device;
   std::set<std::uint64_t> completed_seqs;
+  std::vector<std::uint64_t> used_order;          // frames in the order the device used them
+  std::map<std::uint64_t, std::size_t> used_pos;  // a frame's place in used_order
+  std::optional<std::size_t> corrupt_at;          // the used entry a hostile device rewrote
+  errc corrupt_error = errc::ok;                  // and the rule the driver must name
+  std::size_t poll_failures = 0;                  // polls that failed since
+  bool saw_break = false;                         // the driver met the corrupted entry
   std::set<std::uint64_t> delivered;
   std::size_t completed = 0;
   std::size_t reset_dropped = 0;
@@ -156,7 +208,8 @@ template <class L>
 struct refill : cmd<L> {
   void checkPreconditions(const model& m) const override { RC_PRE(!m.stopped); }
   void run(const model& m, rx_system<L>& s) const override {
-    RC_ASSERT(s.rig.rxq.refill().has_value());
+    const auto r = s.rig.rxq.refill();
+    if (!r) s.failed(r.error(), /*refill=*/true);
     s.check_invariants(m.stopped);
   }
   void show(std::ostream& os) const override { os << "refill"; }
@@ -192,6 +245,8 @@ struct device_complete : cmd<L> {
       s.in_device.erase(s.in_device.begin() + static_cast<std::ptrdiff_t>(i));
       RC_ASSERT(s.rig.qp.device.complete(e.id, e.len) == errc::ok);
       RC_ASSERT(s.completed_seqs.insert(e.seq).second);
+      s.used_pos[e.seq] = s.used_order.size();
+      s.used_order.push_back(e.seq);
       ++s.completed;
       s.used_drained = false;
     }
@@ -227,18 +282,20 @@ struct poll : cmd<L> {
   void run(const model& m, rx_system<L>& s) const override {
     std::vector<typename rx_system<L>::packet> out(static_cast<std::size_t>(budget));
     auto r = s.rig.rxq.poll(out);
-    RC_ASSERT(r.has_value());
+    if (!r) {
+      s.failed(r.error());
+      s.check_invariants(m.stopped);
+      return;
+    }
     for (std::size_t k = 0; k < r->received; ++k) {
       auto& p = out[k];
       RC_ASSERT(p.len == rx_frame_len);
-      const std::uint64_t q = frame_seq(p.data());
-      RC_ASSERT(s.completed_seqs.count(q) == 1u);  // the device wrote it
-      RC_ASSERT(s.delivered.insert(q).second);     // and it comes once
+      s.check_delivered(frame_seq(p.data()));
       s.live.push_back(std::move(p));
     }
     s.max_poll = std::max(s.max_poll, r->received);
     // Fewer than asked although frames remain in the used ring can only be drops.
-    if (r->received < out.size()) s.used_drained = true;
+    if (r->received < out.size()) s.poll_stopped_short();
     s.check_invariants(m.stopped);
   }
   void show(std::ostream& os) const override { os << "poll " << budget; }
@@ -252,19 +309,22 @@ struct poll_burst : cmd<L> {
     typename rx_system<L>::burst b;
     const std::uint64_t failures = s.rig.rxq.stats().copy_failures;
     auto r = s.rig.rxq.poll(b);
-    RC_ASSERT(r.has_value());
+    if (!r) {
+      RC_ASSERT(b.empty());
+      s.failed(r.error());
+      s.check_invariants(m.stopped);
+      return;
+    }
     RC_ASSERT(r->received == b.size());
     for (std::size_t k = 0; k < b.size(); ++k) {
       RC_ASSERT(b.len(k) == rx_frame_len);
       RC_ASSERT(b.data(k).size() == rx_frame_len);
-      const std::uint64_t q = frame_seq(b.data(k));
-      RC_ASSERT(s.completed_seqs.count(q) == 1u);  // the device wrote it
-      RC_ASSERT(s.delivered.insert(q).second);     // and it comes once
+      s.check_delivered(frame_seq(b.data(k)));
     }
     // One reap of at most `capacity`: the used ring is empty when it reaped fewer, counting
     // the frames dropped for want of a bounce buffer (a ring of 64 holds more than one burst).
     const std::uint64_t dropped = s.rig.rxq.stats().copy_failures - failures;
-    if (b.size() + dropped < b.capacity) s.used_drained = true;
+    if (b.size() + dropped < b.capacity) s.poll_stopped_short();
     if (!b.empty()) s.bursts.push_back(std::move(b));
     RC_ASSERT(b.empty());  // moved from
     s.check_invariants(m.stopped);
@@ -388,6 +448,54 @@ struct advance : cmd<L> {
   void show(std::ostream& os) const override { os << "advance " << ms << "ms"; }
 };
 
+/// A hostile device rewrites one completed entry the driver has not reaped yet: its id out of
+/// range (2.7.8 / 2.8.4: a used id names a buffer the driver gave) or its length over the
+/// buffer's writable bytes (2.7.8.2). The device's own state is untouched: it goes on
+/// receiving, and what it completes after that entry is never delivered.
+template <class L>
+struct device_corrupt : cmd<L> {
+  unsigned pick = *rc::gen::arbitrary<unsigned>();
+  bool bad_len = *rc::gen::arbitrary<bool>();
+  unsigned value = *rc::gen::arbitrary<unsigned>();
+  void checkPreconditions(const model& m) const override { RC_PRE(!m.stopped); }
+  void run(const model& m, rx_system<L>& s) const override {
+    if (!s.corrupt_at && s.unreaped() != 0) {
+      // The driver consumes the used ring in the order the device wrote it, from its start
+      // (index 0, one slot per one-descriptor chain): entry k of used_order is at slot k.
+      const std::size_t at = s.reaped() + pick % s.unreaped();
+      const auto& v = s.rig.qp.ring.view();
+      const std::uint32_t size = v.size;
+      const auto slot = static_cast<std::uint32_t>(at % size);
+      // Over the 256-byte buffer, or at or over the ring size (split ids are 32 bits on the
+      // wire, packed ids 16).
+      const std::uint32_t len = 257U + value % (0xFFFFFFFFU - 257U);
+      const std::uint32_t id =
+          size + value % ((L::layout::is_packed ? 0x10000U : 0xFFFFFFFFU) - size);
+      using LE = little_endian;
+      if constexpr (L::layout::is_packed) {
+        packed::desc& d = v.ring[slot];
+        if (bad_len) {
+          put<LE>(d.len, len);
+        } else {
+          put<LE>(d.id, static_cast<std::uint16_t>(id));
+        }
+      } else {
+        if (bad_len) {
+          put<LE>(v.used.ring(slot).len, len);
+        } else {
+          put<LE>(v.used.ring(slot).id, id);
+        }
+      }
+      s.corrupt_at = at;
+      s.corrupt_error = bad_len ? errc::used_len_too_large : errc::used_id_out_of_range;
+    }
+    s.check_invariants(m.stopped);
+  }
+  void show(std::ostream& os) const override {
+    os << "device_corrupt " << pick << (bad_len ? " len " : " id ") << value;
+  }
+};
+
 template <class L>
 struct shutdown : cmd<L> {
   void checkPreconditions(const model& m) const override { RC_PRE(!m.stopped); }
@@ -397,7 +505,7 @@ struct shutdown : cmd<L> {
     s.rig.qp.device.reset();
     s.in_device.clear();  // popped by the device, never completed: they come back by reset
     const auto rep = s.rig.rxq.shutdown(0ms);
-    RC_ASSERT(rep.returned_from_ring == posted);  // exactly once each
+    RC_ASSERT(rep.returned_from_ring == posted);  // exactly once each, broken ring or not
     RC_ASSERT(rep.bad_tokens == 0u);
     RC_ASSERT(rep.census.conserved);
     RC_ASSERT(rep.drained == (s.live.empty() && !s.bursts_hold()));
@@ -422,13 +530,17 @@ auto command_gen() {
 
 /// Runs a generated sequence (scaled up to a few hundred steps so pools run dry and the
 /// reserve and the detector come into play), then shuts down and checks everything came back.
-template <class L, bool MidRunShutdown>
+enum class ending { none, shutdown, hostile };
+
+template <class L, ending End>
 void run_property(std::uint32_t ring, std::uint32_t pool, bool reserve) {
   rx_system<L> s(ring, pool, reserve);
   RC_ASSERT(s.rig.rxq.refill().has_value());  // a receive queue starts with its ring posted
   const auto gen = [] {
-    if constexpr (MidRunShutdown) {
+    if constexpr (End == ending::shutdown) {
       return command_gen<L, shutdown<L>>();
+    } else if constexpr (End == ending::hostile) {
+      return command_gen<L, device_corrupt<L>>();
     } else {
       return command_gen<L>();
     }
@@ -445,21 +557,27 @@ void run_property(std::uint32_t ring, std::uint32_t pool, bool reserve) {
   RC_CLASSIFY(s.rig.rxq.stats().copy_failures > 0, "copy failures");
   RC_CLASSIFY(s.rig.rxq.stats().starvation_reports > 0, "starvation reported");
   RC_CLASSIFY(s.max_poll > 32, "a poll of several reaps");
+  RC_CLASSIFY(s.saw_break, "the driver met the hostile entry");
 }
 
 }  // namespace
 
 template <class C>
 void run_all() {
-  rc::prop("pool == ring, reserve on", [] { run_property<C, false>(8, 8, true); });
-  rc::prop("pool == ring, reserve off", [] { run_property<C, false>(8, 8, false); });
-  rc::prop("pool > ring, reserve on", [] { run_property<C, false>(8, 20, true); });
-  rc::prop("pool < ring, reserve off", [] { run_property<C, false>(16, 6, false); });
+  constexpr auto plain = ending::none;
+  rc::prop("pool == ring, reserve on", [] { run_property<C, plain>(8, 8, true); });
+  rc::prop("pool == ring, reserve off", [] { run_property<C, plain>(8, 8, false); });
+  rc::prop("pool > ring, reserve on", [] { run_property<C, plain>(8, 20, true); });
+  rc::prop("pool < ring, reserve off", [] { run_property<C, plain>(16, 6, false); });
   // Rings larger than one reap: a poll with a large budget takes several rounds of 32.
-  rc::prop("ring 64, pool 80, reserve on", [] { run_property<C, false>(64, 80, true); });
-  rc::prop("ring 64, pool 48, reserve off", [] { run_property<C, false>(64, 48, false); });
-  rc::prop("shutdown mid-run, reserve on", [] { run_property<C, true>(8, 12, true); });
-  rc::prop("shutdown mid-run, reserve off", [] { run_property<C, true>(8, 8, false); });
+  rc::prop("ring 64, pool 80, reserve on", [] { run_property<C, plain>(64, 80, true); });
+  rc::prop("ring 64, pool 48, reserve off", [] { run_property<C, plain>(64, 48, false); });
+  rc::prop("shutdown mid-run, reserve on", [] { run_property<C, ending::shutdown>(8, 12, true); });
+  rc::prop("shutdown mid-run, reserve off", [] { run_property<C, ending::shutdown>(8, 8, false); });
+  // A hostile device: a small ring (the error soon met) and one of several reaps.
+  rc::prop("hostile device, reserve on", [] { run_property<C, ending::hostile>(8, 12, true); });
+  rc::prop("hostile device, ring 64, reserve off",
+           [] { run_property<C, ending::hostile>(64, 48, false); });
 }
 
 TEMPLATE_LIST_TEST_CASE("rx property: conservation and exact accounting under random interleavings",

@@ -400,8 +400,9 @@ class rx_queue {
   /// Reaps up to out.size() completions into out[0..received) and reposts/refills. The packets'
   /// handles start with holder "stack"; pass them on with handle.pass_to(holder). Handles left
   /// in the overwritten slots of `out` are released by the assignment. A virtqueue error (a
-  /// hostile device: the queue is broken) is returned; if it struck after packets were
-  /// delivered into `out`, this poll returns them and the next poll the error.
+  /// hostile device: the queue is broken) is returned, naming the rule the device broke; if
+  /// it struck after packets were delivered into `out`, this poll returns them and the next
+  /// poll the error. Polls after that return errc::broken.
   result<rx_poll_result> poll(std::span<packet> out) {
     return poll_with([&](std::int64_t now, std::uint64_t stamp, batch& b) -> errc {
       std::array<used_buffer, 32> used;
@@ -428,7 +429,10 @@ class rx_queue {
           packet_sink sink{dst};
           b.received += deliver(used.data(), n, sink, now, stamp, b);
         }
-        if (n < want) break;
+        if (n < want) {
+          note_short_reap();
+          break;
+        }
       }
       return errc::ok;
     });
@@ -446,6 +450,7 @@ class rx_queue {
       const result<std::size_t> got = q_.get_used(std::span(e, burst.capacity));
       if (!got) return got.error();
       const auto n = static_cast<std::uint32_t>(*got);
+      if (n < burst.capacity) note_short_reap();
       // Lent where get_used wrote them: the burst's entries are the used buffers themselves.
       std::uint32_t k = 0;
       if (static_cast<std::int64_t>(n) <= b.lendable) [[likely]] {
@@ -532,10 +537,7 @@ class rx_queue {
     rep.queue = opts_.name;
     if (!stopped_) {
       stopped_ = true;
-      for (std::uint32_t k = 0; k < n_repost_; ++k) {
-        if (pool_.unpost(repost_[k]) == errc::ok) ++rep.returned_from_ring;
-      }
-      n_repost_ = 0;
+      rep.returned_from_ring = unpost_repost_list();
       resetting_ = this;
       reset_returned_ = 0;
       reset_bad_ = 0;
@@ -624,7 +626,11 @@ class rx_queue {
       pool_.lend_batch().finish(static_cast<std::uint32_t>(b.received - b.copied));
       stats_.packets += b.received;  // packets_lent: packets - packets_copied, made by stats()
       stats_.packets_copied += b.copied;
-      if (failure == errc::ok) r.notify = post_locked();
+      if (failure == errc::ok) {
+        r.notify = post_locked();
+      } else if (n_repost_ != 0 && q_.broken()) {
+        (void)unpost_repost_list();  // as post_locked does on a broken ring
+      }
       evaluate_locked(now, cb);
     }
     cb.fire(opts_);
@@ -772,7 +778,12 @@ class rx_queue {
   /// Reposts copied-from buffers, then posts free ones when a batch has gathered or the ring is
   /// low; one kick decision for all of it.
   [[gnu::always_inline]] bool post_locked() {
-    if (q_.broken()) return false;
+    if (q_.broken()) [[unlikely]] {
+      // A broken ring takes nothing back: buffers waiting to be reposted are free, not posted
+      // (the census must not count them as on the ring).
+      if (n_repost_ != 0) (void)unpost_repost_list();
+      return false;
+    }
     std::uint32_t added = 0;
     if (n_repost_ != 0) [[unlikely]]
       added = repost_copied();
@@ -793,6 +804,23 @@ class rx_queue {
     const bool notify = q_.kick_prepare();
     ++(notify ? stats_.kicks : stats_.kicks_suppressed);
     return notify;
+  }
+
+  /// After a reap that returned fewer than asked: if that is because the virtqueue met a bad
+  /// used entry after good ones (it returns those and breaks), the next poll names the rule
+  /// the device broke (the virtqueue itself would say only errc::broken from then on).
+  void note_short_reap() noexcept {
+    if (q_.broken()) [[unlikely]]
+      deferred_error_ = q_.error();
+  }
+
+  /// The repost list's buffers (their packets went up as copies) back to the free list, when
+  /// the ring will not take them again (broken, or shut down); how many.
+  [[gnu::cold, gnu::noinline]] std::uint32_t unpost_repost_list() noexcept {
+    std::uint32_t n = 0;
+    for (std::uint32_t k = 0; k < n_repost_; ++k) n += pool_.unpost(repost_[k]) == errc::ok;
+    n_repost_ = 0;
+    return n;
   }
 
   /// Reposts the ring buffers whose packets went up as copies; how many.
