@@ -21,6 +21,32 @@ rx_queue_options no_reserve(std::string name = "rx0") {
 }  // namespace
 
 TEMPLATE_LIST_TEST_CASE(
+    "rx_queue: a reserve that is not below the pool size is refused at construction", "[rx_queue]",
+    all_layouts) {
+  using rig_type = rx_rig<TestType>;
+  const auto refused = [](std::uint32_t ring, std::uint32_t pool, rx_queue_options o) {
+    try {
+      rig_type rig(ring, pool, std::move(o));
+    } catch (const virtq::error& e) {
+      CHECK(e.value() == errc::invalid_argument);
+      return true;
+    }
+    return false;
+  };
+  rx_queue_options o;
+  o.reserve = 4;
+  CHECK(refused(16, 4, o));  // K = pool: nothing could ever be lent
+  CHECK(refused(16, 3, o));
+  CHECK_FALSE(refused(16, 5, o));
+  // The automatic reserve (an eighth, at least 2) against a pool of 2.
+  CHECK(refused(16, 2, rx_queue_options{}));
+  CHECK_FALSE(refused(16, 3, rx_queue_options{}));
+  // Without the copy fallback there is no reserve to keep.
+  o.copy_reserve = false;
+  CHECK_FALSE(refused(16, 4, o));
+}
+
+TEMPLATE_LIST_TEST_CASE(
     "rx_queue: refill posts the ring full and poll delivers what the device wrote", "[rx_queue]",
     all_layouts) {
   rx_rig<TestType> rig(16, 64, no_reserve());
