@@ -252,6 +252,28 @@ TEMPLATE_LIST_TEST_CASE("rx_queue: a holder past its loan deadline is asked to r
   CHECK(asked.size() == 1);
 }
 
+TEMPLATE_LIST_TEST_CASE("rx_queue: a loan exactly as old as the deadline is not overdue; older is",
+                        "[rx_queue]", all_layouts) {
+  std::vector<loan_overdue> asked;
+  rx_queue_options o = no_reserve();
+  o.loan_deadline = 1s;  // checked every 250 ms
+  o.on_loan_overdue = [&](const loan_overdue& d) { asked.push_back(d); };
+  rx_rig<TestType> rig(16, 32, o);
+  REQUIRE(rig.rxq.refill().has_value());  // the first check: due at 250 ms
+  CHECK(rig.send(2, 80) == 2);
+  auto kept = rig.poll_all();  // lent at 0
+  REQUIRE(kept.size() == 2);
+  rig.time.advance(1s);
+  rig.rxq.check_starvation();  // a check is due: the loans are 1 s old, not older
+  CHECK(asked.empty());
+  CHECK(rig.rxq.stats().deadline_callbacks == 0);
+  rig.time.advance(250ms);  // the next check
+  rig.rxq.check_starvation();
+  REQUIRE(asked.size() == 1);
+  CHECK(asked[0].holder.oldest == 1250ms);
+  CHECK(asked[0].holder.count == 2);
+}
+
 TEMPLATE_LIST_TEST_CASE("rx_queue: shutdown returns every posted buffer once and reports holders",
                         "[rx_queue]", all_layouts) {
   rx_rig<TestType> rig(16, 32, no_reserve());
