@@ -425,6 +425,19 @@ TEST_CASE("2.8.4 pop_buffers: an id out of range mid-batch returns the ones befo
   h.expect_broken(errc::packed_bad_id);
 }
 
+TEST_CASE("2.8.4 pop_buffers: a zero-length buffer with id == queue size is packed_bad_id") {
+  // A zero-length buffer leaves the batch's fast path (it is not translated); its id is checked
+  // there as well.
+  hostile_driver h(4);
+  put_desc(h.v(), 0, h.ga(0), 8, 0, A | WRITE);
+  put_desc(h.v(), 1, h.ga(8), 0, 4, A | WRITE);
+  popped_buffer got[4];
+  const auto r = h.device.pop_buffers(got);
+  REQUIRE(r);
+  REQUIRE(*r == 1);
+  h.expect_broken(errc::packed_bad_id);
+}
+
 TEST_CASE("2.8.4 pop_buffers: an id already held (earlier batch or same batch) is packed_bad_id") {
   SECTION("held from an earlier call") {
     hostile_driver h(4);

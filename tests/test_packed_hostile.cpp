@@ -117,6 +117,24 @@ TEST_CASE("device: a buffer id >= queue size is packed_bad_id") {
   h.expect_pop(errc::packed_bad_id);
 }
 
+TEST_CASE(
+    "device: a chain of several descriptors or an indirect one with id == queue size is "
+    "packed_bad_id") {
+  // pop(chain&) checks these ids after walking the chain, away from the one-descriptor path.
+  SECTION("two descriptors, the id in the last") {
+    hostile_driver h(8);
+    put_desc(h.v(), 1, hostile_driver::ga(64), 16, 8, A | WRITE);
+    put_desc(h.v(), 0, hostile_driver::ga(0), 16, 0, A | NEXT);
+    h.expect_pop(errc::packed_bad_id);
+  }
+  SECTION("an indirect table") {
+    hostile_driver h(8);
+    h.table_entry(4096, 0, hostile_driver::ga(0), 16, WRITE);
+    put_desc(h.v(), 0, hostile_driver::ga(4096), 16, 8, A | INDIRECT);
+    h.expect_pop(errc::packed_bad_id);
+  }
+}
+
 TEST_CASE("device: a buffer id already in flight is packed_bad_id") {
   hostile_driver h(8);
   chain c;
