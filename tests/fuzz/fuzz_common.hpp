@@ -9,11 +9,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <span>
+#include <vector>
 
 #include "virtq/packed.hpp"
 #include "virtq/policy.hpp"
 #include "virtq/spec.hpp"
 #include "virtq/split.hpp"
+#include "virtq/virtqueue.hpp"
 
 // An invariant the library promises was broken: stop the fuzzer here, with a stack.
 #define FUZZ_CHECK(cond) \
@@ -79,6 +81,20 @@ inline config read_config(reader& in) noexcept {
   if ((b0 & 8U) != 0) f = f.with(virtq::feature::in_order);
   c.features = f;
   return c;
+}
+
+/// The byte ranges of the ring a device is allowed to write: split, the used ring (avail_event
+/// included); packed, the descriptor slots and the device event area.
+template <class Layout>
+std::vector<std::span<std::byte>> device_areas(const virtq::ring_memory<Layout>& ring) {
+  const auto& geo = ring.geometry();
+  const std::span<std::byte> all = ring.bytes();
+  if constexpr (Layout::is_packed) {
+    return {all.subspan(geo.desc_offset, geo.desc_bytes),
+            all.subspan(geo.device_event_offset, sizeof(virtq::packed::event_suppress))};
+  } else {
+    return {all.subspan(geo.used_offset, geo.used_bytes)};
+  }
 }
 
 /// Calls `fn.template operator()<Layout, Policy>()` for the configuration's instantiation.

@@ -21,19 +21,6 @@ namespace {
 using namespace virtq;
 using virtq_fuzz::reader;
 
-/// The byte ranges of the ring a device is allowed to write.
-template <class Layout>
-std::vector<std::span<std::byte>> device_areas(const ring_memory<Layout>& ring) {
-  const auto& geo = ring.geometry();
-  const std::span<std::byte> all = ring.bytes();
-  if constexpr (Layout::is_packed) {
-    return {all.subspan(geo.desc_offset, geo.desc_bytes),
-            all.subspan(geo.device_event_offset, sizeof(packed::event_suppress))};
-  } else {
-    return {all.subspan(geo.used_offset, geo.used_bytes)};
-  }
-}
-
 template <class Layout, class Policy>
 void run(const virtq_fuzz::config& cfg, reader& in) {
   using driver_type = typename Layout::template driver<Policy>;
@@ -44,7 +31,7 @@ void run(const virtq_fuzz::config& cfg, reader& in) {
     opts.indirect_threshold = in.u8() % 4U;
   }
   driver_type drv(ring.view(), cfg.features, opts);
-  const auto areas = device_areas(ring);
+  const auto areas = virtq_fuzz::device_areas(ring);
 
   std::map<token_t, std::uint64_t> outstanding;  // token -> writable bytes of its chain
   std::set<token_t> all_added;

@@ -29,19 +29,6 @@ using virtq_fuzz::reader;
 
 constexpr std::uint32_t buffer_bytes = 128;
 
-/// The byte ranges of the ring a device is allowed to write (as fuzz_driver.cpp).
-template <class Layout>
-std::vector<std::span<std::byte>> device_areas(const ring_memory<Layout>& ring) {
-  const auto& geo = ring.geometry();
-  const std::span<std::byte> all = ring.bytes();
-  if constexpr (Layout::is_packed) {
-    return {all.subspan(geo.desc_offset, geo.desc_bytes),
-            all.subspan(geo.device_event_offset, sizeof(packed::event_suppress))};
-  } else {
-    return {all.subspan(geo.used_offset, geo.used_bytes)};
-  }
-}
-
 template <class Layout, class QueuePolicy, class PoolPolicy>
 void run(const virtq_fuzz::config& cfg, reader& in) {
   using driver_type = typename Layout::template driver<QueuePolicy>;
@@ -77,7 +64,7 @@ void run(const virtq_fuzz::config& cfg, reader& in) {
   device_type dev(ring.view(), cfg.features, mem, device_options{});
   rxq_type rxq(drv, pool, o, manual_clock{&time});
   const holder_id other = rxq.register_holder("app");
-  const auto areas = device_areas(ring);
+  const auto areas = virtq_fuzz::device_areas(ring);
   const std::byte* const pool_base = pool.host_address(0);
   const std::byte* const pool_end = pool_base + std::size_t{pool_size} * buffer_bytes;
 
