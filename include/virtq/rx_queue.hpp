@@ -626,11 +626,8 @@ class rx_queue {
       pool_.lend_batch().finish(static_cast<std::uint32_t>(b.received - b.copied));
       stats_.packets += b.received;  // packets_lent: packets - packets_copied, made by stats()
       stats_.packets_copied += b.copied;
-      if (failure == errc::ok) {
-        r.notify = post_locked();
-      } else if (n_repost_ != 0 && q_.broken()) {
-        (void)unpost_repost_list();  // as post_locked does on a broken ring
-      }
+      // After a failure the ring is broken: post_locked then only frees the repost list.
+      r.notify = post_locked();
       evaluate_locked(now, cb);
     }
     cb.fire(opts_);
