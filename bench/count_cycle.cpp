@@ -71,11 +71,11 @@ enum class device_calls {
   single,        ///< pop(chain&) + complete(id, len) per chain (and add_inbuf on the driver)
 };
 
-template <class Layout, class P>
+template <class Layout, class P, class M = virtq::identity_memory>
 runner queue_scenario(std::size_t batch, device_calls calls = device_calls::serve,
                       bool in_order = false) {
   return [batch, calls, in_order](std::size_t cycles) {
-    auto q = std::make_unique<virtq_bench::queue_pair<Layout, P>>(
+    auto q = std::make_unique<virtq_bench::queue_pair<Layout, P, M>>(
         virtq_bench::queue_size, virtq_bench::buffer_bytes, in_order);
     q->use_single_calls(calls == device_calls::single);
     q->use_pop_complete(calls == device_calls::pop_complete);
@@ -147,6 +147,11 @@ std::vector<std::pair<std::string, runner>> scenarios() {
       queue_scenario<virtq::packed_layout, vb::p_event>(32, device_calls::pop_complete, true));
   // The split format with no checks, suppression or bookkeeping (bench/floor_ring.hpp): the
   // floor any split implementation starts from, next to split-none-32.
+  // A VMM's device: guest memory of two regions, the buffers in the one above 4 GiB.
+  s.emplace_back("split-event-guestmem-32",
+                 queue_scenario<virtq::split_layout, vb::p_event, virtq::guest_memory>(32));
+  s.emplace_back("packed-event-guestmem-32",
+                 queue_scenario<virtq::packed_layout, vb::p_event, virtq::guest_memory>(32));
   s.emplace_back("floor-split-32", pair_scenario<vb::floor_split_pair>(32));
   s.emplace_back("floor-split-1", pair_scenario<vb::floor_split_pair>(1));
   s.emplace_back("floor-packed-32", pair_scenario<vb::floor_packed_pair>(32));

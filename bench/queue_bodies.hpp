@@ -40,14 +40,21 @@ virtq::features features_for() {
   return f;
 }
 
+/// Where a guest_memory pair's buffers live in the guest: above 4 GiB, as a VMM's RAM above
+/// the PCI hole is (QEMU's SET_MEM_TABLE on x86 sends a region below 4 GiB and one above).
+inline constexpr std::uint64_t guest_high_ram = std::uint64_t{1} << 32;
+
 /// A driver and a device over one ring in this process. The driver posts single
 /// device-writable buffers (a receive queue); the device completes each with a full length
 /// without touching the data, so what is measured is the queue, not memcpy.
-template <class Layout, class P>
+/// M: the device's memory map. identity_memory (guest address == host address) by default;
+/// with guest_memory the buffers are a region at guest_high_ram, after a low region, as a
+/// VMM's device sees them.
+template <class Layout, class P, class M = virtq::identity_memory>
 class queue_pair {
  public:
   using driver_type = typename Layout::template driver<P>;
-  using device_type = typename Layout::template device<P, virtq::identity_memory>;
+  using device_type = typename Layout::template device<P, M>;
   static_assert(virtq::driver_queue<driver_type>);
   static_assert(virtq::device_queue<device_type>);
 
@@ -58,21 +65,32 @@ class queue_pair {
                       bool in_order = false)
       : ring_(size),
         buffers_(std::size_t{size} * buffer_bytes, 4096),
+        mem_(memory_for(buffers_, low_)),
         drv_(ring_.view(), negotiated(in_order), virtq::driver_options{}),
         dev_(ring_.view(), negotiated(in_order), mem_, virtq::device_options{}),
         complete_len_(complete_len),
         size_(size) {
     bufs_.resize(size);
     tokens_.resize(size);
+    const std::uint64_t base = std::is_same_v<M, virtq::guest_memory>
+                                   ? guest_high_ram
+                                   : reinterpret_cast<std::uintptr_t>(buffers_.data());
     for (std::uint32_t k = 0; k < size; ++k) {
-      bufs_[k] = virtq::buffer{
-          reinterpret_cast<std::uintptr_t>(buffers_.data()) + std::uint64_t{k} * buffer_bytes,
-          buffer_bytes};
+      bufs_[k] = virtq::buffer{base + std::uint64_t{k} * buffer_bytes, buffer_bytes};
       tokens_[k] = k;
     }
   }
 
   std::size_t capacity() const noexcept { return size_; }
+
+  static M memory_for(const virtq::aligned_buffer& buffers, const virtq::aligned_buffer& low) {
+    M m;
+    if constexpr (std::is_same_v<M, virtq::guest_memory>) {
+      m.add_region(0, low.size(), low.data());
+      m.add_region(guest_high_ram, buffers.size(), buffers.data());
+    }
+    return m;
+  }
 
   static virtq::features negotiated(bool in_order) {
     const virtq::features f = features_for<Layout, P>();
@@ -194,6 +212,8 @@ class queue_pair {
  private:
   virtq::ring_memory<Layout> ring_;
   virtq::aligned_buffer buffers_;
+  virtq::aligned_buffer low_{std::is_same_v<M, virtq::guest_memory> ? 1U << 20 : 0U};
+  M mem_;  // the device keeps a pointer to it
   // Driver state and device state live on different cache lines: in the two-thread
   // benchmarks each is written by its own CPU.
   alignas(64) driver_type drv_;
@@ -204,7 +224,6 @@ class queue_pair {
   virtq::used_buffer used_[max_batch];
   std::vector<virtq::buffer> bufs_;     // slot k's buffer, laid out once
   std::vector<virtq::token_t> tokens_;  // slot k's token (k)
-  virtq::identity_memory mem_;          // the device keeps a pointer to it
   alignas(64) device_type dev_;
   virtq::chain chain_;
   virtq::popped_buffer popped_[max_batch];

@@ -95,17 +95,17 @@ class guest_memory {
   /// Host pointer for [addr, addr+len), or address_overflow / address_out_of_range /
   /// crosses_region_end. A zero-length range must still start inside a region.
   result<std::byte*> translate(std::uint64_t addr, std::uint64_t len) const noexcept {
-    if (range_wraps(addr, len)) return errc::address_overflow;
-    // The region with the greatest start <= addr.
-    const auto it =
-        std::upper_bound(regions_.begin(), regions_.end(), addr,
-                         [](std::uint64_t a, const memory_region& r) { return a < r.guest_addr; });
-    if (it == regions_.begin()) return errc::address_out_of_range;
-    const memory_region& r = *(it - 1);
-    const std::uint64_t off = addr - r.guest_addr;
-    if (off >= r.size) return errc::address_out_of_range;
-    if (len > r.size - off) return errc::crosses_region_end;
-    return r.host + off;
+    // A VMM's table has a few regions (QEMU's on x86: below and above the PCI hole): each is
+    // tested in turn, with no overflow test, since a range inside a region cannot wrap (none
+    // does, add_region saw to that) and regions do not overlap: the answer is the full
+    // lookup's. Misses (errors, or a range in no region) and big tables take the full lookup.
+    if (regions_.size() <= scan_max) [[likely]] {
+      for (const memory_region& r : regions_) {
+        const std::uint64_t off = addr - r.guest_addr;
+        if (off < r.size && len <= r.size - off) return r.host + off;
+      }
+    }
+    return lookup(addr, len);
   }
 
   /// The guest address of a host pointer inside a region (drivers publishing their buffers),
@@ -123,7 +123,24 @@ class guest_memory {
   std::span<const memory_region> regions() const noexcept { return regions_; }
 
  private:
-  std::vector<memory_region> regions_;  // sorted by guest_addr, non-overlapping
+  // translate() outside the largest region: overflow first, then the region with the greatest
+  // start <= addr, then the range's end.
+  result<std::byte*> lookup(std::uint64_t addr, std::uint64_t len) const noexcept {
+    if (range_wraps(addr, len)) return errc::address_overflow;
+    // The region with the greatest start <= addr.
+    const auto it =
+        std::upper_bound(regions_.begin(), regions_.end(), addr,
+                         [](std::uint64_t a, const memory_region& r) { return a < r.guest_addr; });
+    if (it == regions_.begin()) return errc::address_out_of_range;
+    const memory_region& r = *(it - 1);
+    const std::uint64_t off = addr - r.guest_addr;
+    if (off >= r.size) return errc::address_out_of_range;
+    if (len > r.size - off) return errc::crosses_region_end;
+    return r.host + off;
+  }
+
+  static constexpr std::size_t scan_max = 8;  // tables up to this size are scanned first
+  std::vector<memory_region> regions_;        // sorted by guest_addr, non-overlapping
 };
 
 /// The whole address space, guest address == host address. Only for a peer you trust (both
