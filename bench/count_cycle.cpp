@@ -152,6 +152,11 @@ std::vector<std::pair<std::string, runner>> scenarios() {
                  queue_scenario<virtq::split_layout, vb::p_event, virtq::guest_memory>(32));
   s.emplace_back("packed-event-guestmem-32",
                  queue_scenario<virtq::packed_layout, vb::p_event, virtq::guest_memory>(32));
+  // The same with the device translating through a guest_memory_cursor of its own.
+  s.emplace_back("split-event-cursor-32",
+                 queue_scenario<virtq::split_layout, vb::p_event, virtq::guest_memory_cursor>(32));
+  s.emplace_back("packed-event-cursor-32",
+                 queue_scenario<virtq::packed_layout, vb::p_event, virtq::guest_memory_cursor>(32));
   s.emplace_back("floor-split-32", pair_scenario<vb::floor_split_pair>(32));
   s.emplace_back("floor-split-1", pair_scenario<vb::floor_split_pair>(1));
   s.emplace_back("floor-packed-32", pair_scenario<vb::floor_packed_pair>(32));

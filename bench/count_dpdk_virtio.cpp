@@ -182,11 +182,13 @@ cycles_fn dpdk_side(const std::string& driver_args, const std::string& dir) {
   return [p](std::uint64_t cycles) { return run(*p, cycles); };
 }
 
-template <class Layout, bool Bursts>
+/// M: identity_memory, or guest_memory with a table of three regions (the pool's last), which
+/// the device walks per buffer as vhost walks the table SET_MEM_TABLE gave it.
+template <class Layout, bool Bursts, class M = virtq::identity_memory>
 cycles_fn virtq_side() {
   namespace vb = virtq_bench;
   using fixture =
-      vb::rx_fixture<Layout, vb::p_event, vb::rx_plain, virtq::steady_clock_source, true>;
+      vb::rx_fixture<Layout, vb::p_event, vb::rx_plain, virtq::steady_clock_source, true, M>;
   auto f = std::make_shared<fixture>(/*copy_reserve=*/true, /*bulk_release=*/true, Bursts);
   if (!f->ok()) return {};
   return [f](std::uint64_t cycles) {
@@ -219,6 +221,22 @@ std::vector<scenario> scenarios() {
        [](const std::string&) { return virtq_side<virtq::packed_layout, false>(); }},
       {"virtq-packed-burst-rx-32",
        [](const std::string&) { return virtq_side<virtq::packed_layout, true>(); }},
+      {"virtq-split-guestmem-rx-32",
+       [](const std::string&) {
+         return virtq_side<virtq::split_layout, false, virtq::guest_memory>();
+       }},
+      {"virtq-packed-guestmem-rx-32",
+       [](const std::string&) {
+         return virtq_side<virtq::packed_layout, false, virtq::guest_memory>();
+       }},
+      {"virtq-split-cursor-rx-32",
+       [](const std::string&) {
+         return virtq_side<virtq::split_layout, false, virtq::guest_memory_cursor>();
+       }},
+      {"virtq-packed-cursor-rx-32",
+       [](const std::string&) {
+         return virtq_side<virtq::packed_layout, false, virtq::guest_memory_cursor>();
+       }},
   };
 }
 

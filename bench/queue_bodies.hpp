@@ -48,8 +48,8 @@ inline constexpr std::uint64_t guest_high_ram = std::uint64_t{1} << 32;
 /// device-writable buffers (a receive queue); the device completes each with a full length
 /// without touching the data, so what is measured is the queue, not memcpy.
 /// M: the device's memory map. identity_memory (guest address == host address) by default;
-/// with guest_memory the buffers are a region at guest_high_ram, after a low region, as a
-/// VMM's device sees them.
+/// with guest_memory, or a guest_memory_cursor over one, the buffers are a region of the
+/// pair's table at guest_high_ram, after a low region, as a VMM's device sees them.
 template <class Layout, class P, class M = virtq::identity_memory>
 class queue_pair {
  public:
@@ -65,16 +65,19 @@ class queue_pair {
                       bool in_order = false)
       : ring_(size),
         buffers_(std::size_t{size} * buffer_bytes, 4096),
-        mem_(memory_for(buffers_, low_)),
+        mem_(map_over(table_)),
         drv_(ring_.view(), negotiated(in_order), virtq::driver_options{}),
         dev_(ring_.view(), negotiated(in_order), mem_, virtq::device_options{}),
         complete_len_(complete_len),
         size_(size) {
     bufs_.resize(size);
     tokens_.resize(size);
-    const std::uint64_t base = std::is_same_v<M, virtq::guest_memory>
-                                   ? guest_high_ram
-                                   : reinterpret_cast<std::uintptr_t>(buffers_.data());
+    if constexpr (guest_addresses) {
+      table().add_region(0, low_.size(), low_.data());
+      table().add_region(guest_high_ram, buffers_.size(), buffers_.data());
+    }
+    const std::uint64_t base =
+        guest_addresses ? guest_high_ram : reinterpret_cast<std::uintptr_t>(buffers_.data());
     for (std::uint32_t k = 0; k < size; ++k) {
       bufs_[k] = virtq::buffer{base + std::uint64_t{k} * buffer_bytes, buffer_bytes};
       tokens_[k] = k;
@@ -83,13 +86,13 @@ class queue_pair {
 
   std::size_t capacity() const noexcept { return size_; }
 
-  static M memory_for(const virtq::aligned_buffer& buffers, const virtq::aligned_buffer& low) {
-    M m;
-    if constexpr (std::is_same_v<M, virtq::guest_memory>) {
-      m.add_region(0, low.size(), low.data());
-      m.add_region(guest_high_ram, buffers.size(), buffers.data());
+  /// The device's map: a cursor over the pair's table, or a map of its own.
+  static M map_over(const virtq::guest_memory& table) {
+    if constexpr (std::is_same_v<M, virtq::guest_memory_cursor>) {
+      return M(table);
+    } else {
+      return M{};
     }
-    return m;
   }
 
   static virtq::features negotiated(bool in_order) {
@@ -206,14 +209,26 @@ class queue_pair {
 
   driver_type& driver() noexcept { return drv_; }
   device_type& device() noexcept { return dev_; }
+  /// Guest addresses (guest_memory and cursor pairs) rather than host addresses.
+  static constexpr bool guest_addresses = !std::is_same_v<M, virtq::identity_memory>;
+  /// The region table the device translates through (guest_addresses pairs): add the regions
+  /// of other buffers to it before traffic starts, as a VMM's SET_MEM_TABLE would.
+  virtq::guest_memory& table() noexcept {
+    if constexpr (std::is_same_v<M, virtq::guest_memory>) {
+      return mem_;
+    } else {
+      return table_;
+    }
+  }
   std::uint64_t kicks() const noexcept { return kicks_; }
   std::uint64_t interrupts() const noexcept { return interrupts_; }
 
  private:
   virtq::ring_memory<Layout> ring_;
   virtq::aligned_buffer buffers_;
-  virtq::aligned_buffer low_{std::is_same_v<M, virtq::guest_memory> ? 1U << 20 : 0U};
-  M mem_;  // the device keeps a pointer to it
+  virtq::aligned_buffer low_{guest_addresses ? 1U << 20 : 0U};
+  virtq::guest_memory table_;  // cursor pairs: the table the cursor walks
+  M mem_;                      // the device keeps a pointer to it
   // Driver state and device state live on different cache lines: in the two-thread
   // benchmarks each is written by its own CPU.
   alignas(64) driver_type drv_;

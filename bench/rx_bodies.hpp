@@ -40,14 +40,22 @@ using rx_atomic = virtq::rx_pool_policy<true, virtq::spin_lock, false, true>;
 inline constexpr std::uint32_t rx_pool_buffers = 512;  // twice the ring: refills never run dry
 inline constexpr std::uint32_t rx_frame_bytes = 64;    // what the device reports per packet
 
+/// Where a guest_memory fixture's pool lies in the guest: a region of its own above the
+/// pair's buffers, the third of the device's table (low RAM, the pair's buffers, the pool).
+inline constexpr std::uint64_t guest_pool_ram = guest_high_ram + (std::uint64_t{1} << 30);
+
 /// CopyFrames: the device writes a 12-byte virtio-net header and a 64-byte frame into each
 /// buffer, as a vhost-user device does (count_dpdk_virtio's side-by-side cycle), instead of
 /// leaving it untouched. A template argument: instantiated, that device path changes how GCC
 /// compiles the others in the same program, so only the comparison program has it.
-template <class Layout, class P, class PoolPolicy, class Clock, bool CopyFrames = false>
+/// M: the device's memory map. With guest_memory (or a guest_memory_cursor) the pool's buffers
+/// are a region of a three-region table at guest_pool_ram, and the device translates through
+/// that table, as vhost-user's device walks the table SET_MEM_TABLE gave it.
+template <class Layout, class P, class PoolPolicy, class Clock, bool CopyFrames = false,
+          class M = virtq::identity_memory>
 class rx_fixture {
  public:
-  using pair_type = queue_pair<Layout, P>;
+  using pair_type = queue_pair<Layout, P, M>;
   using pool_type = virtq::rx_pool<PoolPolicy>;
   using queue_type = virtq::rx_queue<typename pair_type::driver_type, pool_type, Clock>;
   using packet = typename queue_type::packet;
@@ -60,7 +68,7 @@ class rx_fixture {
       : bulk_release_(bulk_release),
         bursts_(bursts),
         qp_(queue_size, rx_frame_bytes),
-        pool_(rx_pool_buffers, buffer_bytes),
+        pool_(rx_pool_buffers, buffer_bytes, pool_region(qp_, pool_memory_), pool_map(qp_)),
         rx_(qp_.driver(), pool_, options(copy_reserve)) {
     ok_ = rx_.refill().has_value();
   }
@@ -146,9 +154,29 @@ class rx_fixture {
     return o;
   }
 
+  // The pool's buffers: `area`, which a guest_memory pair maps at guest_pool_ram (the pool
+  // takes each buffer's guest address from the pair's memory map).
+  static std::span<std::byte> pool_region(pair_type& qp, virtq::aligned_buffer& area) {
+    area = virtq::aligned_buffer(std::size_t{rx_pool_buffers} * buffer_bytes);
+    if constexpr (pair_type::guest_addresses) {
+      qp.table().add_region(guest_pool_ram, area.size(), area.data());
+    }
+    return {area.data(), area.size()};
+  }
+  // Where the pool learns its buffers' guest addresses.
+  static const auto& pool_map(pair_type& qp) {
+    if constexpr (pair_type::guest_addresses) {
+      return qp.table();
+    } else {
+      static const virtq::identity_memory identity;
+      return identity;
+    }
+  }
+
   bool bulk_release_;
   bool bursts_;
   pair_type qp_;
+  virtq::aligned_buffer pool_memory_;
   pool_type pool_;
   queue_type rx_;
   std::array<packet, max_batch> packets_{};

@@ -184,6 +184,46 @@ TEST_CASE("small tables are scanned and big ones searched with the same answers"
   }
 }
 
+// A cursor keeps a copy of the last region it found: whatever the sequence of ranges, and
+// with regions added to the table between them, it must answer exactly as the table does.
+TEST_CASE("a guest_memory_cursor answers as its table does", "[memory][property]") {
+  rc::prop("random tables, ranges and additions", [] {
+    static std::byte host[6][512];
+    guest_memory table;
+    const virtq::guest_memory_cursor cursor(table);
+    std::size_t added = 0;
+    const auto add = [&] {
+      if (added == std::size(host)) return;
+      const auto gpa = virtq_test::uniform<std::uint64_t>(0, 8) * 0x400;
+      const auto size = virtq_test::uniform<std::uint64_t>(1, 512);
+      try {
+        table.add_region(gpa, size, host[added]);
+        ++added;
+      } catch (const virtq::error&) {
+        // Overlap: the table is unchanged, and so must the answers be.
+      }
+    };
+    add();
+    const auto steps = virtq_test::uniform<int>(1, 60);
+    for (int k = 0; k < steps; ++k) {
+      if (virtq_test::uniform<int>(0, 9) == 0) add();
+      // Ranges near the regions (starts in 0..9 KiB) and, now and then, near 2^64.
+      const bool high = virtq_test::uniform<int>(0, 7) == 0;
+      const auto off = virtq_test::uniform<std::uint64_t>(0, 0x2400);
+      const std::uint64_t addr = high ? u64max - off : off;
+      const auto len = virtq_test::uniform<std::uint64_t>(0, 600);
+      const auto want = table.translate(addr, len);
+      const auto got = cursor.translate(addr, len);
+      RC_ASSERT(got.has_value() == want.has_value());
+      if (want) {
+        RC_ASSERT(*got == *want);
+      } else {
+        RC_ASSERT(got.error() == want.error());
+      }
+    }
+  });
+}
+
 // The property: for random region tables and random (addr, len), translate agrees with a
 // brute-force model that looks at every region. Tables of up to 12 regions: translate scans
 // tables of up to 8 and searches bigger ones; both must give the model's answer.

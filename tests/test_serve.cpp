@@ -400,6 +400,79 @@ TEMPLATE_LIST_TEST_CASE("serve_buffers: stops before a NEXT chain; pop(chain&) w
   CHECK(out[2].token == 1);
 }
 
+// A VMM's device: buffers in two regions of a guest_memory table, translated through the
+// device's own guest_memory_cursor (which remembers the last region found). Each buffer must
+// land at its own region's host bytes, the cursor's region changing from buffer to buffer;
+// a range across a region's end is refused as the table refuses it (2.7.5 / 2.8.6).
+TEMPLATE_LIST_TEST_CASE("serve_buffers through a guest_memory_cursor: two regions (2.7.5)",
+                        "[serve][memory]", virtq_test::all_layouts) {
+  using Layout = TestType;
+  constexpr std::uint64_t low = 0x10000;
+  constexpr std::uint64_t high = 0x1'0000'0000;
+  aligned_buffer a(4096, 64);
+  aligned_buffer b(4096, 64);
+  guest_memory table;
+  table.add_region(low, a.size(), a.data());
+  table.add_region(high, b.size(), b.data());
+  const guest_memory_cursor cursor(table);
+  const features f = virtq_test::base_features<Layout>();
+  ring_memory<Layout> ring(8);
+  typename Layout::template driver<default_policy> drv(ring.view(), f, driver_options{});
+  typename Layout::template device<default_policy, guest_memory_cursor> dev(ring.view(), f, cursor);
+  // Alternating regions, then twice the same, then a buffer ending at its region's end.
+  const buffer bufs[] = {{low, 64},        {high, 64},       {low + 64, 64},
+                         {high + 128, 64}, {high + 192, 64}, {low + 4096 - 32, 32}};
+  const token_t toks[] = {0, 1, 2, 3, 4, 5};
+  {
+    const auto got = drv.add_inbufs(bufs, toks);
+    REQUIRE(got);
+    REQUIRE(*got == 6);
+  }
+  drv.kick_prepare();
+  std::vector<std::byte*> seen;
+  const auto fill = [&](const popped_buffer& p) noexcept {
+    seen.push_back(p.data);
+    std::memset(p.data, 0x40 + static_cast<int>(seen.size()), p.len);
+    return p.len;
+  };
+  {
+    const auto got = dev.serve_buffers(8, fill);
+    REQUIRE(got);
+    REQUIRE(*got == 6);
+  }
+  const std::byte* const want[] = {a.data(),       b.data(),       a.data() + 64,
+                                   b.data() + 128, b.data() + 192, a.data() + 4096 - 32};
+  REQUIRE(seen.size() == 6);
+  for (std::size_t k = 0; k < 6; ++k) {
+    CAPTURE(k);
+    CHECK(seen[k] == want[k]);
+    CHECK(want[k][0] == std::byte{static_cast<unsigned char>(0x41 + k)});
+  }
+  dev.interrupt_prepare();
+  used_buffer used[6];
+  {
+    const auto got = drv.get_used(std::span(used));
+    REQUIRE(got);
+    REQUIRE(*got == 6);
+  }
+
+  // One byte past the low region's end: crosses_region_end, the queue broken, f not called.
+  const buffer across[] = {{low + 4096 - 32, 33}};
+  const token_t tok[] = {6};
+  {
+    const auto got = drv.add_inbufs(across, tok);
+    REQUIRE(got);
+    REQUIRE(*got == 1);
+  }
+  drv.kick_prepare();
+  seen.clear();
+  const auto r = dev.serve_buffers(8, fill);
+  REQUIRE_FALSE(r);
+  CHECK(r.error() == errc::crosses_region_end);
+  CHECK(seen.empty());
+  CHECK(dev.broken());
+}
+
 TEMPLATE_LIST_TEST_CASE("serve_buffers on a broken queue says broken", "[serve]",
                         virtq_test::all_layouts) {
   using Layout = TestType;

@@ -95,17 +95,19 @@ class guest_memory {
   /// Host pointer for [addr, addr+len), or address_overflow / address_out_of_range /
   /// crosses_region_end. A zero-length range must still start inside a region.
   result<std::byte*> translate(std::uint64_t addr, std::uint64_t len) const noexcept {
-    // A VMM's table has a few regions (QEMU's on x86: below and above the PCI hole): each is
-    // tested in turn, with no overflow test, since a range inside a region cannot wrap (none
-    // does, add_region saw to that) and regions do not overlap: the answer is the full
-    // lookup's. Misses (errors, or a range in no region) and big tables take the full lookup.
-    if (regions_.size() <= scan_max) [[likely]] {
-      for (const memory_region& r : regions_) {
-        const std::uint64_t off = addr - r.guest_addr;
-        if (off < r.size && len <= r.size - off) return r.host + off;
-      }
-    }
-    return lookup(addr, len);
+    std::size_t found = 0;
+    return find(addr, len, found);
+  }
+
+  /// translate(), and a copy of the region the range lies in when it lies in one (`region` is
+  /// unchanged otherwise). A copy stays right for as long as the table lives: regions are
+  /// never changed or taken out. guest_memory_cursor keeps one.
+  result<std::byte*> translate(std::uint64_t addr, std::uint64_t len,
+                               memory_region& region) const noexcept {
+    std::size_t found = 0;
+    const result<std::byte*> host = find(addr, len, found);
+    if (host) region = regions_[found];
+    return host;
   }
 
   /// The guest address of a host pointer inside a region (drivers publishing their buffers),
@@ -123,9 +125,29 @@ class guest_memory {
   std::span<const memory_region> regions() const noexcept { return regions_; }
 
  private:
-  // translate() outside the largest region: overflow first, then the region with the greatest
+  // translate(); `found` is the region's index when the range is in one (else unchanged).
+  result<std::byte*> find(std::uint64_t addr, std::uint64_t len,
+                          std::size_t& found) const noexcept {
+    // A VMM's table has a few regions (QEMU's on x86: below and above the PCI hole): each is
+    // tested in turn, with no overflow test, since a range inside a region cannot wrap (none
+    // does, add_region saw to that) and regions do not overlap: the answer is the full
+    // lookup's. Misses (errors, or a range in no region) and big tables take the full lookup.
+    if (regions_.size() <= scan_max) [[likely]] {
+      for (const memory_region& r : regions_) {
+        const std::uint64_t off = addr - r.guest_addr;
+        if (off < r.size && len <= r.size - off) {
+          found = static_cast<std::size_t>(&r - regions_.data());
+          return r.host + off;
+        }
+      }
+    }
+    return lookup(addr, len, found);
+  }
+
+  // The full lookup, which names the error: overflow first, then the region with the greatest
   // start <= addr, then the range's end.
-  result<std::byte*> lookup(std::uint64_t addr, std::uint64_t len) const noexcept {
+  result<std::byte*> lookup(std::uint64_t addr, std::uint64_t len,
+                            std::size_t& found) const noexcept {
     if (range_wraps(addr, len)) return errc::address_overflow;
     // The region with the greatest start <= addr.
     const auto it =
@@ -136,11 +158,42 @@ class guest_memory {
     const std::uint64_t off = addr - r.guest_addr;
     if (off >= r.size) return errc::address_out_of_range;
     if (len > r.size - off) return errc::crosses_region_end;
+    found = static_cast<std::size_t>(it - 1 - regions_.begin());
     return r.host + off;
   }
 
   static constexpr std::size_t scan_max = 8;  // tables up to this size are scanned first
   std::vector<memory_region> regions_;        // sorted by guest_addr, non-overlapping
+};
+
+/// One device's way into a guest_memory table that many devices may share: translate() tries
+/// the region the device's previous translation landed in first, from a copy of it the cursor
+/// keeps (a one-entry TLB), so a device whose buffers lie in one region pays one range test
+/// per buffer however many regions the table has; anything else asks the table. The copy is
+/// plain state changed by a const call: a cursor belongs to one device, used by one thread at
+/// a time (a device with a lock policy calls it under its lock). The table must outlive its
+/// cursors; regions added to it later are found (the copy is never wrong: regions do not
+/// change once added).
+class guest_memory_cursor {
+ public:
+  explicit guest_memory_cursor(const guest_memory& table) noexcept : table_(&table) {}
+
+  result<std::byte*> translate(std::uint64_t addr, std::uint64_t len) const noexcept {
+    // The table's own test (guest_memory::find): a range inside a region is the answer, with
+    // no overflow test, since no region wraps. The copy starts empty (size 0: no range fits).
+    const std::uint64_t off = addr - last_.guest_addr;
+    if (off < last_.size && len <= last_.size - off) [[likely]]
+      return last_.host + off;
+    return table_->translate(addr, len, last_);
+  }
+  result<std::uint64_t> guest_address(const void* host) const noexcept {
+    return table_->guest_address(host);
+  }
+  const guest_memory& table() const noexcept { return *table_; }
+
+ private:
+  const guest_memory* table_;
+  mutable memory_region last_{0, 0, nullptr};  // the region of the last range found
 };
 
 /// The whole address space, guest address == host address. Only for a peer you trust (both
