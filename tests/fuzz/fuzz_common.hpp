@@ -62,9 +62,11 @@ struct config {
   std::uint32_t size = 1;
   virtq::features features;
   unsigned policy = 0;  ///< 0 none, 1 flags, 2 event idx (default), 3 checked
+  bool cursor = false;  ///< fuzz_device: translate through a guest_memory_cursor too
 };
 
-/// byte 0: bit 0 packed, bit 1 EVENT_IDX, bit 2 INDIRECT_DESC, bit 3 IN_ORDER, bits 4-5 policy.
+/// byte 0: bit 0 packed, bit 1 EVENT_IDX, bit 2 INDIRECT_DESC, bit 3 IN_ORDER, bits 4-5 policy,
+/// bit 6 cursor.
 /// byte 1: the queue size (split: 2^(b % 7), packed: 1 + b % 64).
 inline config read_config(reader& in) noexcept {
   config c;
@@ -72,6 +74,7 @@ inline config read_config(reader& in) noexcept {
   const std::uint8_t b1 = in.u8();
   c.packed = (b0 & 1U) != 0;
   c.policy = (b0 >> 4) & 3U;
+  c.cursor = (b0 & 0x40U) != 0;
   c.size = c.packed ? 1U + b1 % 64U : 1U << (b1 % 7U);
   virtq::features f = virtq::features{}.with(virtq::feature::version_1);
   if (c.packed) f = f.with(virtq::feature::ring_packed);

@@ -47,6 +47,23 @@ struct guest {
   guest_memory mem;
 };
 
+/// The device's memory map: the table itself, or (config bit 6) a guest_memory_cursor over it,
+/// whose every answer is checked against the table's: the cursor's copy of the last region
+/// found must never let through a range the table refuses, nor name another host byte.
+struct device_map {
+  result<std::byte*> translate(std::uint64_t addr, std::uint64_t len) const noexcept {
+    const result<std::byte*> t = table->translate(addr, len);
+    if (!use_cursor) return t;
+    const result<std::byte*> c = cursor.translate(addr, len);
+    FUZZ_CHECK(c.has_value() == t.has_value());
+    FUZZ_CHECK(t ? *c == *t : c.error() == t.error());
+    return c;
+  }
+  const guest_memory* table;
+  guest_memory_cursor cursor;
+  bool use_cursor;
+};
+
 /// Every segment inside guest memory, the byte counts adding up, the 2^32 limit (2.7.5.2).
 void check_chain(const guest& g, const chain& c) {
   std::uint64_t readable = 0;
@@ -85,7 +102,7 @@ struct held_chain {
 
 template <class Layout, class Policy>
 void run(const virtq_fuzz::config& cfg, reader& ops, reader& rest) {
-  using device_type = typename Layout::template device<Policy, guest_memory>;
+  using device_type = typename Layout::template device<Policy, device_map>;
   using driver_type = typename Layout::template driver<Policy>;
   ring_memory<Layout> ring(cfg.size);
   guest g;
@@ -93,7 +110,8 @@ void run(const virtq_fuzz::config& cfg, reader& ops, reader& rest) {
   rest.bytes(g.a.span());
   rest.bytes(g.b.span());
 
-  device_type dev(ring.view(), cfg.features, g.mem);
+  const device_map map{&g.mem, guest_memory_cursor(g.mem), cfg.cursor};
+  device_type dev(ring.view(), cfg.features, map);
   const bool in_order = cfg.features.has(feature::in_order);
   std::deque<held_chain> held;  // popped, not yet completed, oldest first
   std::vector<std::byte> scratch(256);
