@@ -26,7 +26,7 @@ dpdk_prog="$build/bench/count_dpdk_virtio"
 cmake --build "$build" --target count_dpdk_virtio -j"${VIRTQ_JOBS:-2}" >/dev/null 2>&1 || true
 
 if [ "$#" -eq 0 ]; then
-  set -- $("$prog" --list | grep -E -- '-(event|none|flags|single|popcomplete)-(1|32)$|^rx-|^floor-' || true)
+  set -- $("$prog" --list | grep -E -- '-(event|none|flags|single|popcomplete|guestmem|cursor)-(1|32)$|^rx-|^floor-' || true)
   if [ -x "$dpdk_prog" ]; then set -- "$@" $("$dpdk_prog" --list); fi
 fi
 
