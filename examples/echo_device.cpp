@@ -3,7 +3,8 @@
 // A "guest" owns 4 MiB of RAM at guest-physical 0x8000'0000. Its driver lays out a virtqueue in
 // that RAM and sends requests: a device-readable message and a device-writable reply buffer.
 // The "VMM" knows the guest only through a guest_memory region table: it translates the ring
-// addresses the driver gave it, pops chains (every descriptor checked and translated), writes
+// addresses the driver gave it, pops chains (every descriptor checked and translated, through
+// the device's own guest_memory_cursor over the table), writes
 // the message back upper-cased, and completes. The same code runs over the split and the packed
 // ring. At the end a hostile driver hands the device a descriptor pointing outside guest RAM:
 // the device refuses it with a specific error and a broken queue, and a queue reset recovers.
@@ -93,8 +94,13 @@ int run(const char* name, int requests) {
     std::printf("%s: ring: %s\n", name, virtq::to_string(device_view.error()));
     return 1;
   }
-  using device_t = typename Layout::template device<virtq::default_policy, virtq::guest_memory>;
-  device_t device(*device_view, f, mem);
+  // The device translates through a cursor of its own over the shared table: it remembers the
+  // region of its last buffer (one range test per buffer). A VMM with several queues gives
+  // each device a cursor; `mem` itself would do too, searching the table every time.
+  const virtq::guest_memory_cursor cursor(mem);
+  using device_t =
+      typename Layout::template device<virtq::default_policy, virtq::guest_memory_cursor>;
+  device_t device(*device_view, f, cursor);
   virtq::chain c;
 
   // --- request buffers, in guest RAM ---------------------------------------------------------
