@@ -49,6 +49,8 @@ struct hostile_driver {
     REQUIRE(device.stats().rejects[static_cast<std::size_t>(expected)] == 1);
     chain c;
     REQUIRE(device.pop(c) == errc::broken);  // refuses work until reset
+    REQUIRE(device.complete(0, 0) == errc::broken);
+    REQUIRE(device.complete_in_order(1, 0) == errc::broken);
     device.reset();
     std::memset(static_cast<void*>(v().ring), 0, 16U * v().size);
     REQUIRE_FALSE(device.broken());
@@ -142,6 +144,34 @@ TEST_CASE("device: a buffer id already in flight is packed_bad_id") {
   REQUIRE(h.device.pop(c) == errc::ok);
   put_desc(h.v(), 1, hostile_driver::ga(0), 16, 3, A | WRITE);
   h.expect_pop(errc::packed_bad_id);
+}
+
+TEST_CASE("device: a chain of two descriptors whose id is in flight is packed_bad_id (2.8.4)") {
+  // The one-descriptor path tests the id before walking; pop(chain&) tests a longer chain's id
+  // (in its last descriptor) after the walk: that test on its own.
+  hostile_driver h(8);
+  chain c;
+  put_desc(h.v(), 0, hostile_driver::ga(0), 16, 3, A | WRITE);
+  REQUIRE(h.device.pop(c) == errc::ok);
+  put_desc(h.v(), 2, hostile_driver::ga(128), 16, 3, A | WRITE);
+  put_desc(h.v(), 1, hostile_driver::ga(64), 16, 0, A | NEXT);
+  h.expect_pop(errc::packed_bad_id);
+}
+
+TEST_CASE("device: a queue broken with completions staged publishes none of them (2.8.21)") {
+  // Chain A is completed but not yet published (interrupt_prepare publishes); then the driver
+  // breaks the ring. A broken device must not publish: the driver sees nothing used.
+  hostile_driver h(8);
+  chain c;
+  put_desc(h.v(), 0, hostile_driver::ga(0), 16, 5, A | WRITE);
+  REQUIRE(h.device.pop(c) == errc::ok);
+  REQUIRE(h.device.complete(c, 4) == errc::ok);
+  REQUIRE_FALSE(packed::is_used(flags_at(h.v(), 0), true));  // staged, not published
+  put_desc(h.v(), 1, hostile_driver::ga(64), 16, 6, A | U);
+  chain d;
+  REQUIRE(h.device.pop(d) == errc::packed_bad_flags);
+  CHECK_FALSE(h.device.interrupt_prepare());
+  CHECK_FALSE(packed::is_used(flags_at(h.v(), 0), true));
 }
 
 TEST_CASE("device: the id is read from the chain's last descriptor (2.8.6)") {
@@ -385,6 +415,8 @@ struct hostile_device {
     REQUIRE(driver.stats().rejects[static_cast<std::size_t>(e)] == 1);
     REQUIRE(driver.get_used().error() == errc::broken);
     REQUIRE(driver.add_inbuf(arena.at(0, 8), 1) == errc::broken);
+    const buffer in = arena.at(0, 8);
+    REQUIRE(driver.add({}, {&in, 1}, 1) == errc::broken);
     std::multiset<token_t> back;
     driver.reset([&](token_t t) { back.insert(t); });
     REQUIRE(back.size() == issued);
@@ -412,6 +444,21 @@ struct hostile_device {
 };
 
 }  // namespace
+
+TEST_CASE("driver: a queue broken with a chain staged does not publish it at the kick (2.8.21)") {
+  // The head's flags are the batch's publish store, made by kick_prepare(). Once the device
+  // broke the queue, the staged chain must stay unpublished and no kick be asked for.
+  hostile_device h(8);
+  h.publish(1);
+  REQUIRE(h.driver.add_inbuf(h.arena.at(0, 64), 7) == errc::ok);  // slot 1, staged
+  const std::uint16_t staged = flags_at(h.v(), 1);
+  put_used(h.v(), 0, 8, 0, true);
+  REQUIRE(h.driver.get_used().error() == errc::used_id_out_of_range);
+  const std::uint64_t kicks = h.driver.stats().kicks;
+  CHECK_FALSE(h.driver.kick_prepare());
+  CHECK(h.driver.stats().kicks == kicks);
+  CHECK(flags_at(h.v(), 1) == staged);
+}
 
 TEST_CASE("driver: a used id >= queue size is used_id_out_of_range") {
   hostile_device h(8);

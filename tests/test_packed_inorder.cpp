@@ -574,6 +574,8 @@ TEST_CASE("2.8.20 IN_ORDER complete_in_order after pop_buffers: one descriptor, 
   put_desc(h.v(), 2, h.ga(16), 8, 3, A | WRITE);
   popped_buffer got[4];
   REQUIRE(*h.device.pop_buffers(got) == 3);
+  // A batch of no chains is the caller's error: it would write a used descriptor for none.
+  REQUIRE(h.device.complete_in_order(0, 0) == errc::invalid_argument);
   REQUIRE(h.device.complete_in_order(2, 9) == errc::invalid_argument);  // 2.7.8.2: 8 bytes
   REQUIRE(h.device.complete_in_order(2, 8) == errc::ok);
   // The oldest in flight is now id 3 at slot 2.

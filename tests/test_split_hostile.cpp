@@ -70,6 +70,7 @@ struct hostile_ring {
     chain c;
     CHECK(device.pop(c) == errc::broken);
     CHECK(device.complete(0, 0) == errc::broken);
+    CHECK(device.complete_in_order(1, 0) == errc::broken);
     CHECK_FALSE(device.interrupt_prepare());
     CHECK_FALSE(device.enable_notifications());
     // Reset: the driver re-initializes the ring, the device forgets; a good chain flows.
@@ -178,6 +179,63 @@ TEST_CASE("hostile driver: chain longer than the queue size", "[hostile]") {
   h.set(2, guest_base + 0x1000, 8 * 16, split::desc_f_indirect);
   h.publish(0);
   h.expect_failure(pop(h), errc::chain_too_long);
+}
+
+TEST_CASE("hostile driver: chain longer than the queue size with fewer segments than descriptors",
+          "[hostile]") {
+  // 2.7.5.2: the limit counts descriptors, not the buffers they name. Two empty direct
+  // descriptors (no segment each) and a table of 7: 9 descriptors in a queue of 8, only 7
+  // segments, so the chain's storage never fills and the count alone must refuse it.
+  hostile_ring h;
+  split::desc* t = h.table_at(0x1000);
+  for (std::uint16_t i = 0; i < 7; ++i) {
+    h.set(t[i], guest_base, 16, i < 6 ? split::desc_f_next : 0, static_cast<std::uint16_t>(i + 1));
+  }
+  h.set(0, guest_base, 0, split::desc_f_next, 1);
+  h.set(1, guest_base, 0, split::desc_f_next, 2);
+  h.set(2, guest_base + 0x1000, 7 * 16, split::desc_f_indirect);
+  h.publish(0);
+  h.expect_failure(pop(h), errc::chain_too_long);
+}
+
+TEST_CASE("hostile driver: an empty descriptor after the first is not translated (2.7.5)",
+          "[hostile]") {
+  // A zero-length buffer names no bytes: its address, even one in no region, is not looked up
+  // and it adds no segment.
+  hostile_ring h;
+  h.set(0, guest_base, 16, split::desc_f_next, 1);
+  h.set(1, 0x1, 0, 0);
+  h.publish(0);
+  chain c;
+  REQUIRE(h.device.pop(c) == errc::ok);
+  CHECK(c.readable().size() == 1);
+  CHECK(c.readable_bytes() == 16);
+  CHECK(c.descriptors() == 2);
+}
+
+TEST_CASE("hostile driver: a reused chain checks its first descriptor as a fresh one does",
+          "[hostile]") {
+  // pop() into a chain whose storage is already grown takes the first descriptor on a fast
+  // path: the same rules must hold there (translation, 2.7.5; an empty buffer untranslated).
+  hostile_ring h;
+  chain c;
+  h.set(0, guest_base, 64, split::desc_f_write);
+  h.publish(0);
+  REQUIRE(h.device.pop(c) == errc::ok);
+  REQUIRE(h.device.complete(c, 0) == errc::ok);
+  SECTION("an empty buffer at an address in no region") {
+    h.set(1, 0x1, 0, 0);
+    h.publish(1);
+    REQUIRE(h.device.pop(c) == errc::ok);
+    CHECK(c.readable().empty());
+    CHECK(c.writable().empty());
+    CHECK(c.descriptors() == 1);
+  }
+  SECTION("a buffer outside guest memory") {
+    h.set(1, guest_base - 0x100, 16, 0);
+    h.publish(1);
+    h.expect_failure(h.device.pop(c), errc::address_out_of_range);
+  }
 }
 
 TEST_CASE("hostile driver: direct descriptors followed by one indirect are accepted", "[hostile]") {

@@ -432,6 +432,21 @@ TEST_CASE("split: checked mode catches a descriptor offered while the device hol
   run(plain, errc::ok);  // unchecked: not seen (it costs a walk per pop)
 }
 
+TEST_CASE("split: checked mode catches a staged avail entry rewritten out of range before the kick",
+          "[split][checked]") {
+  // The avail ring is shared memory: a device may scribble on an entry the driver has staged
+  // but not yet published. Checked mode walks every staged head at the kick; a head >= queue
+  // size is a state violation, found before it indexes the shadow.
+  queue_pair<split_layout, checked_policy> q(8);
+  buffer_arena arena(64);
+  REQUIRE(q.driver.add_inbuf(arena.at(0, 8), 1) == errc::ok);
+  put<little_endian>(q.ring.view().avail.ring(0), std::uint16_t{8});
+  CHECK_FALSE(q.driver.kick_prepare());
+  CHECK(q.driver.broken());
+  CHECK(q.driver.error() == errc::state_violation);
+  CHECK(get<little_endian>(q.ring.view().avail.idx()) == 0);  // nothing published
+}
+
 TEST_CASE("split: a head re-offered while held breaks the device in every mode", "[split]") {
   split_pair q(4);
   buffer_arena arena(64);
