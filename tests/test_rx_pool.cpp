@@ -1,6 +1,7 @@
 // Receive-buffer pool: refcount semantics, misuse detection, poisoning, census, conservation.
 #include <catch2/catch.hpp>
 
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -64,6 +65,23 @@ TEST_CASE("rx_pool: the data span addresses the buffer and the guest address is 
   }
 }
 
+TEST_CASE("rx_pool: a region one byte short of count times buffer_size is invalid_argument",
+          "[rx_pool]") {
+  aligned_buffer region(4 * 512);
+  guest_memory mem;
+  mem.add_region(0x100000, region.size(), region.data());  // every buffer's start is mapped
+  const auto thrown = [&](std::size_t bytes) {
+    try {
+      rx_pool<> pool(4, 512, region.span().first(bytes), mem);
+    } catch (const virtq::error& e) {
+      return e.value();
+    }
+    return errc::ok;
+  };
+  CHECK(thrown(4 * 512 - 1) == errc::invalid_argument);  // the last buffer would end past it
+  CHECK(thrown(4 * 512) == errc::ok);                    // exactly enough
+}
+
 TEST_CASE("rx_pool: buffers carved from a guest_memory region get its guest addresses",
           "[rx_pool]") {
   aligned_buffer region(4 * 512);
@@ -117,6 +135,56 @@ TEST_CASE("rx_pool: a buffer of another pool is foreign_buffer", "[rx_pool]") {
   CHECK(a.release(rx_ref{&a, 99, 0}) == errc::foreign_buffer);
 }
 
+TEMPLATE_TEST_CASE(
+    "rx_pool: unpost of an index one past the pool is foreign_buffer and changes nothing",
+    "[rx_pool]", debug_pool, plain_pool, rx_pool<>) {
+  TestType pool(4, 64);
+  std::uint32_t i = 0;
+  REQUIRE(pool.take(std::span(&i, 1)) == 1);
+  CHECK(pool.unpost(pool.size()) == errc::foreign_buffer);
+  CHECK(pool.misuse(errc::foreign_buffer) == 1);
+  CHECK(pool.misuse_total() == 1);
+  CHECK(pool.posted_count() == 1);
+  CHECK(pool.free_count() == 3);
+  CHECK(pool.unpost(i) == errc::ok);
+  CHECK(pool.census(0).conserved);
+}
+
+TEMPLATE_TEST_CASE(
+    "rx_pool: adopting a reference with an index one past the pool is foreign_buffer", "[rx_pool]",
+    debug_pool, plain_pool, rx_pool<>) {
+  TestType pool(2, 64);
+  auto hs = lend_n(pool, 1, holder_stack, 0);
+  // The pool is right and the generation is the live loan's; only the index is out of range.
+  CHECK_FALSE(pool.adopt(rx_ref{&pool, pool.size(), hs[0].generation()}));
+  CHECK(pool.misuse(errc::foreign_buffer) == 1);
+  CHECK(pool.misuse_total() == 1);
+  CHECK(pool.held_count() == 1);
+  CHECK(hs[0].release() == errc::ok);
+  CHECK(pool.census(0).conserved);
+}
+
+TEST_CASE("rx_pool: the holder registry refuses a new name past max_holders but finds old ones",
+          "[rx_pool]") {
+  holder_registry reg;  // "stack" is holder 0; the others are named by their number
+  for (std::size_t k = 1; k < holder_registry::max_holders; ++k) {
+    REQUIRE(reg.register_holder(std::to_string(k)) == k);
+  }
+  errc e = errc::ok;
+  try {
+    (void)reg.register_holder("one-too-many");
+  } catch (const virtq::error& x) {
+    e = x.value();
+  }
+  CHECK(e == errc::invalid_argument);
+  CHECK_FALSE(reg.valid(holder_id{holder_registry::max_holders}));
+  // Names already there are still found (no new entry needed).
+  CHECK(reg.register_holder("stack") == holder_stack);
+  const std::size_t last = holder_registry::max_holders - 1;
+  CHECK(reg.register_holder(std::to_string(last)) == last);
+  CHECK(reg.name(static_cast<holder_id>(last)) == std::to_string(last));
+}
+
 TEMPLATE_TEST_CASE("rx_pool: a handle from an earlier loan is stale_handle and harms nothing",
                    "[rx_pool]", debug_pool, plain_pool, rx_pool<>) {
   TestType pool(1, 64);  // one buffer: the next loan reuses it
@@ -140,15 +208,25 @@ TEMPLATE_TEST_CASE("rx_pool: a handle from an earlier loan is stale_handle and h
   CHECK(pool.census(5).conserved);
 }
 
-TEMPLATE_TEST_CASE("rx_pool: a stale copy's data is empty and its release does nothing",
+TEMPLATE_TEST_CASE("rx_pool: a stale copy's data is empty and its pass_to and release do nothing",
                    "[rx_pool]", debug_pool, plain_pool, rx_pool<>) {
   TestType pool(1, 64);
+  const holder_id ftp = pool.register_holder("ftp");
   auto h = std::move(lend_n(pool, 1, holder_stack, 0)[0]);
   rx_ref r = h.detach();
   auto a = pool.adopt(r);
   CHECK(pool.release(r) == errc::ok);  // over-release through the raw reference
   CHECK(a.data().empty());             // a's loan is gone
   CHECK(pool.misuse(errc::double_release) == 1);
+  // Naming a holder for a loan that ended is the same misuse: refused, counted, and the free
+  // buffer is not booked to anyone.
+  CHECK(a.pass_to(ftp) == errc::double_release);
+  CHECK(pool.misuse(errc::double_release) == 2);
+  const auto c = pool.census(0);
+  CHECK(c.conserved);
+  CHECK(c.free == 1);
+  CHECK(c.held == 0);
+  CHECK(c.find("ftp") == nullptr);
   auto b = a;  // copying a stale handle gives an empty one
   CHECK_FALSE(b);
   CHECK(a.release() == errc::double_release);

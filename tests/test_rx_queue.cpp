@@ -621,6 +621,37 @@ TEMPLATE_LIST_TEST_CASE(
 }
 
 TEMPLATE_LIST_TEST_CASE(
+    "rx_queue: refill on a broken ring is broken and posts nothing though buffers are free",
+    "[rx_queue]", all_layouts) {
+  rx_rig<TestType> rig(8, 16, no_reserve());  // more buffers than ring slots: 8 stay free
+  REQUIRE(rig.rxq.refill().has_value());
+  REQUIRE(rig.send(3, 80) == 3);
+  complete_bogus_id<TestType>(rig, 3);
+  std::vector<typename rx_rig<TestType>::packet> out(16);
+  const auto r = rig.rxq.poll(out);
+  REQUIRE(r.has_value());
+  REQUIRE(r->received == 3);
+  REQUIRE(rig.qp.driver.broken());
+  const auto before = rig.rxq.census();
+  REQUIRE(before.free == 8);
+  const auto refills = rig.rxq.stats().refills;
+  // Not stopped, only broken: refill is refused all the same, and takes no free buffer.
+  const auto f = rig.rxq.refill();
+  REQUIRE_FALSE(f.has_value());
+  CHECK(f.error() == errc::broken);
+  const auto after = rig.rxq.census();
+  CHECK(after.conserved);
+  CHECK(after.free == before.free);
+  CHECK(after.posted == before.posted);
+  CHECK(rig.rxq.stats().refills == refills);
+  CHECK(rig.rxq.release(std::span(out).first(3)) == errc::ok);
+  rig.qp.device.reset();
+  const auto rep = rig.rxq.shutdown(0ms);
+  CHECK(rep.drained);
+  CHECK(rep.census.free == 16);
+}
+
+TEMPLATE_LIST_TEST_CASE(
     "rx_queue: a device that breaks the ring behind a burst: the burst keeps the good frames",
     "[rx_queue][rx_burst]", all_layouts) {
   using rig_type = rx_rig<TestType, rx_pool_policy<false, no_lock, false>>;  // repost list on
