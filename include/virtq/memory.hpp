@@ -3,7 +3,10 @@
 //
 // 2.7.5 / 2.8: descriptors carry guest-physical addresses. A device must translate each
 // (address, length) before touching it, and a hostile driver may name any 64-bit value, so
-// translation checks overflow first, then that the whole range lies inside one region.
+// a translation succeeds only for a range that lies wholly inside one region, and a refusal
+// names the rule: overflow of 2^64, outside every region, or across a region's end.
+// guest_memory is the table; guest_memory_cursor is one device's view of a shared table that
+// remembers the region it found last; identity_memory is for a trusted peer in this process.
 //
 // Ring fields shared by both sides are not accessed here: spec.hpp's atomic accessors
 // (load_acquire/store_release) do that, so a driver and a device on two threads are race-free.
