@@ -5,8 +5,9 @@
 // The "VMM" knows the guest only through a guest_memory region table: it translates the ring
 // addresses the driver gave it, pops chains (every descriptor checked and translated, through
 // the device's own guest_memory_cursor over the table), writes the message back upper-cased,
-// and completes. The same code runs over the split and the packed ring. At the end a hostile driver hands the device a descriptor pointing outside guest RAM:
-// the device refuses it with a specific error and a broken queue, and a queue reset recovers.
+// and completes. The same code runs over the split and the packed ring. At the end a hostile
+// driver hands the device a descriptor pointing outside guest RAM: the device refuses it with a
+// specific error and a broken queue, and a queue reset recovers.
 //
 //   echo_device [--smoke]
 
