@@ -190,6 +190,9 @@ class packed_driver : public detail::queue_common<P> {
   using detail::queue_common<P>::fail;
 
  public:
+  /// get_used() tests every used element's id and length (verifying_driver_queue).
+  static constexpr bool verifies_used = true;
+
   /// Zeroes the ring (the driver owns it). Throws virtq::error: invalid_argument (a null area,
   /// indirect_max over the queue size), bad_queue_size, feature_missing / feature_conflict
   /// (check_features: RING_PACKED, VERSION_1, EVENT_IDX for suppress_event_idx,

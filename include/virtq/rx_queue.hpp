@@ -196,7 +196,8 @@ class rx_burst {
     if (n_ == 0) return errc::ok;
     const std::uint32_t n = std::exchange(n_, 0U);
     const std::uint32_t skip = std::exchange(special_, 0U);
-    errc first = pool_->end_burst(e_.data(), n, skip);
+    pool_->end_burst(e_.data(), n, skip);
+    errc first = errc::ok;
     for (std::uint32_t rest = skip; rest != 0; rest &= rest - 1) {
       packet& c = copies_[static_cast<std::size_t>(std::countr_zero(rest))];
       if (!c.buffer) continue;
@@ -359,6 +360,10 @@ class rx_queue {
       detail::throw_error(errc::invalid_argument, "rx_queue: reserve must be below the pool size");
     }
     if (opts_.repost_batch == 0) opts_.repost_batch = 1;
+    // The baselines of trusted(): chains already in the queue are not ours.
+    added_ = q.stats().added;
+    exits_ = pool.posted_exits();
+    inherited_ = q.num_free() != q.size();
     post_when_under_ = std::max(opts_.repost_batch, opts_.low_watermark + 1);
     if (opts_.loan_deadline.count() <= 0) {
       next_deadline_check_ = std::numeric_limits<std::int64_t>::max();
@@ -406,6 +411,7 @@ class rx_queue {
   result<rx_poll_result> poll(std::span<packet> out) {
     return poll_with([&](std::int64_t now, std::uint64_t stamp, batch& b) -> errc {
       std::array<used_buffer, 32> used;
+      const bool trust = trusted();
       while (b.received < out.size()) {
         const std::size_t want = std::min(used.size(), out.size() - b.received);
         const result<std::size_t> got = q_.get_used(std::span(used.data(), want));
@@ -421,7 +427,8 @@ class rx_queue {
         if (static_cast<std::int64_t>(n) <= b.lendable) [[likely]] {
           // The reserve cannot be reached in this run (every packet lent): the loop without
           // its test, called straight from here (a call level fewer per batch).
-          const std::size_t w = lend_all(used.data(), n, dst, pool_, stamp);
+          const std::size_t w = trust ? lend_all<true>(used.data(), n, dst, pool_, stamp)
+                                      : lend_all<false>(used.data(), n, dst, pool_, stamp);
           stats_.bad_tokens += n - w;
           b.lendable -= static_cast<std::int64_t>(w);
           b.received += w;
@@ -454,7 +461,8 @@ class rx_queue {
       // Lent where get_used wrote them: the burst's entries are the used buffers themselves.
       std::uint32_t k = 0;
       if (static_cast<std::int64_t>(n) <= b.lendable) [[likely]] {
-        k = lend_all_in_place(e, n, pool_, stamp);
+        k = trusted() ? lend_all_in_place<true>(e, n, pool_, stamp)
+                      : lend_all_in_place<false>(e, n, pool_, stamp);
         b.lendable -= k;
       }
       b.received = k;
@@ -491,6 +499,16 @@ class rx_queue {
     return fired;
   }
   bool check_starvation() { return check_starvation(clock_.now()); }
+
+  /// Do polls lend what the virtqueue returns without testing each token and length again?
+  /// True over a queue that vouches for its used elements (split_driver, packed_driver: see
+  /// verifying_driver_queue) while nothing but this receive queue adds to the queue or takes
+  /// posted buffers off the pool. False otherwise, for good: each completion is then tested
+  /// (a bad one counted in rx_stats::bad_tokens, never lent), 9 instructions more per packet.
+  bool trusts_queue() const {
+    std::lock_guard g(lock_);
+    return trusted();
+  }
 
   /// The receive pool's census now.
   pool_census census() const {
@@ -623,7 +641,9 @@ class rx_queue {
                                             : std::exchange(deferred_error_, errc::ok);
       if (failure != errc::ok) ++stats_.queue_errors;
       r.received = b.received;
-      pool_.lend_batch().finish(static_cast<std::uint32_t>(b.received - b.copied));
+      const auto lent = static_cast<std::uint32_t>(b.received - b.copied);
+      pool_.lend_batch().finish(lent);
+      exits_ += lent;
       stats_.packets += b.received;  // packets_lent: packets - packets_copied, made by stats()
       stats_.packets_copied += b.copied;
       // After a failure the ring is broken: post_locked then only frees the repost list.
@@ -710,22 +730,30 @@ class rx_queue {
 
   /// Completions away from the reserve: every one with a posted token is lent. Returns how
   /// many packets were written (a bad token writes none; the caller counts it).
+  /// Trusted (see trusted()): every token is a posted buffer and every length fits it, so
+  /// neither is tested.
   /// Out of line: inlined, the caller's state kept live across the loop costs a spill.
   /// The lender is made here from the pool (its fields loaded into registers) rather than
   /// passed: a lender argument is a struct the caller must lay out in memory.
+  template <bool Trusted>
   [[gnu::noinline]] static std::size_t lend_all(const used_buffer* used, std::size_t n, packet* out,
                                                 Pool& pool, std::uint64_t stamp) noexcept {
     const typename Pool::lender l = pool.lend_batch();
     packet* pkt = out;
     std::size_t bad = 0;  // counted rather than derived from pkt - out (a division by 24)
     for (const used_buffer* ub = used; ub != used + n; ++ub) {
-      // A bad token cannot come from a virtqueue that checks its used ids.
-      if (!l.is_posted(ub->token)) [[unlikely]] {
-        ++bad;
-        continue;
+      if constexpr (Trusted) {
+        lend_one(l, static_cast<std::uint32_t>(ub->token), ub->len, stamp, *pkt);
+      } else {
+        // A Queue that does not vouch for its used elements (or one others add to) may
+        // return a token that is not a posted buffer: counted, never lent.
+        if (!l.is_posted(ub->token)) [[unlikely]] {
+          ++bad;
+          continue;
+        }
+        lend_one(l, static_cast<std::uint32_t>(ub->token), std::min(ub->len, l.buffer_size()),
+                 stamp, *pkt);
       }
-      lend_one(l, static_cast<std::uint32_t>(ub->token), std::min(ub->len, l.buffer_size()), stamp,
-               *pkt);
       ++pkt;
     }
     return n - bad;
@@ -733,7 +761,8 @@ class rx_queue {
 
   /// A burst's completions away from the reserve, lent where they lie (the entry is the
   /// packet); stops at the first token that is not a posted buffer and returns its position.
-  /// Out of line, as lend_all.
+  /// Trusted: no token or length is tested (see lend_all). Out of line, as lend_all.
+  template <bool Trusted>
   [[gnu::noinline]] static std::uint32_t lend_all_in_place(used_buffer* e, std::uint32_t n,
                                                            Pool& pool,
                                                            std::uint64_t stamp) noexcept {
@@ -741,14 +770,33 @@ class rx_queue {
     const std::uint32_t size = l.buffer_size();
     used_buffer* p = e;
     for (used_buffer* const end = e + n; p != end; ++p) {
-      if (!l.is_posted(p->token)) [[unlikely]]
-        break;
+      if constexpr (!Trusted) {
+        if (!l.is_posted(p->token)) [[unlikely]]
+          break;
+        // 2.7.8.2: a length past the buffer from a Queue that does not test them.
+        if (p->len > size) [[unlikely]]
+          p->len = size;
+      }
       (void)l.lend_in_place(static_cast<std::uint32_t>(p->token), stamp);
-      // 2.7.8.2: a virtqueue that checks used lengths never reports more than the buffer.
-      if (p->len > size) [[unlikely]]
-        p->len = size;
     }
     return static_cast<std::uint32_t>(p - e);
+  }
+
+  /// May this poll lend what the queue returns without testing the tokens and lengths again?
+  /// Only when the queue vouches for its used elements (verifying_driver_queue: every one is a
+  /// chain added and not yet returned, within the bytes added) and every chain in it is a
+  /// buffer this receive queue posted that the pool still has as posted: nothing else has
+  /// added to the queue (its count of added chains is ours), nothing else has taken a buffer
+  /// off the pool's posted list (its posted_exits() is ours), and the queue held no chain
+  /// when this receive queue was made. Otherwise (a test's corrupting wrapper; the ring or
+  /// the pool shared against the rules) each token is tested, as before: a load and two
+  /// compares per poll buy back 9 instructions per packet (docs/performance.md).
+  bool trusted() const noexcept {
+    if constexpr (verifying_driver_queue<Queue>) {
+      return q_.stats().added == added_ && pool_.posted_exits() == exits_ && !inherited_;
+    } else {
+      return false;
+    }
   }
 
   static void lend_one(const typename Pool::lender& l, std::uint32_t i, std::uint32_t len,
@@ -796,6 +844,7 @@ class rx_queue {
       stats_.allocations += j;
     }
     stats_.min_posted = std::min(stats_.min_posted, pool_.posted_count());
+    added_ += added;
     if (added == 0) return false;
     ++stats_.refills;
     const bool notify = q_.kick_prepare();
@@ -816,6 +865,7 @@ class rx_queue {
   [[gnu::cold, gnu::noinline]] std::uint32_t unpost_repost_list() noexcept {
     std::uint32_t n = 0;
     for (std::uint32_t k = 0; k < n_repost_; ++k) n += pool_.unpost(repost_[k]) == errc::ok;
+    exits_ += n;
     n_repost_ = 0;
     return n;
   }
@@ -864,7 +914,9 @@ class rx_queue {
     const result<std::size_t> got =
         q_.add_inbufs(std::span<const buffer>(bufs, n), std::span<const token_t>(tokens, n));
     const std::size_t j = got ? *got : 0;
-    for (std::size_t u = j; u < n; ++u) (void)pool_.unpost(static_cast<std::uint32_t>(tokens[u]));
+    for (std::size_t u = j; u < n; ++u) {
+      exits_ += pool_.unpost(static_cast<std::uint32_t>(tokens[u])) == errc::ok;
+    }
     return j;
   }
 
@@ -935,6 +987,7 @@ class rx_queue {
   static void on_reset_token(token_t t) {
     rx_queue* self = resetting_;
     if (t < self->pool_.size() && self->pool_.unpost(static_cast<std::uint32_t>(t)) == errc::ok) {
+      ++self->exits_;
       ++self->reset_returned_;
     } else {
       ++self->reset_bad_;
@@ -962,6 +1015,12 @@ class rx_queue {
   std::int64_t next_deadline_check_ = 0;
   std::uint32_t reset_returned_ = 0;
   std::uint32_t reset_bad_ = 0;
+  // trusted(): the chains this receive queue added to the queue (counted as the queue's
+  // stats().added counts them), the buffers it took off the pool's posted list (as the pool's
+  // posted_exits() counts them), and whether the queue held chains when it was made.
+  std::uint64_t added_ = 0;
+  std::uint64_t exits_ = 0;
+  bool inherited_ = false;
   [[no_unique_address]] mutable lock_type lock_;
 };
 

@@ -147,6 +147,9 @@ class alignas(64) split_driver : public detail::queue_common<P> {
   using detail::queue_common<P>::fail;
 
  public:
+  /// get_used() tests every used element's id and length (verifying_driver_queue).
+  static constexpr bool verifies_used = true;
+
   /// Throws virtq::error: bad_queue_size (ring not valid), feature_missing / feature_conflict
   /// (policy vs. features, indirect_max without VIRTIO_F_INDIRECT_DESC), invalid_argument
   /// (indirect_max larger than the queue: 2.7.5.3.1 caps a chain at the queue size),

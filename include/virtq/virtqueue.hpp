@@ -275,6 +275,18 @@ concept driver_queue = requires(Q& q, const Q& cq, std::span<const buffer> bufs,
   { cq.stats() } -> std::same_as<const queue_stats&>;
 };
 
+/// A driver_queue that vouches for what get_used() returns, declared by a member
+/// `static constexpr bool verifies_used = true`: every used_buffer it returns is that of a chain
+/// added and not yet returned, returned once, and its len is no more than the writable bytes
+/// added with that chain; a used element that is not (an id out of range or not outstanding,
+/// a length past the buffer: 2.7.8.2, 2.8.4) breaks the queue instead. split_driver and
+/// packed_driver declare it. rx_queue over such a queue, while nothing else adds to it, lends
+/// what it returns without testing the tokens and lengths again (rx_queue.hpp, "trusted").
+template <class Q>
+concept verifying_driver_queue = driver_queue<Q> && requires {
+  requires Q::verifies_used;
+};
+
 /// The device side of a virtqueue.
 ///  pop(chain&)              the next available chain, walked and validated; errc::ok,
 ///                           errc::empty, or a fatal errc (queue broken; the chain is left empty).
