@@ -109,14 +109,13 @@ void same_pool(const Pool& a, const Pool& b) {
 template <class Pool>
 std::vector<token_t> post_all_ready(Pool& p) {
   std::vector<token_t> got;
-  const std::size_t n = p.post_ready([&](std::span<const buffer> b, std::span<const token_t> t) {
-    RC_ASSERT(b.size() == t.size());
-    for (std::size_t k = 0; k < t.size(); ++k) {
-      RC_ASSERT(b[k].addr == p.guest_address(static_cast<std::uint32_t>(t[k])));
-      RC_ASSERT(b[k].len == p.buffer_size());
-      got.push_back(t[k]);
+  const std::size_t n = p.post_ready([&](std::size_t count, auto src) {
+    for (std::size_t k = 0; k < count; ++k, src.advance()) {
+      RC_ASSERT(src.addr() == p.guest_address(static_cast<std::uint32_t>(src.token())));
+      RC_ASSERT(src.len() == p.buffer_size());
+      got.push_back(src.token());
     }
-    return t.size();
+    return count;
   });
   RC_ASSERT(n == got.size());
   return got;

@@ -31,14 +31,13 @@ std::vector<typename Pool::handle> lend_n(Pool& p, std::size_t n, std::int64_t t
 template <class Pool>
 std::vector<token_t> post(Pool& p, std::size_t room, std::size_t* accepted = nullptr) {
   std::vector<token_t> seen;
-  const std::size_t n = p.post_ready([&](std::span<const buffer> b, std::span<const token_t> t) {
-    CHECK(b.size() == t.size());
-    for (std::size_t k = 0; k < t.size(); ++k) {
-      CHECK(b[k].addr == p.guest_address(static_cast<std::uint32_t>(t[k])));
-      CHECK(b[k].len == p.buffer_size());
-      seen.push_back(t[k]);
+  const std::size_t n = p.post_ready([&](std::size_t count, auto src) {
+    for (std::size_t k = 0; k < count; ++k, src.advance()) {
+      CHECK(src.addr() == p.guest_address(static_cast<std::uint32_t>(src.token())));
+      CHECK(src.len() == p.buffer_size());
+      seen.push_back(src.token());
     }
-    return std::min(room, t.size());
+    return std::min(room, count);
   });
   if (accepted != nullptr) *accepted = n;
   return seen;

@@ -291,12 +291,23 @@ class packed_driver : public detail::queue_common<P> {
   /// than n fit, stats().ring_full counts the call once. Nothing is visible to the device until
   /// kick_prepare(). invalid_argument (nothing staged) if the spans differ in size; broken.
   result<std::size_t> add_inbufs(std::span<const buffer> bufs, std::span<const token_t> tokens) {
-    return add_bufs<true>(bufs, tokens);
+    if (bufs.size() != tokens.size()) [[unlikely]]
+      return errc::invalid_argument;  // the caller's mistake: nothing staged
+    return add_bufs<true>(bufs.size(), buffer_arrays{bufs.data(), tokens.data()});
   }
 
   /// add_inbufs for device-readable buffers (a transmit queue).
   result<std::size_t> add_outbufs(std::span<const buffer> bufs, std::span<const token_t> tokens) {
-    return add_bufs<false>(bufs, tokens);
+    if (bufs.size() != tokens.size()) [[unlikely]]
+      return errc::invalid_argument;
+    return add_bufs<false>(bufs.size(), buffer_arrays{bufs.data(), tokens.data()});
+  }
+
+  /// add_inbufs with the buffers and tokens from src (read once per buffer staged, under the
+  /// queue's lock): the receive queue reposts its pool's buffers by index this way.
+  template <buffer_source S>
+  result<std::size_t> add_inbufs_from(std::size_t n, const S& src) {
+    return add_bufs<true>(n, src);
   }
 
   /// Publishes the staged batch (D1) and says whether the device wants a notification (D2).
@@ -561,15 +572,13 @@ class packed_driver : public detail::queue_common<P> {
   }
 
   /// add_inbufs / add_outbufs: one lock, one broken() test, one statistics update per call.
-  template <bool Writable>
-  result<std::size_t> add_bufs(std::span<const buffer> bufs, std::span<const token_t> tokens) {
+  template <bool Writable, buffer_source S>
+  result<std::size_t> add_bufs(std::size_t count, S src) {
     guard g(this->lock_);
-    if (bufs.size() != tokens.size()) [[unlikely]]
-      return errc::invalid_argument;  // the caller's mistake: nothing staged
     if (this->broken()) [[unlikely]]
       return errc::broken;
-    auto n = static_cast<std::uint32_t>(std::min<std::size_t>(bufs.size(), num_free_));
-    if (n != bufs.size()) [[unlikely]]
+    auto n = static_cast<std::uint32_t>(std::min<std::size_t>(count, num_free_));
+    if (n != count) [[unlikely]]
       ++this->stats_.ring_full;
     if (n == 0) [[unlikely]]
       return std::size_t{0};
@@ -578,15 +587,17 @@ class packed_driver : public detail::queue_common<P> {
       // Checked mode: descriptor by descriptor, through the shadow state.
       for (std::uint32_t i = 0; i < n; ++i) {
         const std::uint16_t id = take_id();
-        write_slot(bufs[i].addr, bufs[i].len, id, kind);
-        commit(id, tokens[i], 1, Writable ? bufs[i].len : 0U);
+        const std::uint32_t len = src.len();
+        write_slot(src.addr(), len, id, kind);
+        commit(id, src.token(), 1, Writable ? len : 0U);
+        src.advance();
       }
       return std::size_t{n};
     }
     if (in_order_) {
-      stage_bufs<true, Writable>(bufs.data(), tokens.data(), n);
+      stage_bufs<true, Writable>(src, n);
     } else {
-      stage_bufs<false, Writable>(bufs.data(), tokens.data(), n);
+      stage_bufs<false, Writable>(src, n);
     }
     staged_chains_ += n;
     staged_slots_ += n;
@@ -599,9 +610,8 @@ class packed_driver : public detail::queue_common<P> {
   /// n <= num_free one-descriptor chains from next_avail on, with the ring position, the id
   /// stack and the batch number in registers: stores through the ring or the id records could
   /// alias the members, which would otherwise be reloaded per descriptor.
-  template <bool InOrder, bool Writable>
-  [[gnu::always_inline]] inline void stage_bufs(const buffer* bufs, const token_t* tokens,
-                                                std::uint32_t n) noexcept {
+  template <bool InOrder, bool Writable, buffer_source S>
+  [[gnu::always_inline]] inline void stage_bufs(S& src, std::uint32_t n) noexcept {
     constexpr std::uint16_t kind = Writable ? packed::desc_f_write : std::uint16_t{0};
     packed::desc* const ring = view_.ring;
     id_info* const ids = ids_.data();
@@ -612,12 +622,15 @@ class packed_driver : public detail::queue_common<P> {
     bool wrap = avail_wrap_;
     // One buffer into slot `d` (at `pos`); the first head of a batch keeps its flags until
     // kick_prepare (D1). IN_ORDER: the id is the slot (take_id).
-    const auto stage = [&](const buffer& b, token_t token, packed::desc& d, std::uint32_t slot,
-                           std::uint16_t f, bool hold) __attribute__((always_inline)) {
+    const auto stage = [&](packed::desc & d, std::uint32_t slot, std::uint16_t f, bool hold)
+        __attribute__((always_inline)) {
       const auto id = InOrder ? static_cast<std::uint16_t>(slot) : std::uint16_t{*--free_top};
-      // Read once: the ring stores below could alias the caller's buffer array.
-      const std::uint32_t len = b.len;
-      write_desc(d, b.addr, len, id);
+      // Read before the ring stores, which could alias the caller's arrays.
+      const std::uint32_t len = src.len();
+      const std::uint64_t addr = src.addr();
+      const token_t token = src.token();
+      src.advance();
+      write_desc(d, addr, len, id);
       if (hold) {
         hold_head(static_cast<std::uint16_t>(pos), f);
       } else {
@@ -635,15 +648,14 @@ class packed_driver : public detail::queue_common<P> {
       const std::uint32_t end = i + std::min(n - i, size - pos);
       const auto f = static_cast<std::uint16_t>(kind | detail::packed_avail_bits(wrap));
       if (i == 0 && staged_slots_ == 0) {
-        stage(bufs[0], tokens[0], ring[pos], pos, f, true);
+        stage(ring[pos], pos, f, true);
         i = 1;
         ++pos;
       }
       packed::desc* d = ring + pos;
-      const token_t* t = tokens + i;
       std::uint32_t slot = pos;  // InOrder: the id, counted beside d rather than derived from it
-      for (const buffer *b = bufs + i, *last = bufs + end; b != last; ++b, ++t, ++d, ++slot) {
-        stage(*b, *t, *d, slot, f, false);
+      for (std::uint32_t k = i; k != end; ++k, ++d, ++slot) {
+        stage(*d, slot, f, false);
       }
       pos += end - i;
       i = end;

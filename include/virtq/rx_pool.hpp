@@ -554,11 +554,7 @@ class rx_pool {
   /// moves what is on it to the free list. take() and allocate() see only the free list.
   void keep_repost_list(bool on) {
     if constexpr (can_repost) {
-      if (on && !ready_bufs_) {
-        ready_bufs_ = std::make_unique<buffer[]>(count_);
-        ready_tokens_ = std::make_unique<token_t[]>(count_);
-        for (std::uint32_t k = 0; k < count_; ++k) ready_bufs_[k].len = buffer_size_;
-      }
+      if (on && !ready_tokens_) ready_tokens_ = std::make_unique<token_t[]>(count_);
       if (!on) drop_ready();
       repost_list_ = on;
     } else {
@@ -568,9 +564,28 @@ class rx_pool {
   /// Buffers on the repost list (free_count() includes them).
   std::uint32_t ready_count() const noexcept { return ready_n_; }
 
-  /// Offers the repost list, in release order, to `add(span<const buffer>, span<const
-  /// token_t>) -> accepted` (a ring's add_inbufs); the first `accepted` become posted, the
-  /// others go to the free list. Returns how many were accepted. With poisoning, each is
+  /// The repost list as a buffer_source (a ring's add_inbufs_from): entry k is the whole of
+  /// pool buffer token k, its address read from the pool's table as the add goes, so that a
+  /// release writes only the index.
+  class repost_source {
+   public:
+    std::uint64_t addr() const noexcept { return addr_of_[*t_]; }
+    std::uint32_t len() const noexcept { return len_; }
+    token_t token() const noexcept { return *t_; }
+    void advance() noexcept { ++t_; }
+
+   private:
+    friend class rx_pool;
+    repost_source(const token_t* t, const std::uint64_t* addr_of, std::uint32_t len) noexcept
+        : t_(t), addr_of_(addr_of), len_(len) {}
+    const token_t* t_;
+    const std::uint64_t* addr_of_;
+    std::uint32_t len_;
+  };
+
+  /// Offers the repost list, in release order, to `add(std::size_t n, const repost_source&)
+  /// -> accepted` (a ring's add_inbufs_from of n buffers); the first `accepted` become posted,
+  /// the others go to the free list. Returns how many were accepted. With poisoning, each is
   /// checked first, as take() does.
   template <class Add>
   std::size_t post_ready(Add&& add) {
@@ -582,8 +597,8 @@ class rx_pool {
           check_poison(static_cast<std::uint32_t>(ready_tokens_[k]));
         }
       }
-      const std::size_t got = add(std::span<const buffer>(ready_bufs_.get(), n),
-                                  std::span<const token_t>(ready_tokens_.get(), n));
+      const std::size_t got =
+          add(std::size_t{n}, repost_source(ready_tokens_.get(), guest_addr_.get(), buffer_size_));
       const auto j = static_cast<std::uint32_t>(std::min<std::size_t>(got, n));
       slot* const slots = slots_.get();
       const token_t* const t = ready_tokens_.get();
@@ -736,9 +751,7 @@ class rx_pool {
           free_loop = false;
           // The same loop, writing each buffer into the repost list instead of onto the free
           // stack (its loan ends: a new generation, state ready).
-          buffer* rb = ready_bufs_.get() + ready_n_;
           token_t* rt = ready_tokens_.get() + ready_n_;
-          const std::uint64_t* const addr = guest_addr_.get();
           // Unrolled once: three pointer steps per buffer otherwise.
 #pragma GCC unroll 2
           for (; it != end; ++it) {
@@ -753,7 +766,6 @@ class rx_pool {
             h.pool_ = nullptr;
             slots[i].tag.store(next);
             if constexpr (Policy::poison) poison(i);
-            (rb++)->addr = addr[i];  // .len is the buffer size already
             *rt++ = i;
           }
           // Counted from the handles (this loop starts at the first): the list's pointers are
@@ -798,7 +810,6 @@ class rx_pool {
             if (repost_list_) {
               s.tag.store(tag + step<rx_state::held, rx_state::ready>);
               if constexpr (Policy::poison) poison(i);
-              ready_bufs_[ready_n_].addr = guest_addr_[i];
               ready_tokens_[ready_n_++] = i;
               continue;
             }
@@ -948,12 +959,9 @@ class rx_pool {
     if constexpr (can_repost) {
       if (repost_list_) {
         listed = true;
-        buffer* rb = ready_bufs_.get() + ready_n_;
         token_t* rt = ready_tokens_.get() + ready_n_;
-        const std::uint64_t* const addr = guest_addr_.get();
         each([&](std::uint32_t i) {
           end_loan.template operator()<rx_state::ready>(i);
-          (rb++)->addr = addr[i];  // .len is the buffer size already
           *rt++ = i;
         });
         ready_n_ += ended;
@@ -1125,7 +1133,6 @@ class rx_pool {
     if constexpr (can_repost) {
       if (repost_list_ && alone) {
         s.tag.store(gen + step<rx_state::held, rx_state::ready>);  // the tag is the handle's
-        ready_bufs_[ready_n_].addr = guest_addr_[i];
         ready_tokens_[ready_n_] = i;
         ++ready_n_;
         ++returns_;
@@ -1245,9 +1252,8 @@ class rx_pool {
   std::uint32_t posted_ = 0;           // owner only
   std::uint64_t posted_exits_ = 0;     // owner only
   std::uint32_t loans_ = 0;            // owner only (wraps together with returns_)
-  // The repost list (can_repost pools only): buffers whose last reference went, laid out for
-  // a ring's batch add, in the ready state.
-  std::unique_ptr<buffer[]> ready_bufs_;
+  // The repost list (can_repost pools only): the indices of buffers whose last reference
+  // went, in release order, in the ready state (repost_source reads their addresses).
   std::unique_ptr<token_t[]> ready_tokens_;
   std::uint32_t ready_n_ = 0;
   bool repost_list_ = false;

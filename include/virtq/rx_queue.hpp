@@ -193,7 +193,15 @@ class rx_burst {
   /// Gives back every packet still in the burst (kept ones are their handles' now); the
   /// burst is empty afterwards. ok, or what the pool found wrong first.
   errc release() noexcept {
-    if (n_ == 0) return errc::ok;
+    if (n_ == 0) return errc::ok;  // inline: poll() releases its burst first, empty as a rule
+    return release_packets();
+  }
+
+ private:
+  template <driver_queue, class, rx_clock>
+  friend class rx_queue;
+
+  [[gnu::noinline]] errc release_packets() noexcept {
     const std::uint32_t n = std::exchange(n_, 0U);
     const std::uint32_t skip = std::exchange(special_, 0U);
     pool_->end_burst(e_.data(), n, skip);
@@ -206,10 +214,6 @@ class rx_burst {
     }
     return first;
   }
-
- private:
-  template <driver_queue, class, rx_clock>
-  friend class rx_queue;
 
   bool special(std::size_t k) const noexcept { return (special_ >> k & 1U) != 0; }
   void take_from(rx_burst& o) noexcept {
@@ -769,6 +773,7 @@ class rx_queue {
     const typename Pool::lender l = pool.lend_batch();
     const std::uint32_t size = l.buffer_size();
     used_buffer* p = e;
+#pragma GCC unroll 2
     for (used_buffer* const end = e + n; p != end; ++p) {
       if constexpr (!Trusted) {
         if (!l.is_posted(p->token)) [[unlikely]]
@@ -884,19 +889,35 @@ class rx_queue {
     return k;
   }
 
-  /// Adds the pool's repost list (buffers released since the last post, already laid out for
-  /// add_inbufs) to the ring, at most `room` of them; the rest go to the free list.
+  /// Adds the pool's repost list (buffers released since the last post, by index) to the
+  /// ring, at most `room` of them; the rest go to the free list.
   std::size_t post_ready(std::uint32_t room) {
     if constexpr (Pool::can_repost) {
       if (pool_.ready_count() == 0 || room == 0) return 0;
-      return pool_.post_ready([this, room](std::span<const buffer> b, std::span<const token_t> t) {
-        const std::size_t n = std::min<std::size_t>(b.size(), room);
-        const result<std::size_t> got = q_.add_inbufs(b.first(n), t.first(n));
+      return pool_.post_ready([this, room](std::size_t n, const typename Pool::repost_source& src) {
+        const result<std::size_t> got = add_from(std::min<std::size_t>(n, room), src);
         return got ? *got : std::size_t{0};
       });
     } else {
       (void)room;
       return 0;
+    }
+  }
+
+  /// Adds n buffers from `src`: through the queue's add_inbufs_from when it has one
+  /// (split_driver, packed_driver: nothing laid out first), else laid out in bufs_ / tokens_
+  /// for add_inbufs (n is at most the ring's room, so they fit).
+  template <buffer_source S>
+  result<std::size_t> add_from(std::size_t n, S src) {
+    if constexpr (requires { q_.add_inbufs_from(n, src); }) {
+      return q_.add_inbufs_from(n, src);
+    } else {
+      for (std::size_t k = 0; k < n; ++k, src.advance()) {
+        bufs_[k] = buffer{src.addr(), src.len()};
+        tokens_[k] = src.token();
+      }
+      return q_.add_inbufs(std::span<const buffer>(bufs_.get(), n),
+                           std::span<const token_t>(tokens_.get(), n));
     }
   }
 

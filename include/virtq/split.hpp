@@ -205,11 +205,21 @@ class alignas(64) split_driver : public detail::queue_common<P> {
   /// once in stats().ring_full. invalid_argument if the spans differ in size (nothing staged);
   /// broken. Nothing is visible to the device until kick_prepare().
   result<std::size_t> add_inbufs(std::span<const buffer> bufs, std::span<const token_t> tokens) {
-    return add_ones<true>(bufs, tokens);
+    if (bufs.size() != tokens.size()) [[unlikely]]
+      return errc::invalid_argument;
+    return add_ones<true>(bufs.size(), buffer_arrays{bufs.data(), tokens.data()});
   }
   /// add_inbufs with device-readable buffers (a transmit queue).
   result<std::size_t> add_outbufs(std::span<const buffer> bufs, std::span<const token_t> tokens) {
-    return add_ones<false>(bufs, tokens);
+    if (bufs.size() != tokens.size()) [[unlikely]]
+      return errc::invalid_argument;
+    return add_ones<false>(bufs.size(), buffer_arrays{bufs.data(), tokens.data()});
+  }
+  /// add_inbufs with the buffers and tokens from src (read once per buffer staged, under the
+  /// queue's lock): the receive queue reposts its pool's buffers by index this way.
+  template <buffer_source S>
+  result<std::size_t> add_inbufs_from(std::size_t n, const S& src) {
+    return add_ones<true>(n, src);
   }
 
  private:
@@ -281,22 +291,19 @@ class alignas(64) split_driver : public detail::queue_common<P> {
   // through the private arrays would otherwise force reloads) and tests nothing per buffer:
   // the room was counted once, a one-descriptor chain cannot break a length rule (2.7.5.2),
   // and broken / indirect / checked are per call.
-  template <bool Writable>
-  result<std::size_t> add_ones(std::span<const buffer> bufs, std::span<const token_t> tokens) {
+  template <bool Writable, buffer_source S>
+  result<std::size_t> add_ones(std::size_t n, const S& src) {
     guard g(this->lock_);
-    if (bufs.size() != tokens.size()) [[unlikely]]
-      return errc::invalid_argument;
     if (this->broken()) [[unlikely]]
       return errc::broken;
     if (P::checked || indirect_min_ <= 1) [[unlikely]]
-      return add_ones_general<Writable>(bufs, tokens);
-    const std::size_t n = bufs.size();
+      return add_ones_general<Writable>(n, src);
     const std::uint32_t k = static_cast<std::uint32_t>(std::min<std::size_t>(n, num_free_));
     if (k < n) ++this->stats_.ring_full;
     if (in_order_) {
-      add_ones_in_order<Writable>(bufs.data(), tokens.data(), k);
+      add_ones_in_order<Writable>(src, k);
     } else {
-      add_ones_any_order<Writable>(bufs.data(), tokens.data(), k);
+      add_ones_any_order<Writable>(src, k);
     }
     avail_shadow_ = detail::u16(avail_shadow_ + k);
     num_free_ -= k;
@@ -307,8 +314,8 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     return std::size_t{k};
   }
   // Heads from the top of the free stack (num_free_ is updated by the caller).
-  template <bool Writable>
-  void add_ones_any_order(const buffer* bufs, const token_t* tokens, std::uint32_t k) noexcept {
+  template <bool Writable, buffer_source S>
+  void add_ones_any_order(S src, std::uint32_t k) noexcept {
     split::desc* const table = ring_.table;
     const split::avail_ring avail = ring_.avail;
     const std::uint16_t* top = free_stack_.data() + num_free_;
@@ -321,16 +328,17 @@ class alignas(64) split_driver : public detail::queue_common<P> {
       const std::uint32_t run_end = i + std::min(k - i, size_ - pos);
       wire<std::uint16_t>* entry = &avail.ring(pos);
       for (; i < run_end; ++i, ++entry) {
-        const buffer& b = bufs[i];
         const std::uint16_t head = *--top;
         // No NEXT flag, so the device never reads `next` (2.7.5): it is not written.
         split::desc& d = table[head];
-        put<E>(d.addr, b.addr);
-        put<E>(d.len, b.len);
+        put<E>(d.addr, src.addr());
+        const std::uint32_t len = src.len();
+        put<E>(d.len, len);
         put<E>(d.flags, Writable ? split::desc_f_write : std::uint16_t{0});
         slot& s = slots[head];
-        s.token = tokens[i];
-        s.limit = (Writable ? std::uint64_t{b.len} : 0U) + 1U;
+        s.token = src.token();
+        src.advance();
+        s.limit = (Writable ? std::uint64_t{len} : 0U) + 1U;
         s.seq = seq;  // s.ndesc is 1 already (slot::ndesc)
         put<E>(*entry, head);
         ++seq;
@@ -341,8 +349,8 @@ class alignas(64) split_driver : public detail::queue_common<P> {
   // previous one + 1 (no stack load), reaping in order gives descriptors back by advancing the
   // run (no stack push) and is_staged knows staged chains by their descriptors (no slot::seq).
   // Heads and ring entries advance together: runs end where either wraps.
-  template <bool Writable>
-  void add_ones_in_order(const buffer* bufs, const token_t* tokens, std::uint32_t k) noexcept {
+  template <bool Writable, buffer_source S>
+  void add_ones_in_order(S src, std::uint32_t k) noexcept {
     const std::uint32_t size = size_;
     std::uint32_t head = free_head_;
     std::uint32_t pos = avail_shadow_ & mask_;
@@ -351,16 +359,15 @@ class alignas(64) split_driver : public detail::queue_common<P> {
       split::desc* d = ring_.table + head;
       slot* s = slots_.data() + head;
       wire<std::uint16_t>* entry = &ring_.avail.ring(pos);
-      // The buffers through a pointer: indexed by i + j, GCC recomputed each address.
-      const buffer* b_next = bufs + i;
       for (std::uint32_t j = 0; j < run; ++j) {
-        const buffer& b = *b_next++;
         // No NEXT flag: `next` is not written (2.7.5), as in add_ones_any_order.
-        put<E>(d[j].addr, b.addr);
-        put<E>(d[j].len, b.len);
+        put<E>(d[j].addr, src.addr());
+        const std::uint32_t len = src.len();
+        put<E>(d[j].len, len);
         put<E>(d[j].flags, Writable ? split::desc_f_write : std::uint16_t{0});
-        s[j].token = tokens[i + j];
-        s[j].limit = (Writable ? std::uint64_t{b.len} : 0U) + 1U;  // s[j].ndesc is 1 already
+        s[j].limit = (Writable ? std::uint64_t{len} : 0U) + 1U;  // s[j].ndesc is 1 already
+        s[j].token = src.token();
+        src.advance();
         put<E>(entry[j], detail::u16(head + j));
       }
       i += run;
@@ -370,13 +377,15 @@ class alignas(64) split_driver : public detail::queue_common<P> {
     free_head_ = detail::u16(head);
   }
   // Single buffers go indirect, or checked mode: one add per buffer, under the lock held.
-  template <bool Writable>
-  [[gnu::noinline]] result<std::size_t> add_ones_general(std::span<const buffer> bufs,
-                                                         std::span<const token_t> tokens) {
+  template <bool Writable, buffer_source S>
+  [[gnu::noinline]] result<std::size_t> add_ones_general(std::size_t n, S src) {
     std::size_t k = 0;
-    for (; k < bufs.size(); ++k) {
-      const std::span<const buffer> one(&bufs[k], 1);
-      const errc e = Writable ? add_locked({}, one, tokens[k]) : add_locked(one, {}, tokens[k]);
+    for (; k < n; ++k) {
+      const buffer b{src.addr(), src.len()};
+      const token_t t = src.token();
+      src.advance();
+      const std::span<const buffer> one(&b, 1);
+      const errc e = Writable ? add_locked({}, one, t) : add_locked(one, {}, t);
       if (e == errc::ok) continue;
       if (e == errc::no_space || k > 0) break;  // no_space counted once, in add_locked
       return e;

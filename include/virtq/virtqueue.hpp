@@ -59,6 +59,33 @@ struct buffer {
 /// The opaque value a driver attaches to a chain; it comes back on completion and on reset.
 using token_t = std::uint64_t;
 
+/// Where a batch add (add_inbufs_from) finds its buffers: addr(), len() and token() describe
+/// the current one, advance() moves to the next; the add reads each buffer once, from the
+/// first, for each buffer it stages. A caller whose buffers are not laid out as arrays (a
+/// receive pool reposting buffers by index) supplies them as the add goes, with nothing copied
+/// into arrays first. The add works on its own copy. (Fields rather than a buffer by value:
+/// GCC kept such a struct on the stack in the split add loop, 2.5 instructions per buffer.)
+template <class S>
+concept buffer_source = std::copyable<S> && requires(S& s, const S& cs) {
+  { cs.addr() } -> std::same_as<std::uint64_t>;
+  { cs.len() } -> std::same_as<std::uint32_t>;
+  { cs.token() } -> std::same_as<token_t>;
+  s.advance();
+};
+
+/// The buffer_source of add_inbufs / add_outbufs: two arrays, walked by pointer.
+struct buffer_arrays {
+  const buffer* bufs;
+  const token_t* tokens;
+  std::uint64_t addr() const noexcept { return bufs->addr; }
+  std::uint32_t len() const noexcept { return bufs->len; }
+  token_t token() const noexcept { return *tokens; }
+  void advance() noexcept {
+    ++bufs;
+    ++tokens;
+  }
+};
+
 /// A completion the driver reaps: the chain's token and the length the device wrote.
 struct used_buffer {
   token_t token;
@@ -241,6 +268,9 @@ class ring_memory {
 ///                         count (fewer than asked: the ring is full, stats().ring_full counts
 ///                         it once); invalid_argument if the spans differ in size, or broken.
 ///                         One lock, one broken test, one statistics update per call.
+///  add_inbufs_from(n, src) (split_driver, packed_driver; not required) add_inbufs with the
+///                         buffers read from a buffer_source as they are staged (nothing laid
+///                         out in arrays first); rx_queue uses it when the queue has it.
 ///  kick_prepare()         publish staged chains (D1), then decide by the suppression policy
 ///                         whether the device wants a notification (D2). true: notify it.
 ///  notification_data(vq)  the 32-bit value to write with VIRTIO_F_NOTIFICATION_DATA.
