@@ -34,6 +34,15 @@
 
 #include "virtq/chain.hpp"
 #include "virtq/detail/shadow.hpp"
+
+// GCC (-O2 and up) distributes the IN_ORDER add loop into three (descriptors, tokens, and a
+// vectorized run of avail entries): 5 instructions per buffer more than the one loop it is
+// (split-inorder-event-32: 91.6 against 86.5). Clang has no such option and does not split it.
+#if defined(__GNUC__) && !defined(__clang__)
+#define VIRTQ_ONE_LOOP [[gnu::optimize("no-tree-loop-distribution")]]
+#else
+#define VIRTQ_ONE_LOOP
+#endif
 #include "virtq/error.hpp"
 #include "virtq/memory.hpp"
 #include "virtq/policy.hpp"
@@ -350,7 +359,7 @@ class alignas(64) split_driver : public detail::queue_common<P> {
   // run (no stack push) and is_staged knows staged chains by their descriptors (no slot::seq).
   // Heads and ring entries advance together: runs end where either wraps.
   template <bool Writable, buffer_source S>
-  void add_ones_in_order(S src, std::uint32_t k) noexcept {
+  VIRTQ_ONE_LOOP void add_ones_in_order(S src, std::uint32_t k) noexcept {
     const std::uint32_t size = size_;
     std::uint32_t head = free_head_;
     std::uint32_t pos = avail_shadow_ & mask_;
@@ -1722,3 +1731,5 @@ static_assert(device_queue<split_device<>>);
 static_assert(device_queue<split_device<default_policy, guest_memory>>);
 
 }  // namespace virtq
+
+#undef VIRTQ_ONE_LOOP
