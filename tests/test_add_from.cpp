@@ -69,7 +69,8 @@ struct twins {
   /// Adds `tokens` (buffer indices) to a with add_inbufs and to b with add_inbufs_from.
   void add(const std::vector<token_t>& tokens) {
     std::vector<buffer> bufs;
-    for (const token_t t : tokens) bufs.push_back(buffer{table[t], buf_len});
+    for (const token_t t : tokens)
+      bufs.push_back(buffer{table[static_cast<std::size_t>(t)], buf_len});
     const auto ra = a.driver.add_inbufs(bufs, tokens);
     std::uint32_t advanced = 0;
     const auto rb = b.driver.add_inbufs_from(
