@@ -20,15 +20,8 @@ rx_queue_options no_reserve() {
   return o;
 }
 
-/// Every layout with the thread-safe pool (free list under a lock) and the single-thread one
-/// (the repost list): a burst's release takes a different path in each.
-template <class Layout, class PoolPolicy>
-struct rig_of {
-  using type = rx_rig<Layout, PoolPolicy>;
-};
-using burst_rigs = std::tuple<
-    rig_of<split_layout, rx_thread_safe_policy>, rig_of<split_layout, rx_single_thread_policy>,
-    rig_of<packed_layout, rx_thread_safe_policy>, rig_of<packed_layout, rx_single_thread_policy>>;
+/// A burst's release takes a different path with each pool policy (see rx_rigs).
+using burst_rigs = rx_rigs;
 
 template <class Rig>
 using burst_of = rx_burst<typename Rig::pool_type>;

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <optional>
 #include <span>
+#include <tuple>
 #include <vector>
 
 #include "layouts.hpp"
@@ -104,6 +105,17 @@ struct rx_rig {
   fake_nic<typename pair_type::device_type> nic;
   std::uint64_t next_seq = 0;
 };
+
+/// Every layout with the thread-safe pool (free list under a lock) and the single-thread one
+/// (the repost list): a TEMPLATE_LIST_TEST_CASE list; TestType::type is the rig.
+template <class Layout, class PoolPolicy>
+struct rig_of {
+  using type = rx_rig<Layout, PoolPolicy>;
+};
+using rx_rigs = std::tuple<rig_of<virtq::split_layout, virtq::rx_thread_safe_policy>,
+                           rig_of<virtq::split_layout, virtq::rx_single_thread_policy>,
+                           rig_of<virtq::packed_layout, virtq::rx_thread_safe_policy>,
+                           rig_of<virtq::packed_layout, virtq::rx_single_thread_policy>>;
 
 /// The index of the pool buffer that `d` starts, or nothing when `d` does not start one of
 /// `pool`'s buffers (a burst's packet, found by its bytes).
