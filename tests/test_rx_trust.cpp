@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 
 #include <array>
+#include <chrono>
 #include <span>
 #include <tuple>
 #include <vector>
@@ -181,4 +182,27 @@ TEMPLATE_LIST_TEST_CASE(
     CHECK(pool.misuse_total() == 0);
     CHECK(rxq.census().conserved);
   }
+}
+
+TEMPLATE_LIST_TEST_CASE(
+    "rx_queue trust: at shutdown a chain added behind the receive queue is "
+    "a bad token and not the pool's misuse",
+    "[rx_queue][trust]", trust_rigs) {
+  using rig_type = typename TestType::type;
+  buffer_arena foreign(512);
+  rig_type rig(16, 8, no_reserve());
+  REQUIRE(rig.rxq.refill().has_value());
+  REQUIRE(rig.pool.posted_count() == 8);
+  // A second chain naming posted buffer 0 and one naming no buffer: the reset gives back
+  // buffer 0 once (whichever of its chains comes first) and refuses the other two tokens.
+  REQUIRE(rig.qp.driver.add_inbuf(foreign.at(0, 256), 0) == errc::ok);
+  REQUIRE(rig.qp.driver.add_inbuf(foreign.at(256, 256), rig.pool.size() + 1) == errc::ok);
+  rig.qp.device.reset();
+  const auto rep = rig.rxq.shutdown(std::chrono::nanoseconds{0});
+  CHECK(rep.returned_from_ring == 8);
+  CHECK(rep.bad_tokens == 2);
+  CHECK(rig.rxq.stats().bad_tokens == 2);
+  CHECK(rig.pool.misuse_total() == 0);
+  CHECK(rep.census.conserved);
+  CHECK(rep.census.free == 8);
 }

@@ -1007,7 +1007,12 @@ class rx_queue {
   static inline thread_local rx_queue* resetting_ = nullptr;
   static void on_reset_token(token_t t) {
     rx_queue* self = resetting_;
-    if (t < self->pool_.size() && self->pool_.unpost(static_cast<std::uint32_t>(t)) == errc::ok) {
+    // A token that is not a posted buffer is the Queue's (a chain added behind us, or a second
+    // chain of a buffer unposted behind us): counted here as a bad token, as a poll counts it,
+    // and not handed to unpost(), which would book it as the caller's misuse of the pool.
+    if (t < self->pool_.size() &&
+        self->pool_.state(static_cast<std::uint32_t>(t)) == rx_state::posted &&
+        self->pool_.unpost(static_cast<std::uint32_t>(t)) == errc::ok) {
       ++self->exits_;
       ++self->reset_returned_;
     } else {
