@@ -209,7 +209,10 @@ struct identity_memory {
     // device's hot path (len != 0 known) the two tests are one lea, one add and one branch.
     std::uint64_t last = 0;
     if (__builtin_add_overflow(addr - 1, len, &last) || (len == 0 && addr == 0)) [[unlikely]]
-      return addr == 0 ? errc::address_out_of_range : errc::address_overflow;
+      // After a carry, last == len - 1 exactly when addr is 0 (any other addr leaves
+      // addr + len - 1 - 2^64, and addr < 2^64): the cold path tells the rules apart from what
+      // it has in registers, so a caller that does not use the address keeps none alive for it.
+      return len == 0 || last == len - 1 ? errc::address_out_of_range : errc::address_overflow;
     // A 32-bit host has no address past 2^32: the range must lie in the host's address space,
     // or the cast below would drop the high bits and name some other host byte. (A 64-bit
     // host passes every range that does not wrap: no test there.)
