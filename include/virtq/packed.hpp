@@ -743,6 +743,9 @@ class packed_driver : public detail::queue_common<P> {
     // (both bits flip together), one register less in the loop.
     const std::uint16_t want0 = detail::packed_used_bits(used_wrap_);
     std::uint16_t want = want0;
+    // A used descriptor in this lap with WRITE set: the two flip together on a wrap.
+    constexpr std::uint16_t written_bits = detail::packed_wrap_bits | packed::desc_f_write;
+    std::uint16_t want_written = want0 | packed::desc_f_write;
     const std::uint32_t size = size_;
     const std::uint64_t batch = batch_;
     const packed::desc* const ring = view_.ring;
@@ -766,11 +769,20 @@ class packed_driver : public detail::queue_common<P> {
     for (; o != end; ++o) {
       const packed::desc& d = by_pointer ? *dp : ring[pos];
       // D3 (2.8.21.2, partner V2): the device wrote id and len before it released these flags.
-      const std::uint16_t flags = load_acquire<E>(d.flags);
-      if ((flags & detail::packed_wrap_bits) != want) break;
-      B::after_observe();
+      std::uint32_t len = 0;
+      // One test for a receive completion (used in this lap, WRITE set); a used descriptor
+      // without WRITE takes a second, and its len is ignored (2.8.4, packed_used_len). The
+      // second reads the flags again: keeping the first read alive for it costs a register
+      // copy per completion, and a device that changed them in between is only believed
+      // about a completion it has not made (a used descriptor without WRITE reports 0).
+      if ((load_acquire<E>(d.flags) & written_bits) == want_written) [[likely]] {
+        B::after_observe();
+        len = get<E>(d.len);
+      } else {
+        if ((load_acquire<E>(d.flags) & detail::packed_wrap_bits) != want) break;
+        B::after_observe();
+      }
       const std::uint32_t id = get<E>(d.id);
-      const std::uint32_t len = detail::packed_used_len(flags, get<E>(d.len));
       if constexpr (InOrder) {
         // The oldest chain in use, whose id is its head slot (take_id), is in range and, with
         // fewer than outstanding_ reaped, published: for this id reap_one's range and
@@ -805,6 +817,7 @@ class packed_driver : public detail::queue_common<P> {
         if (++dp == ring_end) {
           dp = ring;
           want ^= detail::packed_wrap_bits;
+          want_written ^= detail::packed_wrap_bits;
         }
       } else {
         if constexpr (OneSlot) {
@@ -817,6 +830,7 @@ class packed_driver : public detail::queue_common<P> {
         if (pos >= size) {
           pos -= size;
           want ^= detail::packed_wrap_bits;
+          want_written ^= detail::packed_wrap_bits;
         }
       }
       if constexpr (!InOrder) s.batch = free_batch;
