@@ -766,7 +766,29 @@ class packed_driver : public detail::queue_common<P> {
     constexpr bool by_pointer = OneSlot && !InOrder;
     const packed::desc* dp = ring + pos;
     const packed::desc* const ring_end = ring + size;
-    for (; o != end; ++o) {
+    // OneSlot: the batch in runs that end at the ring's end or the batch's, whichever comes
+    // first, so that a step tests one end, not two. (Chains of several slots step by their
+    // own count: there each step tests the ring's end.)
+    const auto run_stop = [&] {
+      if constexpr (by_pointer) return o + std::min(end - o, ring_end - dp);
+      if constexpr (OneSlot && !by_pointer) {
+        return o + std::min<std::size_t>(static_cast<std::size_t>(end - o), size - pos);
+      }
+      return end;
+    };
+    for (used_buffer* stop = run_stop();; ++o) {
+      if (o == stop) {
+        if constexpr (OneSlot) {
+          if (by_pointer ? dp == ring_end : pos == size) {
+            dp = ring;
+            pos = 0;
+            want ^= detail::packed_wrap_bits;
+            want_written ^= detail::packed_wrap_bits;
+          }
+          stop = run_stop();
+        }
+        if (o == end) break;
+      }
       const packed::desc& d = by_pointer ? *dp : ring[pos];
       // D3 (2.8.21.2, partner V2): the device wrote id and len before it released these flags.
       std::uint32_t len = 0;
@@ -814,23 +836,19 @@ class packed_driver : public detail::queue_common<P> {
       o->len = len;
       // The next s.slots slots from pos come back, whichever chain took them.
       if constexpr (by_pointer) {
-        if (++dp == ring_end) {
-          dp = ring;
-          want ^= detail::packed_wrap_bits;
-          want_written ^= detail::packed_wrap_bits;
-        }
+        ++dp;  // the ring's end is the run's (run_stop)
       } else {
         if constexpr (OneSlot) {
-          ++pos;
+          ++pos;  // the ring's end is the run's (run_stop)
         } else {
           multi_reaped += s.slots != 1;
           pos = detail::step_by_chain(pos, s.slots);
           s.slots = 1;
-        }
-        if (pos >= size) {
-          pos -= size;
-          want ^= detail::packed_wrap_bits;
-          want_written ^= detail::packed_wrap_bits;
+          if (pos >= size) {
+            pos -= size;
+            want ^= detail::packed_wrap_bits;
+            want_written ^= detail::packed_wrap_bits;
+          }
         }
       }
       if constexpr (!InOrder) s.batch = free_batch;
