@@ -792,17 +792,19 @@ class packed_driver : public detail::queue_common<P> {
       const packed::desc& d = by_pointer ? *dp : ring[pos];
       // D3 (2.8.21.2, partner V2): the device wrote id and len before it released these flags.
       std::uint32_t len = 0;
-      // One test for a receive completion (used in this lap, WRITE set); a used descriptor
-      // without WRITE takes a second, and its len is ignored (2.8.4, packed_used_len). The
-      // second reads the flags again: keeping the first read alive for it costs a register
-      // copy per completion, and a device that changed them in between is only believed
-      // about a completion it has not made (a used descriptor without WRITE reports 0).
+      // One test for a receive completion (used in this lap, WRITE set). Anything else is
+      // decided on a second read of the flags, whole: keeping the first read alive for it
+      // costs a register copy per completion, and the device may have completed the
+      // descriptor in between (then the second read is the one that says used, and whether
+      // with WRITE). A used descriptor without WRITE has its len ignored (2.8.4).
       if ((load_acquire<E>(d.flags) & written_bits) == want_written) [[likely]] {
         B::after_observe();
         len = get<E>(d.len);
       } else {
-        if ((load_acquire<E>(d.flags) & detail::packed_wrap_bits) != want) break;
+        const std::uint16_t flags = load_acquire<E>(d.flags);
+        if ((flags & detail::packed_wrap_bits) != want) break;
         B::after_observe();
+        len = detail::packed_used_len(flags, get<E>(d.len));
       }
       const std::uint32_t id = get<E>(d.id);
       if constexpr (InOrder) {
