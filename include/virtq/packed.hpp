@@ -790,7 +790,8 @@ class packed_driver : public detail::queue_common<P> {
         if (o == end) break;
       }
       const packed::desc& d = by_pointer ? *dp : ring[pos];
-      // D3 (2.8.21.2, partner V2): the device wrote id and len before it released these flags.
+      // D3 (2.8.21.2, partner V2): the device wrote id and len before it released these flags;
+      // each read of them below is an acquire, and id and len are read after the one that decides.
       std::uint32_t len = 0;
       // One test for a receive completion (used in this lap, WRITE set). Anything else is
       // decided on a second read of the flags, whole: keeping the first read alive for it
