@@ -192,7 +192,9 @@ struct rx_system {
     std::uint64_t refused = 0;
     for (std::size_t e = from; e < from + n; ++e) {
       const target t = used_targets[e];
-      const bool lendable = t.token < st.size() && st[t.token] == rx_state::posted;
+      // The index only after the range test (a 32-bit host's size_t is narrower than a token).
+      const bool lendable =
+          t.token < st.size() && st[static_cast<std::size_t>(t.token)] == rx_state::posted;
       if (t.foreign) {
         foreign_slot[t.slot].reset();
         --foreign_out;
@@ -202,7 +204,7 @@ struct rx_system {
         if (!t.foreign) --stale_out;  // a buffer not posted: its chain was a stale one
         continue;
       }
-      st[t.token] = rx_state::held;
+      st[static_cast<std::size_t>(t.token)] = rx_state::held;
       RC_ASSERT(k < got.size());
       RC_ASSERT(got[k].index == t.token);
       if (t.foreign) ++stale_out;  // the buffer is lent: its own chain is stale now
