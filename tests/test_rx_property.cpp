@@ -405,7 +405,7 @@ struct poll : cmd<L> {
   void checkPreconditions(const model& m) const override { RC_PRE(!m.stopped); }
   void run(const model& m, rx_system<L>& s) const override {
     std::vector<typename rx_system<L>::packet> out(static_cast<std::size_t>(budget));
-    const auto before = s.states();
+    const auto before = s.foreign_mode ? s.states() : std::vector<rx_state>{};  // the model's
     const std::uint64_t bad = s.rig.rxq.stats().bad_tokens;
     auto r = s.rig.rxq.poll(out);
     if (!r) {
@@ -442,7 +442,7 @@ struct poll_burst : cmd<L> {
     typename rx_system<L>::burst b;
     const std::uint64_t failures = s.rig.rxq.stats().copy_failures;
     const std::uint64_t bad = s.rig.rxq.stats().bad_tokens;
-    const auto before = s.states();
+    const auto before = s.foreign_mode ? s.states() : std::vector<rx_state>{};  // the model's
     auto r = s.rig.rxq.poll(b);
     if (!r) {
       RC_ASSERT(b.empty());
